@@ -1,0 +1,120 @@
+//! The sandwich block and its parts: RMSNorm in fp32, fused-Wqkv attention with `qk_bias` and
+//! interleaved-pair RoPE, SwiGLU with a fused `fc` (reference §1.3–1.5).
+
+use anyhow::Result;
+use tch::{Device, Kind, Tensor};
+
+/// `x @ wᵀ` in the weight's dtype: fp32 weights give fp32 matmuls, bf16 weights bf16 matmuls.
+pub fn linear(x: &Tensor, w: &Tensor) -> Tensor {
+    x.to_kind(w.kind()).linear::<Tensor>(w, None)
+}
+
+/// RMSNorm_llama: normalise in fp32, cast back to x's dtype, multiply by the fp32 weight. The product
+/// promotes to fp32, which is why the residual stream and the recurrent state stay fp32 (§1.10).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
+    let xf = x.to_kind(Kind::Float);
+    let inv_rms = (xf.square().mean_dim(-1, true, Kind::Float) + eps).rsqrt();
+    (xf * inv_rms).to_kind(x.kind()) * weight
+}
+
+/// Rotary embedding cache: cos and sin of `pos · θ^(−2i/hd)`, [block_size, hd/2], fp32.
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(head_dim: i64, block_size: i64, theta: f64, device: Device) -> Self {
+        let exponents =
+            Tensor::arange_start_step(0, head_dim, 2, (Kind::Float, Device::Cpu)) / head_dim as f64;
+        let inv_freq = Tensor::pow_scalar(theta, &exponents).reciprocal();
+        let t = Tensor::arange(block_size, (Kind::Float, Device::Cpu));
+        let freqs = t.outer(&inv_freq); // [T, hd/2]
+        Rope {
+            cos: freqs.cos().to_device(device),
+            sin: freqs.sin().to_device(device),
+        }
+    }
+
+    /// The reference's persistent `freqs_cis` buffer: [1, block_size, 1, hd/2, 2] as (cos, sin).
+    pub fn freqs_cis(&self) -> Tensor {
+        Tensor::stack(&[&self.cos, &self.sin], -1)
+            .unsqueeze(0)
+            .unsqueeze(2)
+    }
+
+    /// x [B, T, H, hd] → rotated, computed in fp32 and returned in x's dtype. Pairs are adjacent
+    /// elements (x[2i], x[2i+1]): (a, b) → (a·cos − b·sin, b·cos + a·sin).
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, h, hd) = x.size4()?;
+        let cos = self.cos.narrow(0, 0, t).view([1, t, 1, hd / 2]);
+        let sin = self.sin.narrow(0, 0, t).view([1, t, 1, hd / 2]);
+        let pairs = x.to_kind(Kind::Float).view([b, t, h, hd / 2, 2]);
+        let (a, bb) = (pairs.select(-1, 0), pairs.select(-1, 1));
+        let rotated = Tensor::stack(&[&a * &cos - &bb * &sin, &bb * &cos + &a * &sin], -1);
+        Ok(rotated.flatten(3, 4).to_kind(x.kind()))
+    }
+}
+
+/// One sandwich block's weights for a forward pass (matmul weights already in the compute dtype).
+pub struct BlockWeights {
+    /// norm_1 .. norm_4, fp32.
+    pub norms: [Tensor; 4],
+    /// [3d, d]: rows q | k | v.
+    pub wqkv: Tensor,
+    /// [2, 1, H, hd], fp32: added to q and k before RoPE.
+    pub qk_bias: Option<Tensor>,
+    pub attn_proj: Tensor,
+    /// [2I, d]: rows gate | up.
+    pub fc: Tensor,
+    pub mlp_proj: Tensor,
+}
+
+impl BlockWeights {
+    /// x [B, T, d] → [B, T, d].
+    ///   x ← norm_2(x + Attn(norm_1(x)));  x ← norm_4(x + MLP(norm_3(x)))
+    pub fn forward(&self, x: &Tensor, rope: &Rope, n_heads: i64, eps: f64) -> Result<Tensor> {
+        let [n1, n2, n3, n4] = &self.norms;
+        let x = rms_norm(
+            &(self.attention(&rms_norm(x, n1, eps), rope, n_heads)? + x),
+            n2,
+            eps,
+        );
+        Ok(rms_norm(&(self.mlp(&rms_norm(&x, n3, eps)) + &x), n4, eps))
+    }
+
+    fn attention(&self, x: &Tensor, rope: &Rope, n_heads: i64) -> Result<Tensor> {
+        let (b, t, d) = x.size3()?;
+        let hd = d / n_heads;
+        let qkv = linear(x, &self.wqkv); // [B, T, 3d]
+        let compute = qkv.kind();
+        let split = |i: i64| qkv.narrow(2, i * d, d).view([b, t, n_heads, hd]); // [B, T, H, hd]
+        let (mut q, mut k, v) = (split(0), split(1), split(2));
+        if let Some(bias) = &self.qk_bias {
+            q = (q + bias.get(0)).to_kind(compute);
+            k = (k + bias.get(1)).to_kind(compute);
+        }
+        let q = rope.apply(&q)?.transpose(1, 2); // [B, H, T, hd]
+        let k = rope.apply(&k)?.transpose(1, 2);
+        let v = v.transpose(1, 2);
+        let y = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<&Tensor>,
+            0.0,
+            true,
+            None,
+            false,
+        );
+        Ok(linear(
+            &y.transpose(1, 2).reshape([b, t, d]),
+            &self.attn_proj,
+        ))
+    }
+
+    fn mlp(&self, x: &Tensor) -> Tensor {
+        let h = linear(x, &self.fc).chunk(2, -1); // [gate | up], each [B, T, I]
+        linear(&(h[0].silu() * &h[1]), &self.mlp_proj)
+    }
+}

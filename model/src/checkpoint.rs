@@ -1,0 +1,173 @@
+//! Muninn's model checkpoint: a directory with `model.safetensors` (Muninn's parameter names) and
+//! `config.toml` (the `[model]` shape). The trainer adds optimizer and trainer state beside them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use tch::Device;
+
+use crate::config::HuginnConfig;
+use crate::huginn::{Huginn, Precision};
+use crate::st::{self, StFile};
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// Tensors spread over one or more safetensors files (an HF directory may shard them).
+pub struct TensorFiles {
+    files: Vec<StFile>,
+    index: HashMap<String, usize>,
+}
+
+impl TensorFiles {
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for (i, p) in paths.iter().enumerate() {
+            let f = StFile::open(p)?;
+            for (name, _) in f.shapes() {
+                if let Some(prev) = index.insert(name.clone(), i) {
+                    bail!(
+                        "tensor `{name}` appears in both {} and {}",
+                        paths[prev].display(),
+                        p.display()
+                    );
+                }
+            }
+            files.push(f);
+        }
+        Ok(TensorFiles { files, index })
+    }
+
+    pub fn names(&self) -> BTreeSet<&str> {
+        self.index.keys().map(String::as_str).collect()
+    }
+
+    pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        let f = &self.files[*self.index.get(name)?];
+        f.shapes()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
+    }
+
+    pub fn get(&self, name: &str) -> Result<tch::Tensor> {
+        let i = *self
+            .index
+            .get(name)
+            .with_context(|| format!("no tensor named `{name}`"))?;
+        self.files[i].get(name)
+    }
+
+    pub fn describe(&self) -> String {
+        self.files
+            .iter()
+            .map(|f| f.path().display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Fills `model` from `files`, where parameter `p` is stored under `key(p)`. Every parameter must be
+/// present with its exact shape; keys that are neither parameters nor in `ignored` are refused.
+pub fn load_weights(
+    model: &Huginn,
+    files: &TensorFiles,
+    key: impl Fn(&str) -> String,
+    ignored: &[&str],
+) -> Result<()> {
+    let specs = model.params().specs();
+    let expected: BTreeSet<String> = specs.iter().map(|s| key(&s.name)).collect();
+    let unexpected: Vec<&str> = files
+        .names()
+        .into_iter()
+        .filter(|n| !expected.contains(*n) && !ignored.contains(n))
+        .collect();
+    ensure!(
+        unexpected.is_empty(),
+        "{}: unexpected tensor `{}` (not a parameter of the `{}` shape{})",
+        files.describe(),
+        unexpected[0],
+        model.config().name,
+        if unexpected.len() > 1 {
+            format!("; {} more", unexpected.len() - 1)
+        } else {
+            String::new()
+        }
+    );
+    for spec in specs {
+        let k = key(&spec.name);
+        let shape = files
+            .shape(&k)
+            .with_context(|| format!("{}: missing tensor `{k}`", files.describe()))?;
+        ensure!(
+            shape == spec.shape,
+            "{}: tensor `{k}` has shape {:?}, the model config expects {:?}",
+            files.describe(),
+            shape,
+            spec.shape
+        );
+        model.params().set(&spec.name, &files.get(&k)?)?;
+    }
+    Ok(())
+}
+
+/// Reads a checkpoint directory into a model on `device`.
+pub fn load(dir: &Path, device: Device, precision: Precision) -> Result<Huginn> {
+    ensure!(
+        dir.is_dir(),
+        "checkpoint {} is not a directory",
+        dir.display()
+    );
+    let cfg = HuginnConfig::from_toml_file(&dir.join(CONFIG_FILE))?;
+    let model = Huginn::new(cfg, device, precision)?;
+    let files = TensorFiles::open(&[dir.join(MODEL_FILE)])?;
+    load_weights(&model, &files, str::to_string, &[])
+        .with_context(|| format!("loading checkpoint {}", dir.display()))?;
+    Ok(model)
+}
+
+/// Writes `model.safetensors` and `config.toml` into the existing directory `dir`.
+pub fn write_model_files(model: &Huginn, dir: &Path) -> Result<()> {
+    let meta = HashMap::from([("format".to_string(), "muninn".to_string())]);
+    st::write(
+        &dir.join(MODEL_FILE),
+        &model.params().named_detached(),
+        Some(meta),
+    )?;
+    let cfg_path = dir.join(CONFIG_FILE);
+    std::fs::write(&cfg_path, model.config().to_toml())
+        .with_context(|| format!("writing {}", cfg_path.display()))
+}
+
+/// Writes a new checkpoint directory `out` atomically: everything goes into a temporary sibling that
+/// is renamed into place once complete. An existing `out` is never touched.
+pub fn save_new(model: &Huginn, out: &Path) -> Result<()> {
+    write_new_dir(out, |tmp| write_model_files(model, tmp))
+}
+
+/// Creates `out` by filling a temporary sibling directory and renaming it. Refuses an existing `out`.
+pub fn write_new_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    ensure!(
+        !out.exists(),
+        "{} already exists; choose a new output directory",
+        out.display()
+    );
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let tmp = st::tmp_sibling(out);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("removing stale {}", tmp.display()))?;
+    }
+    std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, out)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
+}

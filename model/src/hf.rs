@@ -1,0 +1,279 @@
+//! Huginn's Hugging Face layout (reference §6.3): `transformer.*` keys, a copied `lm_head.weight`, the
+//! `freqs_cis` buffer, a `config.json` and the two `trust_remote_code` modeling files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{self, TensorFiles};
+use crate::config::{HuginnConfig, StateInit};
+use crate::huginn::{Huginn, Precision};
+use crate::params;
+use crate::st;
+
+const MODELING_PY: &str = include_str!("../hf/raven_modeling_minimal.py");
+const CONFIG_PY: &str = include_str!("../hf/raven_config_minimal.py");
+pub const LM_HEAD: &str = "lm_head.weight";
+pub const FREQS_CIS: &str = "freqs_cis";
+
+/// Muninn name → HF key: `transformer.` prefix, and the core stack is called `core_block`.
+pub fn hf_key(name: &str) -> String {
+    match name.strip_prefix("core.") {
+        Some(rest) => format!("transformer.core_block.{rest}"),
+        None => format!("transformer.{name}"),
+    }
+}
+
+/// dtype of exported weights. `freqs_cis` always stays fp32, as in the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportDtype {
+    F32,
+    Bf16,
+}
+
+impl std::str::FromStr for ExportDtype {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(ExportDtype::F32),
+            "bf16" | "bfloat16" => Ok(ExportDtype::Bf16),
+            other => bail!("unknown dtype `{other}` (expected f32 or bf16)"),
+        }
+    }
+}
+
+impl ExportDtype {
+    fn kind(self) -> Kind {
+        match self {
+            ExportDtype::F32 => Kind::Float,
+            ExportDtype::Bf16 => Kind::BFloat16,
+        }
+    }
+    fn torch_name(self) -> &'static str {
+        match self {
+            ExportDtype::F32 => "float32",
+            ExportDtype::Bf16 => "bfloat16",
+        }
+    }
+}
+
+/// The `config.json` that `RavenConfig` reads.
+pub fn config_json(cfg: &HuginnConfig, dtype: ExportDtype) -> Value {
+    json!({
+        "model_type": "huginn_raven",
+        "architectures": ["RavenForCausalLM"],
+        "auto_map": {
+            "AutoConfig": "raven_config_minimal.RavenConfig",
+            "AutoModelForCausalLM": "raven_modeling_minimal.RavenForCausalLM"
+        },
+        "n_embd": cfg.n_embd,
+        "n_heads": cfg.n_heads,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_heads,
+        "n_layers": cfg.n_layers_in_prelude + cfg.n_layers_in_recurrent_block + cfg.n_layers_in_coda,
+        "block_size": cfg.block_size,
+        "vocab_size": cfg.vocab_size,
+        "padding_multiple": cfg.padding_multiple,
+        "tie_embeddings": true,
+        "intermediate_size": cfg.intermediate_size,
+        "bias": false,
+        "architecture_class_name": "RecurrentGPT",
+        "block_class_name": "SandwichBlock",
+        "norm_class_name": "RMSNorm_llama",
+        "norm_eps": cfg.norm_eps,
+        "mlp_class_name": "GatedMLP",
+        "nonlin_name": "SiLU",
+        "init_strategy": "takase",
+        "init_orthogonal": false,
+        "state_init": cfg.state_init.to_string(),
+        "injection_type": "linear",
+        "n_layers_in_prelude": cfg.n_layers_in_prelude,
+        "n_layers_in_recurrent_block": cfg.n_layers_in_recurrent_block,
+        "n_layers_in_coda": cfg.n_layers_in_coda,
+        "mean_recurrence": cfg.mean_recurrence,
+        "mean_backprop_depth": cfg.mean_backprop_depth,
+        "sampling_scheme": "poisson-lognormal-filling",
+        "qk_bias": cfg.qk_bias,
+        "activation_checkpoint_impl": "per-iteration",
+        "rope_base": cfg.rope_base,
+        "torch_dtype": dtype.torch_name(),
+        "muninn_name": cfg.name,
+    })
+}
+
+/// Reads an HF `config.json`; absent fields take `RavenConfig`'s defaults (the nebel shape).
+pub fn config_from_json(path: &Path) -> Result<HuginnConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let nebel = HuginnConfig::preset("nebel-raven-3.5b").expect("preset exists");
+    let int = |key: &str, default: i64| -> Result<i64> {
+        match v.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(x) => x.as_i64().with_context(|| {
+                format!("{}: `{key}` must be an integer, found {x}", path.display())
+            }),
+        }
+    };
+    let float = |key: &str, default: f64| -> Result<f64> {
+        match v.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(x) => x.as_f64().with_context(|| {
+                format!("{}: `{key}` must be a number, found {x}", path.display())
+            }),
+        }
+    };
+    let require = |key: &str, want: Value, default: Value| -> Result<()> {
+        let got = v.get(key).cloned().unwrap_or(default);
+        ensure!(
+            got == want,
+            "{}: `{key}` = {got}, Muninn's Huginn supports only {want}",
+            path.display()
+        );
+        Ok(())
+    };
+    require("injection_type", json!("linear"), json!("linear"))?;
+    require("tie_embeddings", json!(true), json!(true))?;
+    require("bias", json!(false), json!(false))?;
+    let state_init = match v
+        .get("state_init")
+        .and_then(Value::as_str)
+        .unwrap_or("like-init")
+    {
+        "like-init" => StateInit::LikeInit,
+        "zero" => StateInit::Zero,
+        other => bail!(
+            "{}: state_init `{other}` is not supported (like-init or zero)",
+            path.display()
+        ),
+    };
+    let n_heads = int("n_heads", int("num_attention_heads", nebel.n_heads)?)?;
+    let cfg = HuginnConfig {
+        name: v
+            .get("muninn_name")
+            .and_then(Value::as_str)
+            .unwrap_or("huginn-hf")
+            .to_string(),
+        n_embd: int("n_embd", nebel.n_embd)?,
+        n_heads,
+        intermediate_size: int("intermediate_size", nebel.intermediate_size)?,
+        vocab_size: int("vocab_size", nebel.vocab_size)?,
+        padding_multiple: int("padding_multiple", nebel.padding_multiple)?,
+        block_size: int("block_size", nebel.block_size)?,
+        n_layers_in_prelude: int("n_layers_in_prelude", nebel.n_layers_in_prelude)?,
+        n_layers_in_recurrent_block: int(
+            "n_layers_in_recurrent_block",
+            nebel.n_layers_in_recurrent_block,
+        )?,
+        n_layers_in_coda: int("n_layers_in_coda", nebel.n_layers_in_coda)?,
+        mean_recurrence: int("mean_recurrence", nebel.mean_recurrence)?,
+        mean_backprop_depth: int("mean_backprop_depth", nebel.mean_backprop_depth)?,
+        norm_eps: float("norm_eps", nebel.norm_eps)?,
+        rope_base: float("rope_base", nebel.rope_base)?,
+        qk_bias: v.get("qk_bias").and_then(Value::as_bool).unwrap_or(true),
+        state_init,
+    };
+    cfg.validate()
+        .with_context(|| format!("checking {}", path.display()))?;
+    Ok(cfg)
+}
+
+/// Writes `model` in the HF layout into the new directory `out`.
+pub fn export(model: &Huginn, out: &Path, dtype: ExportDtype) -> Result<()> {
+    let kind = dtype.kind();
+    let mut tensors: Vec<(String, Tensor)> = model
+        .params()
+        .named_detached()
+        .into_iter()
+        .map(|(n, t)| (hf_key(&n), t.to_kind(kind)))
+        .collect();
+    let wte = tensors
+        .iter()
+        .find(|(n, _)| *n == hf_key(params::WTE))
+        .expect("wte exists")
+        .1
+        .copy();
+    tensors.push((LM_HEAD.to_string(), wte));
+    tensors.push((FREQS_CIS.to_string(), model.rope().freqs_cis()));
+    let config = serde_json::to_string_pretty(&config_json(model.config(), dtype))?;
+    checkpoint::write_new_dir(out, |dir| {
+        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        st::write(&dir.join("model.safetensors"), &tensors, Some(meta))?;
+        for (name, text) in [
+            ("config.json", config.as_str()),
+            ("raven_config_minimal.py", CONFIG_PY),
+            ("raven_modeling_minimal.py", MODELING_PY),
+        ] {
+            std::fs::write(dir.join(name), text).with_context(|| format!("writing {name}"))?;
+        }
+        Ok(())
+    })
+}
+
+/// The safetensors files of an HF directory: `model.safetensors`, or the shards named by
+/// `model.safetensors.index.json`.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let index_path = dir.join("model.safetensors.index.json");
+    ensure!(
+        index_path.exists(),
+        "{} has neither model.safetensors nor model.safetensors.index.json",
+        dir.display()
+    );
+    let text = std::fs::read_to_string(&index_path)
+        .with_context(|| format!("reading {}", index_path.display()))?;
+    let index: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", index_path.display()))?;
+    let map = index
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .with_context(|| format!("{}: no `weight_map` object", index_path.display()))?;
+    let mut shards: Vec<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    shards.sort();
+    shards.dedup();
+    Ok(shards.into_iter().map(|s| dir.join(s)).collect())
+}
+
+/// Reads an HF-layout directory (a Muninn export or the released huginn-0125) into a model on the CPU.
+pub fn import(dir: &Path) -> Result<Huginn> {
+    ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+    let cfg = config_from_json(&dir.join("config.json"))?;
+    let model = Huginn::new(cfg, Device::Cpu, Precision::F32)?;
+    let files = TensorFiles::open(&weight_files(dir)?)?;
+    checkpoint::load_weights(&model, &files, hf_key, &[LM_HEAD, FREQS_CIS])?;
+    // Muninn ties the head to the embedding; refuse a checkpoint whose head was trained apart.
+    if files.names().contains(LM_HEAD) {
+        let head = files.get(LM_HEAD)?.to_kind(Kind::Float);
+        let wte = model
+            .params()
+            .named_detached()
+            .into_iter()
+            .find(|(n, _)| n == params::WTE)
+            .expect("wte")
+            .1;
+        ensure!(
+            head.size() == wte.size() && head.equal(&wte.to_kind(head.kind())),
+            "{}: `{LM_HEAD}` differs from `transformer.wte.weight`; Muninn's Huginn ties the head",
+            files.describe()
+        );
+    }
+    if files.names().contains(FREQS_CIS) {
+        let stored = files.get(FREQS_CIS)?.to_kind(Kind::Float);
+        let ours = model.rope().freqs_cis();
+        ensure!(
+            stored.size() == ours.size() && stored.allclose(&ours, 1e-4, 1e-5, false),
+            "{}: `{FREQS_CIS}` does not match the RoPE of config.json (rope_base, head dim, block_size)",
+            files.describe()
+        );
+    }
+    Ok(model)
+}

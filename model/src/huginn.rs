@@ -1,0 +1,337 @@
+//! Huginn, the recurrent-depth transformer of Geiping et al. 2025 (arXiv 2502.05171), following
+//! `recpre/model_dynamic.py` and `raven_modeling_minimal.py` of seal-rg/recurrent-pretraining @59e0b69.
+//!
+//! ids → wte·sqrt(d) → prelude → e;  s ← s0;  s ← Core(Adapter(cat[s, e])) n times without a graph,
+//! then k times with one;  ln_f(s) → coda → ln_f → tied head.  Every block is a sandwich block.
+
+use anyhow::{ensure, Result};
+use tch::{Device, Kind, Tensor};
+
+use crate::block::{linear, rms_norm, BlockWeights, Rope};
+use crate::config::{HuginnConfig, StateInit};
+use crate::params::{self, trunc_normal_, FlatParams};
+
+/// Number of core iterations without and with a gradient graph: (n, k).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Depth {
+    pub no_grad: i64,
+    pub with_grad: i64,
+}
+
+impl Depth {
+    pub fn new(no_grad: i64, with_grad: i64) -> Self {
+        Depth { no_grad, with_grad }
+    }
+
+    /// r iterations, all without a graph (evaluation and inference).
+    pub fn eval(r: i64) -> Self {
+        Depth {
+            no_grad: r,
+            with_grad: 0,
+        }
+    }
+
+    pub fn total(&self) -> i64 {
+        self.no_grad + self.with_grad
+    }
+}
+
+/// Compute precision. Parameters, gradients and the recurrent state are fp32 in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    /// Matmuls and attention in bf16; norms, RoPE, residual stream and state in fp32 (§1.10). Done
+    /// explicitly rather than through autocast: tch's autocast is CUDA-only, and its weight cache is the
+    /// no-grad/grad trap of `hpc-and-ecosystem.md` §3.6. Here each forward casts every weight once, with
+    /// its graph, and both phases share that cast.
+    Bf16Mixed,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16-mixed" | "bf16" => Ok(Precision::Bf16Mixed),
+            other => anyhow::bail!("unknown precision `{other}` (expected f32 or bf16-mixed)"),
+        }
+    }
+}
+
+/// Where the recurrence starts.
+pub enum InitState {
+    /// The config's `state_init` (like-init or zero), drawn from the torch RNG.
+    Config,
+    Random,
+    Zero,
+    /// A given state, e.g. the previous token's final latent (continuous compute). [B, T, d].
+    Given(Tensor),
+}
+
+/// Logits and the final latent state.
+pub struct Forward {
+    /// [B, T, V], fp32.
+    pub logits: Tensor,
+    /// The last recurrent state before `ln_f`, [B, T, d], fp32.
+    pub state: Tensor,
+}
+
+/// The weights one forward pass computes with: views of the flat fp32 parameters, matmul weights
+/// cast to the compute dtype once.
+struct Weights {
+    wte: Tensor,
+    head: Tensor,
+    prelude: Vec<BlockWeights>,
+    adapter: Tensor,
+    core: Vec<BlockWeights>,
+    coda: Vec<BlockWeights>,
+    ln_f: Tensor,
+}
+
+pub struct Huginn {
+    cfg: HuginnConfig,
+    params: FlatParams,
+    rope: Rope,
+    precision: Precision,
+}
+
+impl Huginn {
+    /// Allocates a model with zero weights; call [`Huginn::init`] or load a checkpoint.
+    pub fn new(cfg: HuginnConfig, device: Device, precision: Precision) -> Result<Self> {
+        cfg.validate()?;
+        let params = FlatParams::zeros(params::param_specs(&cfg), device);
+        let rope = Rope::new(cfg.head_dim(), cfg.block_size, cfg.rope_base, device);
+        Ok(Huginn {
+            cfg,
+            params,
+            rope,
+            precision,
+        })
+    }
+
+    /// `takase` initialisation from `seed`. Draws on the CPU: the same seed gives the same weights on
+    /// every device and every rank.
+    pub fn init(&self, seed: i64) {
+        tch::manual_seed(seed);
+        self.params.init();
+    }
+
+    pub fn config(&self) -> &HuginnConfig {
+        &self.cfg
+    }
+
+    pub fn params(&self) -> &FlatParams {
+        &self.params
+    }
+
+    pub fn params_mut(&mut self) -> &mut FlatParams {
+        &mut self.params
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub fn rope(&self) -> &Rope {
+        &self.rope
+    }
+
+    pub fn device(&self) -> Device {
+        self.params.device()
+    }
+
+    fn weights(&self) -> Weights {
+        let mut views: std::collections::HashMap<&str, Tensor> =
+            self.params.views().into_iter().collect();
+        let cast = |t: Tensor| match self.precision {
+            Precision::F32 => t,
+            Precision::Bf16Mixed => t.to_kind(Kind::BFloat16),
+        };
+        // Names come from the same spec list as the views, so a miss is a bug, not bad input.
+        let mut take = |name: &str| {
+            views
+                .remove(name)
+                .unwrap_or_else(|| panic!("parameter {name} missing"))
+        };
+        let mut stack = |prefix: &str, count: i64| -> Vec<BlockWeights> {
+            (0..count)
+                .map(|j| {
+                    let n = params::BlockNames::new(&format!("{prefix}.{j}"));
+                    BlockWeights {
+                        norms: n.norms.each_ref().map(|name| take(name)),
+                        wqkv: cast(take(&n.wqkv)),
+                        qk_bias: self.cfg.qk_bias.then(|| take(&n.qk_bias)),
+                        attn_proj: cast(take(&n.attn_proj)),
+                        fc: cast(take(&n.fc)),
+                        mlp_proj: cast(take(&n.mlp_proj)),
+                    }
+                })
+                .collect()
+        };
+        let prelude = stack("prelude", self.cfg.n_layers_in_prelude);
+        let core = stack("core", self.cfg.n_layers_in_recurrent_block);
+        let coda = stack("coda", self.cfg.n_layers_in_coda);
+        let wte = take(params::WTE);
+        Weights {
+            head: cast(wte.shallow_clone()),
+            wte,
+            prelude,
+            adapter: cast(take(params::ADAPTER)),
+            core,
+            coda,
+            ln_f: take(params::LN_F),
+        }
+    }
+
+    /// ids [B, T] → e [B, T, d], fp32.
+    fn prelude(&self, w: &Weights, ids: &Tensor) -> Result<Tensor> {
+        let (_, t) = ids.size2()?;
+        ensure!(
+            t <= self.cfg.block_size,
+            "sequence of {t} tokens is longer than model.block_size = {}",
+            self.cfg.block_size
+        );
+        let mut x = Tensor::embedding(&w.wte, ids, -1, false, false) * self.cfg.embed_scale();
+        for b in &w.prelude {
+            x = b.forward(&x, &self.rope, self.cfg.n_heads, self.cfg.norm_eps)?;
+        }
+        Ok(x)
+    }
+
+    /// One iteration: s ← Core(Adapter(cat[s, e])). State first, then e (§8.2).
+    fn core_step(&self, w: &Weights, s: &Tensor, e: &Tensor) -> Result<Tensor> {
+        let mut x = linear(&Tensor::cat(&[s, e], -1), &w.adapter);
+        for b in &w.core {
+            x = b.forward(&x, &self.rope, self.cfg.n_heads, self.cfg.norm_eps)?;
+        }
+        Ok(x)
+    }
+
+    /// s [B, T, d] → logits [B, T, V] fp32. `ln_f` is applied before and after the coda (§8.1).
+    fn coda(&self, w: &Weights, s: &Tensor) -> Result<Tensor> {
+        let mut x = rms_norm(s, &w.ln_f, self.cfg.norm_eps);
+        for b in &w.coda {
+            x = b.forward(&x, &self.rope, self.cfg.n_heads, self.cfg.norm_eps)?;
+        }
+        let x = rms_norm(&x, &w.ln_f, self.cfg.norm_eps);
+        Ok(linear(&x, &w.head).to_kind(Kind::Float))
+    }
+
+    /// s0 shaped like `e`: Huginn's like-init is a ±3σ truncated normal scaled by sqrt(d) (§1.6).
+    pub fn initial_state(&self, e: &Tensor, init: &InitState) -> Result<Tensor> {
+        let random = match init {
+            InitState::Config => self.cfg.state_init == StateInit::LikeInit,
+            InitState::Random => true,
+            InitState::Zero => false,
+            InitState::Given(s) => {
+                ensure!(
+                    s.size() == e.size(),
+                    "initial state has shape {:?}, expected {:?}",
+                    s.size(),
+                    e.size()
+                );
+                return Ok(s.to_kind(Kind::Float).to_device(e.device()).detach());
+            }
+        };
+        let s = Tensor::zeros(e.size(), (Kind::Float, e.device()));
+        if random {
+            let mut s = s;
+            trunc_normal_(&mut s, self.cfg.init_std());
+            return Ok(s * self.cfg.embed_scale());
+        }
+        Ok(s)
+    }
+
+    /// The forward pass: n iterations without a graph, then k with one.
+    ///
+    /// Called under `tch::no_grad` this is evaluation; `Depth::eval(r)` runs all r iterations without
+    /// a graph. With the same s0 the logits do not depend on how r splits into (n, k).
+    pub fn forward(&self, ids: &Tensor, depth: Depth, init: &InitState) -> Result<Forward> {
+        let w = self.weights();
+        let e = self.prelude(&w, ids)?;
+        let mut s = self.initial_state(&e, init)?;
+        // n iterations move the state only; no activations are kept.
+        s = tch::no_grad(|| -> Result<Tensor> {
+            for _ in 0..depth.no_grad {
+                s = self.core_step(&w, &s, &e)?;
+            }
+            Ok(s)
+        })?;
+        // k iterations build the graph; gradients reach the prelude through e.
+        for _ in 0..depth.with_grad {
+            s = self.core_step(&w, &s, &e)?;
+        }
+        Ok(Forward {
+            logits: self.coda(&w, &s)?,
+            state: s,
+        })
+    }
+
+    /// Forward, mean cross-entropy against `targets` [B, T], and backward into the flat gradient.
+    /// Returns the detached loss.
+    ///
+    /// With `activation_checkpointing`, each grad iteration keeps only its input state and is
+    /// recomputed during the backward walk, so activation memory grows with k, not with n:
+    /// forward stores x_0..x_{k-1}; the coda's backward yields g = ∂L/∂s_k; then for i = k-1..0,
+    /// recompute y = f(x_i) with a graph, backpropagate g through it (accumulating parameter
+    /// gradients and ∂L/∂e) and continue with g = ∂L/∂x_i. Last, ∂L/∂e flows into the prelude.
+    pub fn loss_backward(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        depth: Depth,
+        init: &InitState,
+        activation_checkpointing: bool,
+    ) -> Result<Tensor> {
+        if !activation_checkpointing {
+            let out = self.forward(ids, depth, init)?;
+            let loss = cross_entropy(&out.logits, targets)?;
+            loss.backward();
+            return Ok(loss.detach());
+        }
+        let w = self.weights();
+        let e = self.prelude(&w, ids)?;
+        // Every iteration reads e through this leaf; its gradient is summed over iterations.
+        let e_leaf = e.detach().set_requires_grad(true);
+        let mut inputs = Vec::with_capacity(depth.with_grad as usize);
+        let s_k = tch::no_grad(|| -> Result<Tensor> {
+            let mut s = self.initial_state(&e, init)?;
+            for i in 0..depth.total() {
+                if i >= depth.no_grad {
+                    inputs.push(s.shallow_clone());
+                }
+                s = self.core_step(&w, &s, &e_leaf)?;
+            }
+            Ok(s)
+        })?;
+        let s_k = s_k.set_requires_grad(true);
+        let loss = cross_entropy(&self.coda(&w, &s_k)?, targets)?;
+        loss.backward();
+        let mut g = s_k.grad();
+        for x in inputs.iter().rev() {
+            let x = x.detach().set_requires_grad(true);
+            let y = self.core_step(&w, &x, &e_leaf)?;
+            (y * &g).sum(Kind::Float).backward();
+            g = x.grad();
+        }
+        if depth.with_grad > 0 {
+            (e * e_leaf.grad()).sum(Kind::Float).backward();
+        }
+        Ok(loss.detach())
+    }
+}
+
+/// Mean cross-entropy in fp32 over all positions. logits [B, T, V], targets [B, T] (i64).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (b, t, v) = logits.size3()?;
+    ensure!(
+        targets.size() == [b, t],
+        "targets have shape {:?}, logits {:?}",
+        targets.size(),
+        logits.size()
+    );
+    Ok(logits
+        .view([b * t, v])
+        .to_kind(Kind::Float)
+        .cross_entropy_for_logits(&targets.view([b * t])))
+}

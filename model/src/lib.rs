@@ -1,0 +1,17 @@
+//! Muninn's models. Today: Huginn, the recurrent-depth transformer (prelude → r × core → coda).
+//!
+//! Everything shape-related comes from [`HuginnConfig`]; the parameter list in [`params`] is the one
+//! source of truth for names, shapes, init, counting and the checkpoint layouts.
+
+pub mod block;
+pub mod checkpoint;
+pub mod config;
+pub mod flops;
+pub mod hf;
+pub mod huginn;
+pub mod params;
+pub mod st;
+
+pub use config::{HuginnConfig, StateInit};
+pub use huginn::{cross_entropy, Depth, Forward, Huginn, InitState, Precision};
+pub use params::{ParamCounts, Part};

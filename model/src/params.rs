@@ -1,0 +1,376 @@
+//! The parameter list of a Huginn shape: one source of truth for names, shapes, init and grouping.
+//!
+//! Counting parameters and FLOPs, initialising, saving, loading and the HF key mapping all walk this
+//! list, so none of them can disagree about what the model holds. Counting never allocates.
+
+use anyhow::{ensure, Result};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::HuginnConfig;
+
+/// Which part of the model a parameter belongs to (for `model info` and telemetry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    Embedding,
+    Prelude,
+    Adapter,
+    Core,
+    Coda,
+    FinalNorm,
+}
+
+impl Part {
+    pub const ALL: [Part; 6] = [
+        Part::Embedding,
+        Part::Prelude,
+        Part::Adapter,
+        Part::Core,
+        Part::Coda,
+        Part::FinalNorm,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Part::Embedding => "embedding (tied head)",
+            Part::Prelude => "prelude",
+            Part::Adapter => "adapter",
+            Part::Core => "core block",
+            Part::Coda => "coda",
+            Part::FinalNorm => "ln_f",
+        }
+    }
+}
+
+/// How a parameter is initialised (`takase`, reference §1.8).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Normal(0, std) truncated at ±3·std.
+    TruncNormal {
+        std: f64,
+    },
+    Ones,
+    Zeros,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    /// Muninn's name, also the key in `model.safetensors`.
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub part: Part,
+    pub init: Init,
+}
+
+impl ParamSpec {
+    pub fn numel(&self) -> i64 {
+        self.shape.iter().product()
+    }
+}
+
+/// The names of one sandwich block's parameters under `prefix` (e.g. `core.2`).
+pub struct BlockNames {
+    pub norms: [String; 4],
+    pub wqkv: String,
+    pub qk_bias: String,
+    pub attn_proj: String,
+    pub fc: String,
+    pub mlp_proj: String,
+}
+
+impl BlockNames {
+    pub fn new(prefix: &str) -> Self {
+        BlockNames {
+            norms: [1, 2, 3, 4].map(|i| format!("{prefix}.norm_{i}.weight")),
+            wqkv: format!("{prefix}.attn.Wqkv.weight"),
+            qk_bias: format!("{prefix}.attn.qk_bias"),
+            attn_proj: format!("{prefix}.attn.proj.weight"),
+            fc: format!("{prefix}.mlp.fc.weight"),
+            mlp_proj: format!("{prefix}.mlp.proj.weight"),
+        }
+    }
+}
+
+pub const WTE: &str = "wte.weight";
+pub const ADAPTER: &str = "adapter.weight";
+pub const LN_F: &str = "ln_f.weight";
+
+/// The stacks of blocks, as (Muninn prefix, part, count).
+pub fn stacks(cfg: &HuginnConfig) -> [(&'static str, Part, i64); 3] {
+    [
+        ("prelude", Part::Prelude, cfg.n_layers_in_prelude),
+        ("core", Part::Core, cfg.n_layers_in_recurrent_block),
+        ("coda", Part::Coda, cfg.n_layers_in_coda),
+    ]
+}
+
+/// Every parameter of the shape, in a fixed order (embedding, prelude, adapter, core, coda, ln_f).
+pub fn param_specs(cfg: &HuginnConfig) -> Vec<ParamSpec> {
+    let (d, h, hd, i, v) = (
+        cfg.n_embd,
+        cfg.n_heads,
+        cfg.head_dim(),
+        cfg.intermediate_size,
+        cfg.vocab_size,
+    );
+    let std = Init::TruncNormal {
+        std: cfg.init_std(),
+    };
+    let out = Init::TruncNormal {
+        std: cfg.out_proj_std(),
+    };
+    let spec = |name: &str, shape: Vec<i64>, part, init| ParamSpec {
+        name: name.to_string(),
+        shape,
+        part,
+        init,
+    };
+
+    let mut specs = vec![spec(WTE, vec![v, d], Part::Embedding, std)];
+    let block = |specs: &mut Vec<ParamSpec>, prefix: String, part: Part| {
+        let n = BlockNames::new(&prefix);
+        let [n1, n2, n3, n4] = &n.norms;
+        specs.push(spec(n1, vec![d], part, Init::Ones));
+        specs.push(spec(&n.wqkv, vec![3 * d, d], part, std));
+        if cfg.qk_bias {
+            specs.push(spec(&n.qk_bias, vec![2, 1, h, hd], part, Init::Zeros));
+        }
+        specs.push(spec(&n.attn_proj, vec![d, d], part, out));
+        specs.push(spec(n2, vec![d], part, Init::Ones));
+        // The training code initialises both halves of the fused fc with `std` (§1.8 note).
+        specs.push(spec(&n.fc, vec![2 * i, d], part, std));
+        specs.push(spec(&n.mlp_proj, vec![d, i], part, out));
+        specs.push(spec(n3, vec![d], part, Init::Ones));
+        specs.push(spec(n4, vec![d], part, Init::Ones));
+    };
+    let [prelude, core, coda] = stacks(cfg);
+    for (prefix, part, count) in [prelude] {
+        (0..count).for_each(|j| block(&mut specs, format!("{prefix}.{j}"), part));
+    }
+    specs.push(spec(ADAPTER, vec![d, 2 * d], Part::Adapter, std));
+    for (prefix, part, count) in [core, coda] {
+        (0..count).for_each(|j| block(&mut specs, format!("{prefix}.{j}"), part));
+    }
+    specs.push(spec(LN_F, vec![d], Part::FinalNorm, Init::Ones));
+    specs
+}
+
+/// Parameter counts by part, without allocating anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamCounts {
+    pub by_part: Vec<(Part, i64)>,
+    pub total: i64,
+}
+
+impl ParamCounts {
+    pub fn of(cfg: &HuginnConfig) -> Self {
+        let specs = param_specs(cfg);
+        let by_part: Vec<(Part, i64)> = Part::ALL
+            .iter()
+            .map(|&p| {
+                (
+                    p,
+                    specs
+                        .iter()
+                        .filter(|s| s.part == p)
+                        .map(ParamSpec::numel)
+                        .sum(),
+                )
+            })
+            .collect();
+        let total = by_part.iter().map(|(_, n)| n).sum();
+        ParamCounts { by_part, total }
+    }
+
+    pub fn part(&self, part: Part) -> i64 {
+        self.by_part
+            .iter()
+            .find(|(p, _)| *p == part)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Parameters "materialised" when the core runs `r` times: everything else once, the core block r
+    /// times (the adapter counts as static, as in the reference's 52.6 B figure at r = 32).
+    pub fn unrolled(&self, r: i64) -> i64 {
+        self.total + (r - 1) * self.part(Part::Core)
+    }
+}
+
+/// Draws a ±3σ truncated normal the way `torch.nn.init.trunc_normal_` does: inverse-CDF sampling.
+pub fn trunc_normal_(t: &mut Tensor, std: f64) {
+    // u ~ U(2Φ(a)−1, 2Φ(b)−1) with a = −3, b = 3 in units of σ; then σ·√2·erfinv(u), clamped.
+    let phi = |x: f64| 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
+    let (lo, hi) = (2.0 * phi(-3.0) - 1.0, 2.0 * phi(3.0) - 1.0);
+    tch::no_grad(|| {
+        let _ = t.uniform_(lo, hi);
+        let _ = t.erfinv_();
+        let _ = t.g_mul_scalar_(std * std::f64::consts::SQRT_2);
+        let _ = t.clamp_(-3.0 * std, 3.0 * std);
+    });
+}
+
+/// erf for the two constants above; Abramowitz–Stegun 7.1.26 is far more precise than needed.
+fn erf(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.3275911 * x.abs());
+    let y = 1.0
+        - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
+            + 0.254829592)
+            * t
+            * (-x * x).exp();
+    y.copysign(x)
+}
+
+/// All parameters in one flat fp32 leaf tensor; each parameter is a view into it.
+///
+/// One buffer means one gradient buffer: the data-parallel all-reduce and the optimizer work on
+/// contiguous chunks instead of hundreds of small tensors.
+pub struct FlatParams {
+    flat: Tensor,
+    specs: Vec<ParamSpec>,
+    offsets: Vec<i64>,
+}
+
+impl FlatParams {
+    /// Allocates zeros (call [`FlatParams::init`] or load a checkpoint afterwards).
+    pub fn zeros(specs: Vec<ParamSpec>, device: Device) -> Self {
+        let mut offsets = Vec::with_capacity(specs.len());
+        let mut total = 0;
+        for s in &specs {
+            offsets.push(total);
+            total += s.numel();
+        }
+        let flat = Tensor::zeros([total], (Kind::Float, device)).set_requires_grad(true);
+        FlatParams {
+            flat,
+            specs,
+            offsets,
+        }
+    }
+
+    /// Initialises every parameter from its spec, drawing on the CPU so the result does not depend on
+    /// the device. Seed the torch RNG first.
+    pub fn init(&self) {
+        for (spec, mut view) in self.specs.iter().zip(self.detached_views()) {
+            let mut cpu = Tensor::zeros(spec.shape.as_slice(), (Kind::Float, Device::Cpu));
+            match spec.init {
+                Init::TruncNormal { std } => trunc_normal_(&mut cpu, std),
+                Init::Ones => {
+                    let _ = cpu.fill_(1.0);
+                }
+                Init::Zeros => {}
+            }
+            tch::no_grad(|| view.copy_(&cpu));
+        }
+    }
+
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    pub fn numel(&self) -> i64 {
+        self.flat.size()[0]
+    }
+
+    pub fn device(&self) -> Device {
+        self.flat.device()
+    }
+
+    /// The flat leaf (requires grad). Its `.grad()` is the flat gradient buffer.
+    pub fn flat(&self) -> &Tensor {
+        &self.flat
+    }
+
+    fn view_of(base: &Tensor, spec: &ParamSpec, offset: i64) -> Tensor {
+        base.narrow(0, offset, spec.numel())
+            .view(spec.shape.as_slice())
+    }
+
+    /// Views that carry the autograd link to the flat leaf; built once per forward.
+    pub fn views(&self) -> Vec<(&str, Tensor)> {
+        self.specs
+            .iter()
+            .zip(&self.offsets)
+            .map(|(s, &o)| (s.name.as_str(), Self::view_of(&self.flat, s, o)))
+            .collect()
+    }
+
+    /// Views without autograd history, for reading and in-place writes.
+    pub fn detached_views(&self) -> Vec<Tensor> {
+        let base = self.flat.detach();
+        self.specs
+            .iter()
+            .zip(&self.offsets)
+            .map(|(s, &o)| Self::view_of(&base, s, o))
+            .collect()
+    }
+
+    pub fn named_detached(&self) -> Vec<(String, Tensor)> {
+        self.specs
+            .iter()
+            .map(|s| s.name.clone())
+            .zip(self.detached_views())
+            .collect()
+    }
+
+    /// Gradient of each parameter (zeros where none has been computed yet).
+    pub fn named_grads(&self) -> Vec<(String, Tensor)> {
+        let g = self.flat.grad();
+        let g = if g.defined() {
+            g
+        } else {
+            self.flat.zeros_like()
+        };
+        self.specs
+            .iter()
+            .zip(&self.offsets)
+            .map(|(s, &o)| (s.name.clone(), Self::view_of(&g, s, o)))
+            .collect()
+    }
+
+    pub fn zero_grad(&mut self) {
+        self.flat.zero_grad();
+    }
+
+    /// Copies `value` into the parameter `name`, checking the shape.
+    pub fn set(&self, name: &str, value: &Tensor) -> Result<()> {
+        let idx = self.specs.iter().position(|s| s.name == name);
+        let idx =
+            idx.ok_or_else(|| anyhow::anyhow!("no parameter named `{name}` in this shape"))?;
+        let spec = &self.specs[idx];
+        ensure!(
+            value.size() == spec.shape,
+            "parameter `{name}`: expected shape {:?}, found {:?}",
+            spec.shape,
+            value.size()
+        );
+        let mut view = Self::view_of(&self.flat.detach(), spec, self.offsets[idx]);
+        tch::no_grad(|| view.copy_(&value.to_kind(Kind::Float)));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_known_values() {
+        assert!((erf(1.0) - 0.842_700_79).abs() < 1e-6);
+        assert!((erf(-3.0 / std::f64::consts::SQRT_2) + 0.997_300_2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn trunc_normal_respects_bounds_and_std() {
+        tch::manual_seed(0);
+        let mut t = Tensor::zeros([200_000], (Kind::Float, Device::Cpu));
+        trunc_normal_(&mut t, 0.02);
+        let max = t.abs().max().double_value(&[]);
+        let std = t.std(true).double_value(&[]);
+        assert!(max <= 0.06 + 1e-7, "max {max}");
+        // A ±3σ truncation shrinks the std by a factor 0.9866.
+        assert!(
+            (std / 0.02 - 0.9866).abs() < 0.01,
+            "std ratio {}",
+            std / 0.02
+        );
+    }
+}

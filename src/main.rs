@@ -1,0 +1,275 @@
+//! `muninn`: the command line. Thin glue over the crates; every error is printed once, with its
+//! chain, and turns into exit code 1.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{ensure, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use muninn_model::flops::{inference_flops_per_token, train_flops_per_token};
+use muninn_model::{checkpoint, hf, Depth, HuginnConfig, InitState, ParamCounts, Part, Precision};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Parser)]
+#[command(
+    name = "muninn",
+    version,
+    about = "Pretraining framework for recurrent-depth transformers (Huginn)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect model shapes.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Write a freshly initialised checkpoint (model.safetensors + config.toml).
+    Init {
+        /// A named shape (nebel-raven-3.5b, micro, tiny, mini-huginn) or a TOML file with a [model] table.
+        shape: String,
+        /// Seed of the `takase` initialisation.
+        #[arg(long, default_value_t = 233)]
+        seed: i64,
+        /// New checkpoint directory (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Convert a Muninn checkpoint to another layout.
+    Export {
+        checkpoint: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// New output directory (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// dtype of the exported weights: f32 (as released) or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: hf::ExportDtype,
+    },
+    /// Read a Huginn Hugging Face directory (e.g. huginn-0125) into a Muninn checkpoint.
+    ImportHf {
+        dir: PathBuf,
+        /// New checkpoint directory (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run one forward pass and write logits and the final latent state as safetensors.
+    Forward(ForwardArgs),
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Parameters by part, unrolled count and training FLOPs per token. Allocates no weights.
+    Info {
+        /// A named shape or a TOML file with a [model] table.
+        shape: String,
+        /// No-grad iterations n for the FLOP count [default: mean_recurrence - mean_backprop_depth].
+        #[arg(long)]
+        n: Option<i64>,
+        /// Grad iterations k for the FLOP count [default: mean_backprop_depth].
+        #[arg(long)]
+        k: Option<i64>,
+        /// Sequence length for the attention FLOPs [default: block_size].
+        #[arg(long)]
+        seq_len: Option<i64>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// safetensors with the keys of recpre/raven_modeling_minimal.py, config.json and modeling files.
+    HuginnHf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum InitStateArg {
+    Zero,
+    Random,
+}
+
+#[derive(Args)]
+struct ForwardArgs {
+    checkpoint: PathBuf,
+    /// Comma-separated token ids.
+    #[arg(long, value_delimiter = ',', required = true)]
+    tokens: Vec<i64>,
+    /// Recurrent iterations r [default: the checkpoint's mean_recurrence].
+    #[arg(long)]
+    depth: Option<i64>,
+    #[arg(long, value_enum, default_value = "zero")]
+    init_state: InitStateArg,
+    /// Seed for a random initial state.
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    /// f32 or bf16-mixed.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Output safetensors file with `logits` [1, T, V] and `state` [1, T, d], both fp32.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("muninn: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Model(ModelCommand::Info {
+            shape,
+            n,
+            k,
+            seq_len,
+        }) => model_info(&shape, n, k, seq_len),
+        Command::Init { shape, seed, out } => init(&shape, seed, &out),
+        Command::Export {
+            checkpoint,
+            format: ExportFormat::HuginnHf,
+            out,
+            dtype,
+        } => {
+            let model = checkpoint::load(&checkpoint, Device::Cpu, Precision::F32)?;
+            hf::export(&model, &out, dtype)
+                .with_context(|| format!("exporting to {}", out.display()))?;
+            println!("wrote {} (huginn-hf, {dtype:?})", out.display());
+            Ok(())
+        }
+        Command::ImportHf { dir, out } => {
+            let model = hf::import(&dir).with_context(|| format!("importing {}", dir.display()))?;
+            checkpoint::save_new(&model, &out)?;
+            println!(
+                "wrote {} ({} parameters)",
+                out.display(),
+                model.params().numel()
+            );
+            Ok(())
+        }
+        Command::Forward(args) => forward(args),
+    }
+}
+
+fn model_info(shape: &str, n: Option<i64>, k: Option<i64>, seq_len: Option<i64>) -> Result<()> {
+    let cfg = HuginnConfig::from_name_or_file(shape)?;
+    let k = k.unwrap_or(cfg.mean_backprop_depth);
+    let n = n.unwrap_or((cfg.mean_recurrence - k).max(0));
+    let t = seq_len.unwrap_or(cfg.block_size);
+    ensure!(
+        n >= 0 && k >= 0 && n + k >= 1,
+        "--n {n} --k {k}: need n, k >= 0 and n + k >= 1"
+    );
+    ensure!(t >= 1, "--seq-len must be positive");
+    let counts = ParamCounts::of(&cfg);
+    println!("model {}", cfg.name);
+    println!(
+        "  d={} heads={} (head dim {}) I={} V={} block_size={} layers prelude/core/coda={}/{}/{} r̄={} k̄={}",
+        cfg.n_embd,
+        cfg.n_heads,
+        cfg.head_dim(),
+        cfg.intermediate_size,
+        cfg.vocab_size,
+        cfg.block_size,
+        cfg.n_layers_in_prelude,
+        cfg.n_layers_in_recurrent_block,
+        cfg.n_layers_in_coda,
+        cfg.mean_recurrence,
+        cfg.mean_backprop_depth
+    );
+    println!("parameters");
+    for part in Part::ALL {
+        println!(
+            "  {:<24}{:>18}",
+            part.label(),
+            group_digits(counts.part(part))
+        );
+    }
+    println!("  {:<24}{:>18}", "total (tied)", group_digits(counts.total));
+    println!(
+        "  {:<24}{:>18}",
+        format!("unrolled at r={}", cfg.mean_recurrence),
+        group_digits(counts.unrolled(cfg.mean_recurrence))
+    );
+    let ckpt = train_flops_per_token(&cfg, n, k, t, true);
+    let plain = train_flops_per_token(&cfg, n, k, t, false);
+    println!("training FLOPs per token at (n, k) = ({n}, {k}), T = {t}");
+    println!("  {:<24}{:>18.4e}", "model (MFU)", plain.model);
+    println!("  {:<24}{:>18.4e}", "hardware, checkpointed", ckpt.hardware);
+    println!(
+        "inference FLOPs per token at r = {}: {:.4e}",
+        cfg.mean_recurrence,
+        inference_flops_per_token(&cfg, cfg.mean_recurrence, t)
+    );
+    Ok(())
+}
+
+fn group_digits(n: i64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn init(shape: &str, seed: i64, out: &Path) -> Result<()> {
+    let cfg = HuginnConfig::from_name_or_file(shape)?;
+    let model = muninn_model::Huginn::new(cfg, Device::Cpu, Precision::F32)?;
+    model.init(seed);
+    checkpoint::save_new(&model, out)?;
+    println!(
+        "wrote {} ({}, {} parameters, seed {seed})",
+        out.display(),
+        model.config().name,
+        model.params().numel()
+    );
+    Ok(())
+}
+
+fn forward(a: ForwardArgs) -> Result<()> {
+    let device = muninn_trainer::parse_device(&a.device)?;
+    let model = checkpoint::load(&a.checkpoint, device, a.precision)?;
+    let cfg = model.config();
+    let depth = a.depth.unwrap_or(cfg.mean_recurrence);
+    ensure!(depth >= 0, "--depth must be >= 0");
+    if let Some(bad) = a.tokens.iter().find(|&&t| t < 0 || t >= cfg.vocab_size) {
+        anyhow::bail!(
+            "--tokens: id {bad} is outside the vocabulary [0, {})",
+            cfg.vocab_size
+        );
+    }
+    let ids = Tensor::from_slice(&a.tokens)
+        .view([1, -1])
+        .to_device(device);
+    tch::manual_seed(a.seed);
+    let init = match a.init_state {
+        InitStateArg::Zero => InitState::Zero,
+        InitStateArg::Random => InitState::Random,
+    };
+    let out = tch::no_grad(|| model.forward(&ids, Depth::eval(depth), &init))?;
+    let tensors = [
+        ("logits".to_string(), out.logits.to_kind(Kind::Float)),
+        ("state".to_string(), out.state.to_kind(Kind::Float)),
+    ];
+    muninn_model::st::write(&a.out, &tensors, None)?;
+    println!(
+        "wrote {} (logits {:?}, state {:?}, depth {depth})",
+        a.out.display(),
+        out.logits.size(),
+        out.state.size()
+    );
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! The training loop and its stateful parts (depth sampler, optimizer, checkpointer, metrics,
+//! communicator). The loop itself arrives with the trainer issue; until then this crate holds the
+//! device choice that every command shares.
+
+use anyhow::{bail, Result};
+use tch::Device;
+
+/// `cpu`, `cuda`, `cuda:N`, or `auto` (the first GPU if libtorch sees one, else the CPU). ROCm builds
+/// of libtorch expose AMD GPUs as `cuda` too.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    Ok(match spec {
+        "auto" => Device::cuda_if_available(),
+        "cpu" => Device::Cpu,
+        "cuda" | "gpu" => require_cuda(0)?,
+        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => require_cuda(i)?,
+            _ => bail!("unknown device `{spec}` (expected auto, cpu, cuda or cuda:N)"),
+        },
+    })
+}
+
+fn require_cuda(i: usize) -> Result<Device> {
+    let n = tch::Cuda::device_count() as usize;
+    if i >= n {
+        bail!("device cuda:{i} requested but libtorch sees {n} GPU(s)");
+    }
+    Ok(Device::Cuda(i))
+}

@@ -32,7 +32,7 @@ enum Command {
         shape: String,
         /// Seed of the `takase` initialisation.
         #[arg(long, default_value_t = 233)]
-        seed: i64,
+        seed: u64,
         /// New checkpoint directory (must not exist).
         #[arg(long)]
         out: PathBuf,
@@ -225,7 +225,7 @@ fn group_digits(n: i64) -> String {
     out
 }
 
-fn init(shape: &str, seed: i64, out: &Path) -> Result<()> {
+fn init(shape: &str, seed: u64, out: &Path) -> Result<()> {
     let cfg = HuginnConfig::from_name_or_file(shape)?;
     let model = muninn_model::Huginn::new(cfg, Device::Cpu, Precision::F32)?;
     model.init(seed);

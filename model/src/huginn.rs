@@ -109,11 +109,10 @@ impl Huginn {
         })
     }
 
-    /// `takase` initialisation from `seed`. Draws on the CPU: the same seed gives the same weights on
-    /// every device and every rank.
-    pub fn init(&self, seed: i64) {
-        tch::manual_seed(seed);
-        self.params.init();
+    /// `takase` initialisation from `seed`: the same seed gives the same weights on every device and
+    /// every rank, without touching torch's global RNG.
+    pub fn init(&self, seed: u64) {
+        self.params.init(seed);
     }
 
     pub fn config(&self) -> &HuginnConfig {
@@ -331,7 +330,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         logits.size()
     );
     Ok(logits
-        .view([b * t, v])
+        .reshape([b * t, v])
         .to_kind(Kind::Float)
-        .cross_entropy_for_logits(&targets.view([b * t])))
+        .cross_entropy_for_logits(&targets.reshape([b * t])))
 }

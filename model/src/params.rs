@@ -4,6 +4,10 @@
 //! list, so none of them can disagree about what the model holds. Counting never allocates.
 
 use anyhow::{ensure, Result};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::HuginnConfig;
@@ -195,7 +199,17 @@ impl ParamCounts {
     }
 }
 
-/// Draws a ±3σ truncated normal the way `torch.nn.init.trunc_normal_` does: inverse-CDF sampling.
+/// One draw of Normal(0, std) truncated at ±3·std, by rejection (0.27% of draws are redrawn).
+fn sample_trunc_normal(rng: &mut ChaCha8Rng, std: f64) -> f64 {
+    loop {
+        let z: f64 = StandardNormal.sample(rng);
+        if z.abs() <= 3.0 {
+            return z * std;
+        }
+    }
+}
+
+/// Draws a ±3σ truncated normal in place from torch's RNG (on the tensor's device), the way `torch.nn.init.trunc_normal_` does: inverse-CDF sampling.
 pub fn trunc_normal_(t: &mut Tensor, std: f64) {
     // u ~ U(2Φ(a)−1, 2Φ(b)−1) with a = −3, b = 3 in units of σ; then σ·√2·erfinv(u), clamped.
     let phi = |x: f64| 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
@@ -246,18 +260,29 @@ impl FlatParams {
         }
     }
 
-    /// Initialises every parameter from its spec, drawing on the CPU so the result does not depend on
-    /// the device. Seed the torch RNG first.
-    pub fn init(&self) {
-        for (spec, mut view) in self.specs.iter().zip(self.detached_views()) {
-            let mut cpu = Tensor::zeros(spec.shape.as_slice(), (Kind::Float, Device::Cpu));
-            match spec.init {
-                Init::TruncNormal { std } => trunc_normal_(&mut cpu, std),
-                Init::Ones => {
-                    let _ = cpu.fill_(1.0);
+    /// Initialises every parameter from its spec. Parameter i draws from stream i of a ChaCha8
+    /// generator seeded with `seed`: the result depends on nothing but the seed (not the device, the
+    /// thread count, or torch's global RNG), so every rank builds identical weights.
+    pub fn init(&self, seed: u64) {
+        let values: Vec<Vec<f32>> = self
+            .specs
+            .par_iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let n = spec.numel() as usize;
+                match spec.init {
+                    Init::TruncNormal { std } => {
+                        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                        rng.set_stream(i as u64);
+                        (0..n).map(|_| sample_trunc_normal(&mut rng, std) as f32).collect()
+                    }
+                    Init::Ones => vec![1.0; n],
+                    Init::Zeros => vec![0.0; n],
                 }
-                Init::Zeros => {}
-            }
+            })
+            .collect();
+        for ((spec, mut view), v) in self.specs.iter().zip(self.detached_views()).zip(values) {
+            let cpu = Tensor::from_slice(&v).view(spec.shape.as_slice());
             tch::no_grad(|| view.copy_(&cpu));
         }
     }
@@ -356,6 +381,31 @@ mod tests {
     fn erf_matches_known_values() {
         assert!((erf(1.0) - 0.842_700_79).abs() < 1e-6);
         assert!((erf(-3.0 / std::f64::consts::SQRT_2) + 0.997_300_2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn init_depends_only_on_the_seed_and_follows_the_spec() {
+        let cfg = crate::HuginnConfig::preset("micro").unwrap();
+        let a = FlatParams::zeros(param_specs(&cfg), Device::Cpu);
+        let b = FlatParams::zeros(param_specs(&cfg), Device::Cpu);
+        let c = FlatParams::zeros(param_specs(&cfg), Device::Cpu);
+        a.init(5);
+        b.init(5);
+        c.init(6);
+        assert!(a.flat().equal(b.flat()));
+        assert!(!a.flat().equal(c.flat()));
+        for (spec, t) in a.specs().iter().zip(a.detached_views()) {
+            match spec.init {
+                Init::Ones => assert!(t.eq(1.0).all().int64_value(&[]) == 1, "{}", spec.name),
+                Init::Zeros => assert!(t.eq(0.0).all().int64_value(&[]) == 1, "{}", spec.name),
+                Init::TruncNormal { std } => {
+                    let max = t.abs().max().double_value(&[]);
+                    let s = t.std(true).double_value(&[]);
+                    assert!(max <= 3.0 * std * (1.0 + 1e-6), "{}: |w| {max} > 3σ", spec.name);
+                    assert!((s / std - 0.9866).abs() < 0.05, "{}: std {s} vs σ {std}", spec.name);
+                }
+            }
+        }
     }
 
     #[test]

@@ -2,6 +2,9 @@
 # Installs what Muninn needs on a fresh Debian machine that has Rust, Python and apt, then builds.
 # Idempotent: a second run only checks and builds.
 #
+#   scripts/setup.sh              install what is missing, then `cargo build --release`
+#   scripts/setup.sh --deps-only  install what is missing, build nothing (scripts/test.sh uses this)
+#
 # libtorch: if LIBTORCH or LIBTORCH_USE_PYTORCH is set (a cluster's ROCm/CUDA libtorch), that is used
 # and nothing is installed. Otherwise torch==2.11.0 from PyPI goes into the project-local .venv and
 # .venv/libtorch points at it; .cargo/config.toml hands that path to tch's build script.
@@ -9,12 +12,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.11.0
+# Only for the test that runs Huginn's reference modeling file on our exports (tests/hf_reference.rs).
+TRANSFORMERS_VERSION=4.57.1
 log() { printf 'setup: %s\n' "$*" >&2; }
+build=1
+case "${1:-}" in
+  --deps-only) build=0 ;;
+  "") ;;
+  *) log "unknown option $1 (expected --deps-only)"; exit 2 ;;
+esac
 
 # --- system packages (C/C++ toolchain for tch's shim) ------------------------------------------
 need_apt=()
 command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+if [ -z "${LIBTORCH:-}${LIBTORCH_USE_PYTORCH:-}" ] && [ ! -x .venv/bin/python ] \
+  && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  need_apt+=(python3-venv)
+fi
 if ((${#need_apt[@]})); then
   if command -v apt-get >/dev/null 2>&1; then
     sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
@@ -41,12 +56,17 @@ else
     log "installing torch==$TORCH_VERSION into .venv (PyPI wheel; a few minutes the first time)"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
   fi
+  if ! .venv/bin/python -c "import transformers, sys; sys.exit(transformers.__version__ != '$TRANSFORMERS_VERSION')" 2>/dev/null; then
+    log "installing transformers==$TRANSFORMERS_VERSION into .venv (for the HF reference test)"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "transformers==$TRANSFORMERS_VERSION"
+  fi
   torch_dir=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')
   ln -sfn "$torch_dir" .venv/libtorch
   log "libtorch: .venv/libtorch -> $torch_dir"
 fi
 
 # --- build ---------------------------------------------------------------------------------------
+[ "$build" -eq 1 ] || exit 0
 log "building (cargo build --release)"
 cargo build --release --quiet
 log "done: target/release/muninn"

@@ -274,7 +274,9 @@ impl FlatParams {
                     Init::TruncNormal { std } => {
                         let mut rng = ChaCha8Rng::seed_from_u64(seed);
                         rng.set_stream(i as u64);
-                        (0..n).map(|_| sample_trunc_normal(&mut rng, std) as f32).collect()
+                        (0..n)
+                            .map(|_| sample_trunc_normal(&mut rng, std) as f32)
+                            .collect()
                     }
                     Init::Ones => vec![1.0; n],
                     Init::Zeros => vec![0.0; n],
@@ -401,8 +403,16 @@ mod tests {
                 Init::TruncNormal { std } => {
                     let max = t.abs().max().double_value(&[]);
                     let s = t.std(true).double_value(&[]);
-                    assert!(max <= 3.0 * std * (1.0 + 1e-6), "{}: |w| {max} > 3σ", spec.name);
-                    assert!((s / std - 0.9866).abs() < 0.05, "{}: std {s} vs σ {std}", spec.name);
+                    assert!(
+                        max <= 3.0 * std * (1.0 + 1e-6),
+                        "{}: |w| {max} > 3σ",
+                        spec.name
+                    );
+                    assert!(
+                        (s / std - 0.9866).abs() < 0.05,
+                        "{}: std {s} vs σ {std}",
+                        spec.name
+                    );
                 }
             }
         }

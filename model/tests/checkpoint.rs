@@ -6,7 +6,12 @@ use tch::{Device, Kind, Tensor};
 
 fn tiny(seed: u64) -> Huginn {
     tch::set_num_threads(1);
-    let m = Huginn::new(HuginnConfig::preset("micro").unwrap(), Device::Cpu, Precision::F32).unwrap();
+    let m = Huginn::new(
+        HuginnConfig::preset("micro").unwrap(),
+        Device::Cpu,
+        Precision::F32,
+    )
+    .unwrap();
     m.init(seed);
     m
 }
@@ -33,7 +38,10 @@ fn an_existing_checkpoint_is_never_overwritten() {
     let before = std::fs::read(out.join(checkpoint::MODEL_FILE)).unwrap();
     let err = checkpoint::save_new(&tiny(2), &out).unwrap_err();
     assert!(format!("{err:#}").contains("already exists"), "{err:#}");
-    assert_eq!(std::fs::read(out.join(checkpoint::MODEL_FILE)).unwrap(), before);
+    assert_eq!(
+        std::fs::read(out.join(checkpoint::MODEL_FILE)).unwrap(),
+        before
+    );
 }
 
 #[test]
@@ -42,7 +50,12 @@ fn hf_export_import_round_trip_is_exact() {
     let m = tiny(3);
     let out = dir.path().join("hf");
     hf::export(&m, &out, ExportDtype::F32).unwrap();
-    for f in ["model.safetensors", "config.json", "raven_config_minimal.py", "raven_modeling_minimal.py"] {
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "raven_config_minimal.py",
+        "raven_modeling_minimal.py",
+    ] {
         assert!(out.join(f).exists(), "{f} missing from the export");
     }
     let back = hf::import(&out).unwrap();
@@ -62,8 +75,14 @@ fn hf_export_has_the_reference_keys_and_shapes() {
     assert_eq!(shapes["transformer.wte.weight"], [v, d]);
     assert_eq!(shapes["lm_head.weight"], [v, d]);
     assert_eq!(shapes["transformer.adapter.weight"], [d, 2 * d]);
-    assert_eq!(shapes["transformer.core_block.1.attn.Wqkv.weight"], [3 * d, d]);
-    assert_eq!(shapes["transformer.core_block.1.attn.qk_bias"], [2, 1, 2, 32]);
+    assert_eq!(
+        shapes["transformer.core_block.1.attn.Wqkv.weight"],
+        [3 * d, d]
+    );
+    assert_eq!(
+        shapes["transformer.core_block.1.attn.qk_bias"],
+        [2, 1, 2, 32]
+    );
     assert_eq!(shapes["transformer.prelude.0.mlp.fc.weight"], [2 * 256, d]);
     assert_eq!(shapes["transformer.coda.0.mlp.proj.weight"], [d, 256]);
     assert_eq!(shapes["transformer.coda.0.norm_4.weight"], [d]);
@@ -71,13 +90,20 @@ fn hf_export_has_the_reference_keys_and_shapes() {
     assert_eq!(shapes["freqs_cis"], [1, 64, 1, 16, 2]);
     // micro has 4 blocks: 4 × 9 block tensors + wte + adapter + ln_f + lm_head + freqs_cis.
     assert_eq!(shapes.len(), 4 * 9 + 5);
-    assert_eq!(f.get("transformer.wte.weight").unwrap().kind(), Kind::BFloat16);
+    assert_eq!(
+        f.get("transformer.wte.weight").unwrap().kind(),
+        Kind::BFloat16
+    );
     assert_eq!(f.get("freqs_cis").unwrap().kind(), Kind::Float);
     assert_eq!(f.metadata().get("format").map(String::as_str), Some("pt"));
     let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("hf/config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("hf/config.json")).unwrap())
+            .unwrap();
     assert_eq!(cfg["model_type"], "huginn_raven");
-    assert_eq!(cfg["auto_map"]["AutoModelForCausalLM"], "raven_modeling_minimal.RavenForCausalLM");
+    assert_eq!(
+        cfg["auto_map"]["AutoModelForCausalLM"],
+        "raven_modeling_minimal.RavenForCausalLM"
+    );
     assert_eq!(cfg["n_layers"], 4);
 }
 
@@ -85,10 +111,19 @@ fn hf_export_has_the_reference_keys_and_shapes() {
 fn tamper(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) {
     let path = dir.join("model.safetensors");
     let f = st::StFile::open(&path).unwrap();
-    let mut tensors: Vec<(String, Tensor)> = f.shapes().into_iter().map(|(n, _)| (n.clone(), f.get(&n).unwrap())).collect();
+    let mut tensors: Vec<(String, Tensor)> = f
+        .shapes()
+        .into_iter()
+        .map(|(n, _)| (n.clone(), f.get(&n).unwrap()))
+        .collect();
     drop(f);
     edit(&mut tensors);
-    st::write(&path, &tensors, Some([("format".to_string(), "pt".to_string())].into())).unwrap();
+    st::write(
+        &path,
+        &tensors,
+        Some([("format".to_string(), "pt".to_string())].into()),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -96,10 +131,15 @@ fn import_refuses_a_missing_key_and_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("hf");
     hf::export(&tiny(4), &out, ExportDtype::F32).unwrap();
-    tamper(&out, |t| t.retain(|(n, _)| n != "transformer.core_block.0.attn.proj.weight"));
+    tamper(&out, |t| {
+        t.retain(|(n, _)| n != "transformer.core_block.0.attn.proj.weight")
+    });
     let err = hf::import(&out).err().expect("import must fail");
     let msg = format!("{err:#}");
-    assert!(msg.contains("missing tensor `transformer.core_block.0.attn.proj.weight`"), "{msg}");
+    assert!(
+        msg.contains("missing tensor `transformer.core_block.0.attn.proj.weight`"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -108,11 +148,17 @@ fn import_refuses_a_wrong_shape_and_names_the_key() {
     let out = dir.path().join("hf");
     hf::export(&tiny(4), &out, ExportDtype::F32).unwrap();
     tamper(&out, |t| {
-        let e = t.iter_mut().find(|(n, _)| n == "transformer.adapter.weight").unwrap();
+        let e = t
+            .iter_mut()
+            .find(|(n, _)| n == "transformer.adapter.weight")
+            .unwrap();
         e.1 = Tensor::zeros([64, 64], (Kind::Float, Device::Cpu));
     });
     let msg = format!("{:#}", hf::import(&out).err().expect("import must fail"));
-    assert!(msg.contains("`transformer.adapter.weight` has shape [64, 64]"), "{msg}");
+    assert!(
+        msg.contains("`transformer.adapter.weight` has shape [64, 64]"),
+        "{msg}"
+    );
     assert!(msg.contains("[64, 128]"), "{msg}");
 }
 
@@ -121,9 +167,17 @@ fn import_refuses_an_unexpected_key() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("hf");
     hf::export(&tiny(4), &out, ExportDtype::F32).unwrap();
-    tamper(&out, |t| t.push(("transformer.core_block.9.attn.proj.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu)))));
+    tamper(&out, |t| {
+        t.push((
+            "transformer.core_block.9.attn.proj.weight".into(),
+            Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+        ))
+    });
     let msg = format!("{:#}", hf::import(&out).err().expect("import must fail"));
-    assert!(msg.contains("unexpected tensor `transformer.core_block.9.attn.proj.weight`"), "{msg}");
+    assert!(
+        msg.contains("unexpected tensor `transformer.core_block.9.attn.proj.weight`"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -132,9 +186,16 @@ fn checkpoint_with_a_wrong_shape_is_refused() {
     let out = dir.path().join("ckpt");
     checkpoint::save_new(&tiny(5), &out).unwrap();
     // Claim a different width in config.toml: every tensor now has the wrong shape.
-    let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap().replace("n_embd = 64", "n_embd = 96");
+    let cfg = std::fs::read_to_string(out.join("config.toml"))
+        .unwrap()
+        .replace("n_embd = 64", "n_embd = 96");
     std::fs::write(out.join("config.toml"), cfg).unwrap();
-    let msg = format!("{:#}", checkpoint::load(&out, Device::Cpu, Precision::F32).err().expect("must fail"));
+    let msg = format!(
+        "{:#}",
+        checkpoint::load(&out, Device::Cpu, Precision::F32)
+            .err()
+            .expect("must fail")
+    );
     assert!(msg.contains("wte.weight` has shape [256, 64]"), "{msg}");
 }
 

@@ -19,7 +19,9 @@ fn model(name: &str, precision: Precision) -> Huginn {
 
 /// Scrambled ids and next-token targets [B, T].
 fn batch(vocab: i64, b: i64, t: i64, seed: i64) -> (Tensor, Tensor) {
-    let ids: Vec<i64> = (0..b * (t + 1)).map(|i| (i * 7919 + seed * 104_729 + (i * i) % 13) % vocab).collect();
+    let ids: Vec<i64> = (0..b * (t + 1))
+        .map(|i| (i * 7919 + seed * 104_729 + (i * i) % 13) % vocab)
+        .collect();
     let row = Tensor::from_slice(&ids).view([b, t + 1]);
     (row.narrow(1, 0, t), row.narrow(1, 1, t))
 }
@@ -28,7 +30,11 @@ fn batch(vocab: i64, b: i64, t: i64, seed: i64) -> (Tensor, Tensor) {
 fn fixed_state(m: &Huginn, b: i64, t: i64) -> InitState {
     let n = b * t * m.config().n_embd;
     let x = Tensor::arange(n, (Kind::Float, Device::Cpu));
-    InitState::Given(((&x * 0.7311).sin() * (&x * 0.0173).cos() * 1.2).view([b, t, m.config().n_embd]))
+    InitState::Given(((&x * 0.7311).sin() * (&x * 0.0173).cos() * 1.2).view([
+        b,
+        t,
+        m.config().n_embd,
+    ]))
 }
 
 fn grad_of(m: &Huginn) -> Tensor {
@@ -69,7 +75,10 @@ fn eval_forward_equals_training_forward_for_the_same_state_and_depth() {
     let init = fixed_state(&m, 2, 16);
     let train = m.forward(&ids, Depth::new(3, 2), &init).unwrap();
     let eval = tch::no_grad(|| m.forward(&ids, Depth::eval(5), &init)).unwrap();
-    assert!(train.logits.requires_grad(), "the k grad iterations must build a graph");
+    assert!(
+        train.logits.requires_grad(),
+        "the k grad iterations must build a graph"
+    );
     assert!(!eval.logits.requires_grad());
     assert_eq!(train.logits.size(), [2, 16, 256]);
     let diff = (&train.logits - &eval.logits).abs().max().double_value(&[]);
@@ -87,18 +96,34 @@ fn activation_checkpointing_gives_the_same_gradients() {
         let (ids, targets) = batch(256, 2, 16, 2);
         let init = fixed_state(&m, 2, 16);
         let depth = Depth::new(2, 3);
-        let plain_loss = m.loss_backward(&ids, &targets, depth, &init, false).unwrap();
+        let plain_loss = m
+            .loss_backward(&ids, &targets, depth, &init, false)
+            .unwrap();
         let plain = grad_of(&m);
         m.params_mut().zero_grad();
         let ckpt_loss = m.loss_backward(&ids, &targets, depth, &init, true).unwrap();
         let ckpt = grad_of(&m);
-        assert_eq!(plain_loss.double_value(&[]), ckpt_loss.double_value(&[]), "{precision:?}");
+        assert_eq!(
+            plain_loss.double_value(&[]),
+            ckpt_loss.double_value(&[]),
+            "{precision:?}"
+        );
         let rel = max_rel_diff(&ckpt, &plain);
-        let tol = if precision == Precision::F32 { 1e-5 } else { 1e-2 };
-        assert!(rel < tol, "{precision:?}: checkpointed gradients differ by {rel:e} (relative)");
+        let tol = if precision == Precision::F32 {
+            1e-5
+        } else {
+            1e-2
+        };
+        assert!(
+            rel < tol,
+            "{precision:?}: checkpointed gradients differ by {rel:e} (relative)"
+        );
         // Every parameter gets a gradient: embedding, prelude (through e), adapter, core, coda, ln_f.
         for (name, g) in m.params().named_grads() {
-            assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{precision:?}: `{name}` has no gradient");
+            assert!(
+                g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                "{precision:?}: `{name}` has no gradient"
+            );
         }
     }
 }
@@ -110,12 +135,18 @@ fn truncated_backprop_ignores_the_no_grad_prefix() {
     let m = model("micro", Precision::F32);
     let (ids, targets) = batch(256, 1, 12, 3);
     let init = fixed_state(&m, 1, 12);
-    let loss = m.loss_backward(&ids, &targets, Depth::new(3, 2), &init, false).unwrap();
+    let loss = m
+        .loss_backward(&ids, &targets, Depth::new(3, 2), &init, false)
+        .unwrap();
     let g_trunc = grad_of(&m);
 
     let m2 = model("micro", Precision::F32);
-    let prefix = tch::no_grad(|| m2.forward(&ids, Depth::eval(3), &init)).unwrap().state;
-    let out = m2.forward(&ids, Depth::new(0, 2), &InitState::Given(prefix)).unwrap();
+    let prefix = tch::no_grad(|| m2.forward(&ids, Depth::eval(3), &init))
+        .unwrap()
+        .state;
+    let out = m2
+        .forward(&ids, Depth::new(0, 2), &InitState::Given(prefix))
+        .unwrap();
     let loss2 = cross_entropy(&out.logits, &targets).unwrap();
     loss2.backward();
     assert!((loss.double_value(&[]) - loss2.double_value(&[])).abs() < 1e-6);
@@ -131,7 +162,9 @@ fn bf16_core_gradients_are_nonzero_and_match_fp32() {
     for precision in [Precision::F32, Precision::Bf16Mixed] {
         let m = model("tiny", precision);
         let init = fixed_state(&m, 2, 32);
-        let _loss = m.loss_backward(&ids, &targets, depth, &init, false).unwrap();
+        let _loss = m
+            .loss_backward(&ids, &targets, depth, &init, false)
+            .unwrap();
         let core: Vec<Tensor> = m
             .params()
             .named_grads()
@@ -140,7 +173,10 @@ fn bf16_core_gradients_are_nonzero_and_match_fp32() {
             .map(|(_, g)| g.flatten(0, -1))
             .collect();
         let core = Tensor::cat(&core, 0);
-        assert!(core.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{precision:?}: core gradients are zero");
+        assert!(
+            core.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+            "{precision:?}: core gradients are zero"
+        );
         core_grads.push(core);
     }
     let (f32g, bf16g) = (&core_grads[0], &core_grads[1]);
@@ -149,8 +185,14 @@ fn bf16_core_gradients_are_nonzero_and_match_fp32() {
     let rel_l2 = (bf16g - f32g).norm().double_value(&[]) / f32g.norm().double_value(&[]);
     let cosine = (bf16g * f32g).sum(Kind::Float).double_value(&[])
         / (bf16g.norm().double_value(&[]) * f32g.norm().double_value(&[]));
-    assert!(rel_l2 < 0.05, "bf16 core gradients differ from fp32 by {rel_l2:.4} (relative L2)");
-    assert!(cosine > 0.999, "bf16 vs fp32 core gradient cosine {cosine:.5}");
+    assert!(
+        rel_l2 < 0.05,
+        "bf16 core gradients differ from fp32 by {rel_l2:.4} (relative L2)"
+    );
+    assert!(
+        cosine > 0.999,
+        "bf16 vs fp32 core gradient cosine {cosine:.5}"
+    );
 }
 
 #[test]
@@ -163,13 +205,21 @@ fn bf16_forward_stays_close_to_fp32() {
             let m = model("tiny", p);
             let init = fixed_state(&m, 1, 32);
             let out = tch::no_grad(|| m.forward(&ids, Depth::eval(4), &init)).unwrap();
-            assert_eq!(out.state.kind(), Kind::Float, "{p:?}: the recurrent state must stay fp32");
+            assert_eq!(
+                out.state.kind(),
+                Kind::Float,
+                "{p:?}: the recurrent state must stay fp32"
+            );
             assert_eq!(out.logits.kind(), Kind::Float);
             out.logits
         })
         .collect();
-    let rel = (&logits[1] - &logits[0]).norm().double_value(&[]) / logits[0].norm().double_value(&[]);
-    assert!(rel < 0.02, "bf16 logits differ from fp32 by {rel:.4} (relative L2)");
+    let rel =
+        (&logits[1] - &logits[0]).norm().double_value(&[]) / logits[0].norm().double_value(&[]);
+    assert!(
+        rel < 0.02,
+        "bf16 logits differ from fp32 by {rel:.4} (relative L2)"
+    );
 }
 
 #[test]
@@ -192,6 +242,9 @@ fn sequences_longer_than_block_size_are_refused() {
     setup();
     let m = model("micro", Precision::F32);
     let ids = Tensor::zeros([1, 65], (Kind::Int64, Device::Cpu));
-    let err = m.forward(&ids, Depth::eval(1), &InitState::Zero).err().unwrap();
+    let err = m
+        .forward(&ids, Depth::eval(1), &InitState::Zero)
+        .err()
+        .unwrap();
     assert!(format!("{err:#}").contains("block_size"), "{err:#}");
 }

@@ -1,0 +1,148 @@
+//! The `muninn` binary end to end: model info, init, forward, export/import, and its errors.
+
+mod common;
+use common::*;
+
+use muninn_model::st::StFile;
+
+#[test]
+fn model_info_answers_the_3_5b_shape_without_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = muninn_ok(&["model", "info", "nebel-raven-3.5b"], dir.path());
+    assert!(out.contains("3,564,976,800"), "{out}");
+    assert!(out.contains("1,581,592,320"), "{out}");
+    assert!(out.contains("52,594,338,720"), "{out}");
+    assert!(out.contains("2.1535e11"), "{out}");
+}
+
+#[test]
+fn model_info_reads_a_toml_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("m.toml"),
+        "[model]\npreset = \"tiny\"\nn_layers_in_coda = 2\n",
+    )
+    .unwrap();
+    let out = muninn_ok(
+        &["model", "info", "m.toml", "--n", "3", "--k", "1"],
+        dir.path(),
+    );
+    // tiny with one more coda block: 1,150,080 + 262,912.
+    assert!(out.contains("1,412,992"), "{out}");
+    assert!(out.contains("(n, k) = (3, 1)"), "{out}");
+}
+
+#[test]
+fn init_then_forward_writes_logits_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    muninn_ok(&["init", "micro", "--seed", "1", "--out", "ck"], dir.path());
+    let out = muninn_ok(
+        &[
+            "forward",
+            "ck",
+            "--tokens",
+            "1,2,3,4",
+            "--depth",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+            "f.safetensors",
+        ],
+        dir.path(),
+    );
+    assert!(out.contains("depth 3"), "{out}");
+    let f = StFile::open(&dir.path().join("f.safetensors")).unwrap();
+    let shapes: std::collections::BTreeMap<_, _> = f.shapes().into_iter().collect();
+    assert_eq!(shapes["logits"], [1, 4, 256]);
+    assert_eq!(shapes["state"], [1, 4, 64]);
+    let logits = f.get("logits").unwrap();
+    assert_eq!(logits.kind(), tch::Kind::Float);
+    assert!(logits.isfinite().all().int64_value(&[]) == 1);
+    // Deeper recurrence changes the prediction.
+    muninn_ok(
+        &[
+            "forward",
+            "ck",
+            "--tokens",
+            "1,2,3,4",
+            "--depth",
+            "6",
+            "--device",
+            "cpu",
+            "--out",
+            "g.safetensors",
+        ],
+        dir.path(),
+    );
+    let deeper = StFile::open(&dir.path().join("g.safetensors"))
+        .unwrap()
+        .get("logits")
+        .unwrap();
+    assert!((&deeper - &logits).abs().max().double_value(&[]) > 1e-6);
+}
+
+#[test]
+fn export_then_import_reproduces_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    muninn_ok(&["init", "micro", "--seed", "2", "--out", "ck"], dir.path());
+    muninn_ok(
+        &["export", "ck", "--format", "huginn-hf", "--out", "hf"],
+        dir.path(),
+    );
+    muninn_ok(&["import-hf", "hf", "--out", "back"], dir.path());
+    let a = std::fs::read(dir.path().join("ck/model.safetensors")).unwrap();
+    let b = std::fs::read(dir.path().join("back/model.safetensors")).unwrap();
+    assert_eq!(a, b, "import(export(ck)) is not byte-identical");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_exit_code_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let e = muninn_err(&["model", "info", "no-such-shape"], p);
+    assert!(e.contains("no-such-shape") && e.contains("tiny"), "{e}");
+    let e = muninn_err(
+        &[
+            "forward",
+            "missing-ckpt",
+            "--tokens",
+            "1",
+            "--out",
+            "x.safetensors",
+        ],
+        p,
+    );
+    assert!(e.contains("missing-ckpt"), "{e}");
+    muninn_ok(&["init", "micro", "--out", "ck"], p);
+    let e = muninn_err(&["init", "micro", "--out", "ck"], p);
+    assert!(e.contains("already exists"), "{e}");
+    let e = muninn_err(
+        &[
+            "forward",
+            "ck",
+            "--tokens",
+            "1,999",
+            "--out",
+            "x.safetensors",
+        ],
+        p,
+    );
+    assert!(e.contains("999") && e.contains("vocabulary"), "{e}");
+    std::fs::write(
+        p.join("bad.toml"),
+        "[model]\npreset = \"tiny\"\nmean_backprop_depth = 9\n",
+    )
+    .unwrap();
+    let e = muninn_err(&["init", "bad.toml", "--out", "ck2"], p);
+    assert!(
+        e.contains("bad.toml") && e.contains("mean_backprop_depth = 9"),
+        "{e}"
+    );
+    assert!(
+        !p.join("ck2").exists(),
+        "a failed init must leave nothing behind"
+    );
+    let e = muninn_err(&["import-hf", "ck", "--out", "ck3"], p);
+    assert!(e.contains("config.json"), "{e}");
+}

@@ -1,0 +1,42 @@
+//! Helpers shared by the end-to-end tests: run the real `muninn` binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn muninn(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_muninn"))
+        .args(args)
+        .current_dir(cwd)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .expect("running the muninn binary")
+}
+
+/// Runs muninn and returns stdout, failing the test with stderr if it exits non-zero.
+pub fn muninn_ok(args: &[&str], cwd: &Path) -> String {
+    let out = muninn(args, cwd);
+    assert!(
+        out.status.success(),
+        "muninn {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs muninn expecting failure; returns stderr.
+pub fn muninn_err(args: &[&str], cwd: &Path) -> String {
+    let out = muninn(args, cwd);
+    assert!(
+        !out.status.success(),
+        "muninn {args:?} should have failed, printed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(out.status.code(), Some(1), "errors exit with code 1");
+    String::from_utf8(out.stderr).expect("utf-8 output")
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}

@@ -14,10 +14,37 @@ pub struct TrainFlops {
     pub hardware: f64,
 }
 
-/// Matmul parameters of one sandwich block: Wqkv 3d², proj d², fc 2dI, mlp.proj dI.
-fn block_matmul_params(cfg: &HuginnConfig) -> f64 {
-    let (d, i) = (cfg.n_embd as f64, cfg.intermediate_size as f64);
-    4.0 * d * d + 3.0 * d * i
+/// The quantities of §2.5, per token, as floats.
+struct Terms {
+    /// N_P + N_C: matmul parameters of prelude and coda.
+    n_pc: f64,
+    /// N_R: matmul parameters run per core iteration, the adapter included.
+    n_r: f64,
+    /// N_H: the head.
+    n_h: f64,
+    /// T·d
+    td: f64,
+    /// l_P + l_C
+    l_pc: f64,
+    /// l_R
+    l_r: f64,
+}
+
+impl Terms {
+    fn new(cfg: &HuginnConfig, seq_len: i64) -> Self {
+        let (d, i) = (cfg.n_embd as f64, cfg.intermediate_size as f64);
+        let block = 4.0 * d * d + 3.0 * d * i; // Wqkv 3d², proj d², fc 2dI, mlp.proj dI
+        let l_pc = (cfg.n_layers_in_prelude + cfg.n_layers_in_coda) as f64;
+        let l_r = cfg.n_layers_in_recurrent_block as f64;
+        Terms {
+            n_pc: l_pc * block,
+            n_r: l_r * block + 2.0 * d * d,
+            n_h: cfg.vocab_size as f64 * d,
+            td: seq_len as f64 * d,
+            l_pc,
+            l_r,
+        }
+    }
 }
 
 /// F(r, k) = 6(N_P + N_C + N_H) + (2r + 4k)·N_R + 12·T·d·(l_P + l_C) + (4r + 8k)·T·d·l_R,
@@ -29,23 +56,14 @@ pub fn train_flops_per_token(
     seq_len: i64,
     activation_checkpointing: bool,
 ) -> TrainFlops {
-    let nb = block_matmul_params(cfg);
-    let (d, t) = (cfg.n_embd as f64, seq_len as f64);
-    let (lp, lr, lc) = (
-        cfg.n_layers_in_prelude as f64,
-        cfg.n_layers_in_recurrent_block as f64,
-        cfg.n_layers_in_coda as f64,
-    );
-    let n_pc = (lp + lc) * nb;
-    let n_r = lr * nb + 2.0 * d * d; // the adapter runs once per iteration
-    let n_h = cfg.vocab_size as f64 * d;
+    let x = Terms::new(cfg, seq_len);
     let (r, k) = ((n + k) as f64, k as f64);
-    let model = 6.0 * (n_pc + n_h)
-        + (2.0 * r + 4.0 * k) * n_r
-        + 12.0 * t * d * (lp + lc)
-        + (4.0 * r + 8.0 * k) * t * d * lr;
+    let model = 6.0 * (x.n_pc + x.n_h)
+        + (2.0 * r + 4.0 * k) * x.n_r
+        + 12.0 * x.td * x.l_pc
+        + (4.0 * r + 8.0 * k) * x.td * x.l_r;
     let recompute = if activation_checkpointing {
-        2.0 * k * n_r + 4.0 * k * t * d * lr
+        2.0 * k * x.n_r + 4.0 * k * x.td * x.l_r
     } else {
         0.0
     };
@@ -57,17 +75,9 @@ pub fn train_flops_per_token(
 
 /// Forward-only FLOPs per token at depth r (inference).
 pub fn inference_flops_per_token(cfg: &HuginnConfig, r: i64, seq_len: i64) -> f64 {
-    let nb = block_matmul_params(cfg);
-    let (d, t) = (cfg.n_embd as f64, seq_len as f64);
-    let (lp, lr, lc) = (
-        cfg.n_layers_in_prelude as f64,
-        cfg.n_layers_in_recurrent_block as f64,
-        cfg.n_layers_in_coda as f64,
-    );
-    let n_r = lr * nb + 2.0 * d * d;
-    2.0 * ((lp + lc) * nb + cfg.vocab_size as f64 * d)
-        + 2.0 * r as f64 * n_r
-        + 4.0 * t * d * (lp + lc + r as f64 * lr)
+    let x = Terms::new(cfg, seq_len);
+    let r = r as f64;
+    2.0 * (x.n_pc + x.n_h) + 2.0 * r * x.n_r + 4.0 * x.td * (x.l_pc + r * x.l_r)
 }
 
 #[cfg(test)]
@@ -94,8 +104,8 @@ mod tests {
     fn reduces_to_6n_plus_attention_at_depth_one() {
         let cfg = nebel();
         let f = train_flops_per_token(&cfg, 0, 1, 4096, false);
-        let nb = block_matmul_params(&cfg);
         let d = cfg.n_embd as f64;
+        let nb = 4.0 * d * d + 3.0 * d * cfg.intermediate_size as f64;
         let n = 8.0 * nb + 2.0 * d * d + cfg.vocab_size as f64 * d;
         let expect = 6.0 * n + 12.0 * 4096.0 * d * 8.0;
         assert!((f.model / expect - 1.0).abs() < 1e-12);

@@ -1,6 +1,8 @@
 //! `muninn`: the command line. Thin glue over the crates; every error is printed once, with its
 //! chain, and turns into exit code 1.
 
+mod data_cmd;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -26,6 +28,9 @@ enum Command {
     /// Inspect model shapes.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Tokenizer training, shard preparation and verification.
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
     /// Write a freshly initialised checkpoint (model.safetensors + config.toml).
     Init {
         /// A named shape (nebel-raven-3.5b, micro, tiny, mini-huginn) or a TOML file with a [model] table.
@@ -133,6 +138,7 @@ fn run(cli: Cli) -> Result<()> {
             k,
             seq_len,
         }) => model_info(&shape, n, k, seq_len),
+        Command::Data(cmd) => data_cmd::run(cmd),
         Command::Init { shape, seed, out } => init(&shape, seed, &out),
         Command::Export {
             checkpoint,

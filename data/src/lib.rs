@@ -1,4 +1,13 @@
 //! Tokenizer training, shard preparation and the memory-mapped loader. Deliberately free of libtorch:
 //! it hands out token rows, and the trainer turns them into tensors.
-//!
-//! The data issue fills this crate; the boundary exists from the first commit.
+
+pub mod corpus;
+pub mod loader;
+pub mod perm;
+pub mod prepare;
+pub mod shard;
+pub mod tokenizer;
+
+pub use loader::{Batch, Loader, LoaderState, TokenDataset};
+pub use prepare::{prepare, Packing, PrepareOptions, PrepareReport};
+pub use tokenizer::TokenizerInfo;

@@ -1,0 +1,240 @@
+//! The loader. Which row a sample gets is a pure function of (seed, epoch, global sample index):
+//! epoch e = g / rows visits every row once, in the order of a keyed permutation of (seed, e). A step
+//! of `world × micro_batch` samples gives rank r the samples [g + r·mb, g + (r+1)·mb). The loader's
+//! whole state is therefore one counter of global samples consumed, and a run resumes exactly, on any
+//! number of ranks.
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::perm::Permutation;
+use crate::shard::{DatasetIndex, Shard};
+use crate::tokenizer::TokenizerInfo;
+
+/// One split of a prepared dataset, memory-mapped and verified.
+pub struct TokenDataset {
+    pub index: DatasetIndex,
+    pub split: String,
+    shards: Vec<Shard>,
+    /// First global row of each shard, plus the total at the end.
+    starts: Vec<u64>,
+}
+
+impl TokenDataset {
+    /// Opens `split` of the dataset in `dir`. With `tokenizer`, refuses shards prepared with another
+    /// tokenizer or whose dtype cannot hold its ids.
+    pub fn open(dir: &Path, split: &str, tokenizer: Option<&TokenizerInfo>) -> Result<Self> {
+        let index = DatasetIndex::read(dir)?;
+        if let Some(tok) = tokenizer {
+            ensure!(
+                tok.sha256 == index.tokenizer_sha256,
+                "{} was prepared with another tokenizer (sha256 {}), not the configured one (sha256 {}): prepare it again with this tokenizer",
+                dir.display(),
+                index.tokenizer_sha256,
+                tok.sha256
+            );
+            ensure!(
+                tok.vocab_size <= index.dtype.max_vocab(),
+                "{}: the tokenizer has {} ids, more than dtype {:?} of the shards can hold",
+                dir.display(),
+                tok.vocab_size,
+                index.dtype
+            );
+        }
+        let names = index
+            .splits
+            .get(split)
+            .with_context(|| format!("{} has no `{split}` split", dir.display()))?;
+        let mut shards = Vec::new();
+        let mut starts = vec![0u64];
+        for name in names {
+            let shard = Shard::open(dir, name)?;
+            let h = &shard.header;
+            ensure!(
+                h.row_len == index.row_len
+                    && h.dtype == index.dtype
+                    && h.tokenizer_sha256 == index.tokenizer_sha256,
+                "{}: header disagrees with {} (row_len {} vs {}, dtype {:?} vs {:?}, or tokenizer)",
+                shard.path.display(),
+                crate::shard::INDEX_FILE,
+                h.row_len,
+                index.row_len,
+                h.dtype,
+                index.dtype
+            );
+            starts.push(starts.last().copied().unwrap_or(0) + h.rows);
+            shards.push(shard);
+        }
+        let ds = TokenDataset {
+            index,
+            split: split.to_string(),
+            shards,
+            starts,
+        };
+        ensure!(
+            ds.rows() > 0,
+            "{}: the `{split}` split is empty",
+            dir.display()
+        );
+        Ok(ds)
+    }
+
+    pub fn rows(&self) -> u64 {
+        *self.starts.last().unwrap_or(&0)
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.index.row_len - 1
+    }
+
+    /// Row `i` (global across shards) as token ids.
+    pub fn row(&self, i: u64, out: &mut Vec<u32>) {
+        let s = self.starts.partition_point(|&start| start <= i) - 1;
+        self.shards[s].row(i - self.starts[s], out);
+    }
+
+    /// Identifies the sample order: a loader state only resumes on the same data.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for s in &self.shards {
+            h.update(s.header.tokens_sha256.as_bytes());
+        }
+        format!("{:x}", h.finalize())[..16].to_string()
+    }
+}
+
+/// A batch of `rows` samples of `block` tokens, row-major: inputs are row[..B], targets row[1..].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub inputs: Vec<i64>,
+    pub targets: Vec<i64>,
+    pub rows: usize,
+    pub block: usize,
+    /// Dataset row of each sample (for tests and debugging).
+    pub row_ids: Vec<u64>,
+}
+
+impl Batch {
+    fn from_rows(ds: &TokenDataset, row_ids: Vec<u64>) -> Self {
+        let block = ds.block_size();
+        let mut inputs = Vec::with_capacity(row_ids.len() * block);
+        let mut targets = Vec::with_capacity(row_ids.len() * block);
+        let mut buf = Vec::with_capacity(block + 1);
+        for &r in &row_ids {
+            ds.row(r, &mut buf);
+            inputs.extend(buf[..block].iter().map(|&t| t as i64));
+            targets.extend(buf[1..].iter().map(|&t| t as i64));
+        }
+        Batch {
+            inputs,
+            targets,
+            rows: row_ids.len(),
+            block,
+            row_ids,
+        }
+    }
+}
+
+/// The loader's checkpointable state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderState {
+    pub version: u32,
+    pub data_digest: String,
+    pub seed: u64,
+    pub global_samples_consumed: u64,
+}
+
+/// Training loader over one split: an infinite sequence of epochs.
+pub struct Loader<'a> {
+    ds: &'a TokenDataset,
+    seed: u64,
+    consumed: u64,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(ds: &'a TokenDataset, seed: u64) -> Self {
+        Loader {
+            ds,
+            seed,
+            consumed: 0,
+        }
+    }
+
+    /// Dataset row of global sample `g`.
+    pub fn row_of(&self, g: u64) -> u64 {
+        let n = self.ds.rows();
+        Permutation::new(n, self.seed, g / n).apply(g % n)
+    }
+
+    /// Rank `rank`'s `micro_batch` samples of the next global batch of `world × micro_batch`, then
+    /// advances past the whole global batch. Every rank calls this with the same arguments but its
+    /// own rank, so all counters stay equal.
+    pub fn next_batch(&mut self, rank: usize, world: usize, micro_batch: usize) -> Batch {
+        assert!(
+            rank < world && micro_batch > 0,
+            "rank {rank} of {world}, micro batch {micro_batch}"
+        );
+        let first = self.consumed + (rank * micro_batch) as u64;
+        let ids = (first..first + micro_batch as u64)
+            .map(|g| self.row_of(g))
+            .collect();
+        self.consumed += (world * micro_batch) as u64;
+        Batch::from_rows(self.ds, ids)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.consumed / self.ds.rows()
+    }
+
+    pub fn state(&self) -> LoaderState {
+        LoaderState {
+            version: 1,
+            data_digest: self.ds.digest(),
+            seed: self.seed,
+            global_samples_consumed: self.consumed,
+        }
+    }
+
+    pub fn load_state(&mut self, s: &LoaderState) -> Result<()> {
+        ensure!(
+            s.version == 1,
+            "loader state version {} is unknown to this build",
+            s.version
+        );
+        ensure!(
+            s.data_digest == self.ds.digest(),
+            "the checkpoint was trained on data {}, this run reads {}: the sample order would differ",
+            s.data_digest,
+            self.ds.digest()
+        );
+        ensure!(
+            s.seed == self.seed,
+            "the checkpoint's data seed is {}, this run's is {}",
+            s.seed,
+            self.seed
+        );
+        self.consumed = s.global_samples_consumed; // any world size may continue from here
+        Ok(())
+    }
+}
+
+/// Validation batches: the first `max_rows` rows of the split in order, the same at every evaluation,
+/// rank `rank` of `world` taking every world-th batch.
+pub fn val_batches(
+    ds: &TokenDataset,
+    micro_batch: usize,
+    max_rows: u64,
+    rank: usize,
+    world: usize,
+) -> Vec<Batch> {
+    let n = ds.rows().min(max_rows);
+    let ids: Vec<u64> = (0..n).collect();
+    ids.chunks(micro_batch)
+        .enumerate()
+        .filter(|(i, _)| i % world == rank)
+        .map(|(_, c)| Batch::from_rows(ds, c.to_vec()))
+        .collect()
+}

@@ -1,0 +1,190 @@
+//! `muninn data …`: tokenizer training, shard preparation, verification.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use muninn_data::{
+    corpus, prepare, tokenizer, Loader, Packing, PrepareOptions, TokenDataset, TokenizerInfo,
+};
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Train a byte-level BPE tokenizer with Huginn's special tokens at the top of the vocabulary.
+    Tokenizer {
+        /// .txt / .jsonl files or directories of them.
+        #[arg(long, num_args = 1.., required = true)]
+        input: Vec<PathBuf>,
+        /// Vocabulary size, special tokens included.
+        #[arg(long)]
+        vocab_size: usize,
+        /// JSON field holding the text in .jsonl files.
+        #[arg(long, default_value = "text")]
+        text_field: String,
+        /// Output tokenizer.json (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Tokenize, pack into rows of block_size + 1, split train/val, shuffle and write shards.
+    Prepare {
+        /// tokenizer.json (trained by `muninn data tokenizer`, or any with <|begin_text|>, <|end_text|>, <|pad|>).
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// .txt / .jsonl files or directories of them.
+        #[arg(long, num_args = 1.., required = true)]
+        input: Vec<PathBuf>,
+        /// Tokens per training sequence; rows hold block_size + 1.
+        #[arg(long)]
+        block_size: usize,
+        /// Output dataset directory (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Fraction of rows held out for validation.
+        #[arg(long, default_value_t = 0.05)]
+        val_fraction: f64,
+        /// Seed of the document and row shuffles.
+        #[arg(long, default_value_t = 233)]
+        seed: u64,
+        /// concat (every token kept; default) or incinerate (Huginn's packer, rows start at documents).
+        #[arg(long, default_value = "concat")]
+        packing: Packing,
+        /// Rows per shard file.
+        #[arg(long, default_value_t = 65536)]
+        shard_rows: usize,
+        /// Tokenizer threads [default: one per core]. The output does not depend on it.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// JSON field holding the text in .jsonl files.
+        #[arg(long, default_value = "text")]
+        text_field: String,
+    },
+    /// Check a prepared dataset (headers, checksums, tokenizer) and read every row through the loader.
+    Verify {
+        dir: PathBuf,
+        /// The tokenizer the dataset must have been prepared with.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// Micro-batch size for the loader pass.
+        #[arg(long, default_value_t = 8)]
+        micro_batch: usize,
+    },
+}
+
+pub fn run(cmd: DataCommand) -> Result<()> {
+    match cmd {
+        DataCommand::Tokenizer {
+            input,
+            vocab_size,
+            text_field,
+            out,
+        } => {
+            anyhow::ensure!(
+                !out.exists(),
+                "{} already exists; choose a new output path",
+                out.display()
+            );
+            let files = corpus::input_files(&input)?;
+            let docs = corpus::read_documents(&files, &text_field)?;
+            let start = Instant::now();
+            let tok =
+                tokenizer::train(docs.iter().map(|d| d.text.as_str()), vocab_size, console())?;
+            tok.save(&out)?;
+            println!(
+                "wrote {} ({} ids, bos {} eos {} pad {}; {} documents from {} files in {:.1} s)",
+                out.display(),
+                tok.vocab_size,
+                tok.specials.bos,
+                tok.specials.eos,
+                tok.specials.pad,
+                docs.len(),
+                files.len(),
+                start.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        DataCommand::Prepare {
+            tokenizer,
+            input,
+            block_size,
+            out,
+            val_fraction,
+            seed,
+            packing,
+            shard_rows,
+            threads,
+            text_field,
+        } => {
+            let tok = TokenizerInfo::load(&tokenizer)?;
+            let opts = PrepareOptions {
+                block_size,
+                val_fraction,
+                seed,
+                text_field,
+                packing,
+                shard_rows,
+                threads,
+                progress: console(),
+            };
+            let r = prepare(&tok, &input, &out, &opts)
+                .with_context(|| format!("preparing {}", out.display()))?;
+            println!(
+                "wrote {}: {} documents, {} tokens → {} train + {} val rows of {} tokens ({} tokens dropped by {} packing)",
+                out.display(),
+                r.documents,
+                r.tokens,
+                r.train_rows,
+                r.val_rows,
+                block_size + 1,
+                r.dropped_tokens,
+                packing
+            );
+            println!(
+                "tokenized at {:.0} tokens/s ({} threads); total {:.2} s",
+                r.tokens_per_second(),
+                threads.map_or_else(|| rayon_default_threads().to_string(), |n| n.to_string()),
+                r.total_seconds
+            );
+            Ok(())
+        }
+        DataCommand::Verify {
+            dir,
+            tokenizer,
+            micro_batch,
+        } => {
+            anyhow::ensure!(micro_batch > 0, "--micro-batch must be positive");
+            let tok = tokenizer.as_deref().map(TokenizerInfo::load).transpose()?;
+            for split in ["train", "val"] {
+                let start = Instant::now();
+                let ds = TokenDataset::open(&dir, split, tok.as_ref())?;
+                let opened = start.elapsed().as_secs_f64();
+                let mut loader = Loader::new(&ds, ds.index.seed);
+                let start = Instant::now();
+                let (mut rows, mut checksum) = (0u64, 0i64);
+                while rows < ds.rows() {
+                    let b = loader.next_batch(0, 1, micro_batch);
+                    checksum = checksum.wrapping_add(b.inputs.iter().sum::<i64>());
+                    rows += b.rows as u64;
+                }
+                let secs = start.elapsed().as_secs_f64();
+                println!(
+                    "{split}: {} rows of {} tokens verified in {opened:.2} s; loader read them at {:.0} rows/s (token sum {checksum})",
+                    ds.rows(),
+                    ds.block_size() + 1,
+                    rows as f64 / secs.max(1e-9)
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn rayon_default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Progress bars only for a person at a terminal; indicatif hides them otherwise anyway.
+fn console() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}

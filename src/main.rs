@@ -99,8 +99,19 @@ enum InitStateArg {
 struct ForwardArgs {
     checkpoint: PathBuf,
     /// Comma-separated token ids.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "text",
+        conflicts_with = "text"
+    )]
     tokens: Vec<i64>,
+    /// Text to encode with --tokenizer (wrapped as <|begin_text|> text), instead of --tokens.
+    #[arg(long, requires = "tokenizer")]
+    text: Option<String>,
+    /// tokenizer.json for --text.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Recurrent iterations r [default: the checkpoint's mean_recurrence].
     #[arg(long)]
     depth: Option<i64>,
@@ -251,15 +262,26 @@ fn forward(a: ForwardArgs) -> Result<()> {
     let cfg = model.config();
     let depth = a.depth.unwrap_or(cfg.mean_recurrence);
     ensure!(depth >= 0, "--depth must be >= 0");
-    if let Some(bad) = a.tokens.iter().find(|&&t| t < 0 || t >= cfg.vocab_size) {
+    let tokens = match (&a.text, &a.tokenizer) {
+        (Some(text), Some(path)) => {
+            let tok = muninn_data::TokenizerInfo::load(path)?;
+            let mut ids = vec![i64::from(tok.specials.bos)];
+            ids.extend(tok.encode(text)?.into_iter().map(i64::from));
+            ids
+        }
+        _ => a.tokens.clone(),
+    };
+    ensure!(
+        !tokens.is_empty(),
+        "no tokens to run: give --tokens or --text"
+    );
+    if let Some(bad) = tokens.iter().find(|&&t| t < 0 || t >= cfg.vocab_size) {
         anyhow::bail!(
-            "--tokens: id {bad} is outside the vocabulary [0, {})",
+            "token id {bad} is outside the model's vocabulary [0, {})",
             cfg.vocab_size
         );
     }
-    let ids = Tensor::from_slice(&a.tokens)
-        .view([1, -1])
-        .to_device(device);
+    let ids = Tensor::from_slice(&tokens).view([1, -1]).to_device(device);
     tch::manual_seed(a.seed);
     let init = match a.init_state {
         InitStateArg::Zero => InitState::Zero,

@@ -146,3 +146,140 @@ fn bad_input_gets_a_clear_error_and_exit_code_1() {
     let e = muninn_err(&["import-hf", "ck", "--out", "ck3"], p);
     assert!(e.contains("config.json"), "{e}");
 }
+
+#[test]
+fn data_commands_prepare_and_verify_real_text_and_refuse_a_foreign_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let gsm8k = repo_root().join("../shared/data/gsm8k/test.jsonl");
+    assert!(gsm8k.exists(), "shared data missing: {}", gsm8k.display());
+    let g = gsm8k.to_str().unwrap();
+    let out = muninn_ok(
+        &[
+            "data",
+            "tokenizer",
+            "--input",
+            g,
+            "--text-field",
+            "question",
+            "--vocab-size",
+            "512",
+            "--out",
+            "tok.json",
+        ],
+        p,
+    );
+    assert!(out.contains("512 ids") && out.contains("bos 480"), "{out}");
+    let out = muninn_ok(
+        &[
+            "data",
+            "prepare",
+            "--tokenizer",
+            "tok.json",
+            "--input",
+            g,
+            "--text-field",
+            "question",
+            "--block-size",
+            "32",
+            "--out",
+            "ds",
+        ],
+        p,
+    );
+    assert!(out.contains("1319 documents"), "{out}");
+    let out = muninn_ok(&["data", "verify", "ds", "--tokenizer", "tok.json"], p);
+    assert!(
+        out.contains("train:") && out.contains("val:") && out.contains("rows/s"),
+        "{out}"
+    );
+    // A forward pass on text through the trained tokenizer.
+    muninn_ok(&["init", "micro", "--out", "ck"], p); // micro: V = 256 < 512
+    let e = muninn_err(
+        &[
+            "forward",
+            "ck",
+            "--tokenizer",
+            "tok.json",
+            "--text",
+            "How many eggs?",
+            "--out",
+            "f.safetensors",
+        ],
+        p,
+    );
+    assert!(e.contains("outside the model's vocabulary"), "{e}");
+    std::fs::write(
+        p.join("m.toml"),
+        "[model]\npreset = \"micro\"\nvocab_size = 512\n",
+    )
+    .unwrap();
+    muninn_ok(&["init", "m.toml", "--out", "ck512"], p);
+    muninn_ok(
+        &[
+            "forward",
+            "ck512",
+            "--tokenizer",
+            "tok.json",
+            "--text",
+            "How many eggs?",
+            "--depth",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            "f.safetensors",
+        ],
+        p,
+    );
+    // Shards made with one tokenizer are refused under another.
+    muninn_ok(
+        &[
+            "data",
+            "tokenizer",
+            "--input",
+            g,
+            "--text-field",
+            "answer",
+            "--vocab-size",
+            "512",
+            "--out",
+            "other.json",
+        ],
+        p,
+    );
+    let e = muninn_err(&["data", "verify", "ds", "--tokenizer", "other.json"], p);
+    assert!(e.contains("another tokenizer"), "{e}");
+    let e = muninn_err(
+        &[
+            "data",
+            "prepare",
+            "--tokenizer",
+            "tok.json",
+            "--input",
+            "missing.txt",
+            "--block-size",
+            "32",
+            "--out",
+            "ds2",
+        ],
+        p,
+    );
+    assert!(e.contains("missing.txt"), "{e}");
+    let e = muninn_err(
+        &[
+            "data",
+            "prepare",
+            "--tokenizer",
+            "tok.json",
+            "--input",
+            g,
+            "--block-size",
+            "32",
+            "--out",
+            "ds3",
+        ],
+        p,
+    );
+    assert!(e.contains("no `text` field"), "{e}");
+}

@@ -4,11 +4,17 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use muninn_data::shard::Shard;
-use muninn_data::{loader, prepare, tokenizer, Loader, Packing, PrepareOptions, TokenDataset, TokenizerInfo};
+use muninn_data::{
+    loader, prepare, tokenizer, Loader, Packing, PrepareOptions, TokenDataset, TokenizerInfo,
+};
 
 fn shared_data() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-    assert!(p.join("gsm8k/test.jsonl").exists(), "the shared data folder is missing: expected {}", p.display());
+    assert!(
+        p.join("gsm8k/test.jsonl").exists(),
+        "the shared data folder is missing: expected {}",
+        p.display()
+    );
     p
 }
 
@@ -18,7 +24,11 @@ fn corpus(dir: &Path) -> PathBuf {
     let mut out = String::new();
     for line in src.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let text = format!("{}\n{}", v["question"].as_str().unwrap(), v["answer"].as_str().unwrap());
+        let text = format!(
+            "{}\n{}",
+            v["question"].as_str().unwrap(),
+            v["answer"].as_str().unwrap()
+        );
         out.push_str(&serde_json::json!({ "text": text }).to_string());
         out.push('\n');
     }
@@ -33,7 +43,13 @@ fn trained(dir: &Path) -> TokenizerInfo {
 }
 
 fn opts(block: usize, threads: usize) -> PrepareOptions {
-    PrepareOptions { block_size: block, val_fraction: 0.1, seed: 5, threads: Some(threads), ..Default::default() }
+    PrepareOptions {
+        block_size: block,
+        val_fraction: 0.1,
+        seed: 5,
+        threads: Some(threads),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -41,7 +57,11 @@ fn trained_tokenizer_puts_huginns_specials_at_the_top() {
     let dir = tempfile::tempdir().unwrap();
     let tok = trained(dir.path());
     assert_eq!(tok.vocab_size, 600);
-    assert_eq!(tok.specials.bos, 600 - 32, "bos opens the 32 specials at the top");
+    assert_eq!(
+        tok.specials.bos,
+        600 - 32,
+        "bos opens the 32 specials at the top"
+    );
     assert_eq!(tok.specials.eos, 600 - 31);
     assert_eq!(tok.specials.pad, 600 - 27);
     let ids = tok.encode("Janet sells 16 eggs.").unwrap();
@@ -50,7 +70,12 @@ fn trained_tokenizer_puts_huginns_specials_at_the_top() {
     assert_eq!(decoded, "Janet sells 16 eggs.");
     // Saved and reloaded, it is the same tokenizer (same hash).
     tok.save(&dir.path().join("t.json")).unwrap();
-    assert_eq!(TokenizerInfo::load(&dir.path().join("t.json")).unwrap().sha256, tok.sha256);
+    assert_eq!(
+        TokenizerInfo::load(&dir.path().join("t.json"))
+            .unwrap()
+            .sha256,
+        tok.sha256
+    );
 }
 
 #[test]
@@ -59,7 +84,9 @@ fn a_tokenizer_without_the_special_tokens_is_refused() {
     let tok = trained(dir.path());
     let path = dir.path().join("t.json");
     tok.save(&path).unwrap();
-    let text = std::fs::read_to_string(&path).unwrap().replace("<|pad|>", "<|padding|>");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("<|pad|>", "<|padding|>");
     std::fs::write(&path, text).unwrap();
     let err = TokenizerInfo::load(&path).err().expect("must be refused");
     assert!(format!("{err:#}").contains("no `<|pad|>` token"), "{err:#}");
@@ -70,12 +97,18 @@ fn prepare_is_identical_with_one_and_two_threads() {
     let dir = tempfile::tempdir().unwrap();
     let tok = trained(dir.path());
     let input = vec![corpus(dir.path())];
-    let o = |t| PrepareOptions { shard_rows: 100, ..opts(64, t) };
+    let o = |t| PrepareOptions {
+        shard_rows: 100,
+        ..opts(64, t)
+    };
     let r1 = prepare(&tok, &input, &dir.path().join("t1"), &o(1)).unwrap();
     let r2 = prepare(&tok, &input, &dir.path().join("t2"), &o(2)).unwrap();
     assert_eq!((r1.train_rows, r1.val_rows), (r2.train_rows, r2.val_rows));
     assert!(r1.train_rows > 300, "{r1:?}");
-    let mut names: Vec<_> = std::fs::read_dir(dir.path().join("t1")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(dir.path().join("t1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names.sort();
     assert!(names.len() > 4, "several shards expected: {names:?}");
     for name in names {
@@ -84,7 +117,13 @@ fn prepare_is_identical_with_one_and_two_threads() {
         assert!(a == b, "{name:?} differs between 1 and 2 threads");
     }
     // Another seed gives another order.
-    prepare(&tok, &input, &dir.path().join("t3"), &PrepareOptions { seed: 6, ..o(1) }).unwrap();
+    prepare(
+        &tok,
+        &input,
+        &dir.path().join("t3"),
+        &PrepareOptions { seed: 6, ..o(1) },
+    )
+    .unwrap();
     assert_ne!(
         std::fs::read(dir.path().join("t1/train-00000.bin")).unwrap(),
         std::fs::read(dir.path().join("t3/train-00000.bin")).unwrap()
@@ -95,7 +134,13 @@ fn prepare_is_identical_with_one_and_two_threads() {
 fn rows_are_documents_wrapped_in_bos_eos_and_targets_are_shifted_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let tok = trained(dir.path());
-    prepare(&tok, &[corpus(dir.path())], &dir.path().join("ds"), &opts(32, 2)).unwrap();
+    prepare(
+        &tok,
+        &[corpus(dir.path())],
+        &dir.path().join("ds"),
+        &opts(32, 2),
+    )
+    .unwrap();
     let ds = TokenDataset::open(&dir.path().join("ds"), "train", Some(&tok)).unwrap();
     let mut bos = 0;
     let mut row = Vec::new();
@@ -108,15 +153,27 @@ fn rows_are_documents_wrapped_in_bos_eos_and_targets_are_shifted_inputs() {
     let mut l = Loader::new(&ds, 1);
     let b = l.next_batch(0, 1, 3);
     ds.row(b.row_ids[1], &mut row);
-    assert_eq!(&b.inputs[32..64], &row[..32].iter().map(|&t| t as i64).collect::<Vec<_>>()[..]);
-    assert_eq!(&b.targets[32..64], &row[1..].iter().map(|&t| t as i64).collect::<Vec<_>>()[..]);
+    assert_eq!(
+        &b.inputs[32..64],
+        &row[..32].iter().map(|&t| t as i64).collect::<Vec<_>>()[..]
+    );
+    assert_eq!(
+        &b.targets[32..64],
+        &row[1..].iter().map(|&t| t as i64).collect::<Vec<_>>()[..]
+    );
 }
 
 #[test]
 fn every_row_is_read_exactly_once_per_epoch_across_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let tok = trained(dir.path());
-    prepare(&tok, &[corpus(dir.path())], &dir.path().join("ds"), &opts(64, 2)).unwrap();
+    prepare(
+        &tok,
+        &[corpus(dir.path())],
+        &dir.path().join("ds"),
+        &opts(64, 2),
+    )
+    .unwrap();
     let ds = TokenDataset::open(&dir.path().join("ds"), "train", None).unwrap();
     let n = ds.rows();
     let (world, mb) = (3usize, 2usize);
@@ -129,7 +186,11 @@ fn every_row_is_read_exactly_once_per_epoch_across_ranks() {
         }
     }
     let distinct: HashSet<u64> = epoch0.iter().copied().collect();
-    assert_eq!(distinct.len(), epoch0.len(), "a row was read twice within the epoch");
+    assert_eq!(
+        distinct.len(),
+        epoch0.len(),
+        "a row was read twice within the epoch"
+    );
     assert_eq!(epoch0.len(), steps * world * mb);
     assert!(n as usize - epoch0.len() < world * mb, "rows skipped");
     // Running past the end starts epoch 1 with a new order of the same rows.
@@ -144,11 +205,19 @@ fn every_row_is_read_exactly_once_per_epoch_across_ranks() {
 fn resume_is_exact_and_works_on_another_number_of_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let tok = trained(dir.path());
-    prepare(&tok, &[corpus(dir.path())], &dir.path().join("ds"), &opts(64, 2)).unwrap();
+    prepare(
+        &tok,
+        &[corpus(dir.path())],
+        &dir.path().join("ds"),
+        &opts(64, 2),
+    )
+    .unwrap();
     let ds = TokenDataset::open(&dir.path().join("ds"), "train", None).unwrap();
     // Reference: one rank, micro-batch 4, 10 steps.
     let mut single = Loader::new(&ds, 3);
-    let reference: Vec<u64> = (0..10).flat_map(|_| single.next_batch(0, 1, 4).row_ids).collect();
+    let reference: Vec<u64> = (0..10)
+        .flat_map(|_| single.next_batch(0, 1, 4).row_ids)
+        .collect();
 
     // 2 ranks × 2 for 3 steps, save, then continue on 1 rank × 4 from the saved state.
     let mut ranks = [Loader::new(&ds, 3), Loader::new(&ds, 3)];
@@ -162,16 +231,24 @@ fn resume_is_exact_and_works_on_another_number_of_ranks() {
     assert_eq!(state, ranks[1].state(), "ranks agree on the loader state");
     let json = serde_json::to_string(&state).unwrap();
     let mut resumed = Loader::new(&ds, 3);
-    resumed.load_state(&serde_json::from_str(&json).unwrap()).unwrap();
+    resumed
+        .load_state(&serde_json::from_str(&json).unwrap())
+        .unwrap();
     for _ in 3..10 {
         seen.extend(resumed.next_batch(0, 1, 4).row_ids);
     }
-    assert_eq!(seen, reference, "the 2→1 rank resume must continue the same global sequence");
+    assert_eq!(
+        seen, reference,
+        "the 2→1 rank resume must continue the same global sequence"
+    );
 
     // A state from other data or another seed is refused.
     let mut other = Loader::new(&ds, 4);
     assert!(format!("{:#}", other.load_state(&state).unwrap_err()).contains("seed"));
-    let bad = loader::LoaderState { data_digest: "0123".into(), ..state };
+    let bad = loader::LoaderState {
+        data_digest: "0123".into(),
+        ..state
+    };
     assert!(format!("{:#}", resumed.load_state(&bad).unwrap_err()).contains("data"));
 }
 
@@ -179,36 +256,58 @@ fn resume_is_exact_and_works_on_another_number_of_ranks() {
 fn validation_batches_are_the_same_every_time() {
     let dir = tempfile::tempdir().unwrap();
     let tok = trained(dir.path());
-    prepare(&tok, &[corpus(dir.path())], &dir.path().join("ds"), &opts(64, 2)).unwrap();
+    prepare(
+        &tok,
+        &[corpus(dir.path())],
+        &dir.path().join("ds"),
+        &opts(64, 2),
+    )
+    .unwrap();
     let val = TokenDataset::open(&dir.path().join("ds"), "val", Some(&tok)).unwrap();
     let a = loader::val_batches(&val, 4, 20, 0, 1);
     let b = loader::val_batches(&val, 4, 20, 0, 1);
     assert_eq!(a, b);
-    assert_eq!(a.iter().map(|b| b.rows).sum::<usize>(), 20.min(val.rows() as usize));
-    let halves: Vec<u64> =
-        (0..2).flat_map(|r| loader::val_batches(&val, 4, 20, r, 2)).flat_map(|b| b.row_ids).collect();
-    assert_eq!(halves.iter().copied().collect::<HashSet<_>>().len(), 20.min(val.rows() as usize));
+    assert_eq!(
+        a.iter().map(|b| b.rows).sum::<usize>(),
+        20.min(val.rows() as usize)
+    );
+    let halves: Vec<u64> = (0..2)
+        .flat_map(|r| loader::val_batches(&val, 4, 20, r, 2))
+        .flat_map(|b| b.row_ids)
+        .collect();
+    assert_eq!(
+        halves.iter().copied().collect::<HashSet<_>>().len(),
+        20.min(val.rows() as usize)
+    );
 }
 
 #[test]
 fn incinerate_packing_starts_every_row_at_a_document() {
     let dir = tempfile::tempdir().unwrap();
     let tok = trained(dir.path());
-    let o = PrepareOptions { packing: Packing::Incinerate, ..opts(64, 2) };
+    let o = PrepareOptions {
+        packing: Packing::Incinerate,
+        ..opts(64, 2)
+    };
     let r = prepare(&tok, &[corpus(dir.path())], &dir.path().join("ds"), &o).unwrap();
     assert!(r.dropped_tokens > 0);
     let ds = TokenDataset::open(&dir.path().join("ds"), "train", None).unwrap();
     let mut row = Vec::new();
     for i in 0..ds.rows() {
         ds.row(i, &mut row);
-        assert_eq!(row[0], tok.specials.bos, "row {i} does not start at a document");
+        assert_eq!(
+            row[0], tok.specials.bos,
+            "row {i} does not start at a document"
+        );
     }
 }
 
 // ---- bad input -------------------------------------------------------------------------------
 
 fn prepare_err(tok: &TokenizerInfo, inputs: &[PathBuf], out: &Path, o: &PrepareOptions) -> String {
-    let err = prepare(tok, inputs, out, o).err().expect("prepare must fail");
+    let err = prepare(tok, inputs, out, o)
+        .err()
+        .expect("prepare must fail");
     assert!(!out.exists(), "a failed prepare must leave no output");
     format!("{err:#}")
 }
@@ -220,14 +319,21 @@ fn bad_inputs_are_refused_with_the_file_named() {
     let tok = trained(d);
     let out = d.join("out");
     let e = prepare_err(&tok, &[d.join("nope.txt")], &out, &opts(64, 1));
-    assert!(e.contains("nope.txt") && e.contains("does not exist"), "{e}");
+    assert!(
+        e.contains("nope.txt") && e.contains("does not exist"),
+        "{e}"
+    );
     std::fs::write(d.join("empty.txt"), "  \n").unwrap();
     let e = prepare_err(&tok, &[d.join("empty.txt")], &out, &opts(64, 1));
     assert!(e.contains("empty.txt is empty"), "{e}");
     std::fs::write(d.join("latin1.txt"), b"caf\xe9 au lait").unwrap();
     let e = prepare_err(&tok, &[d.join("latin1.txt")], &out, &opts(64, 1));
     assert!(e.contains("latin1.txt is not valid UTF-8"), "{e}");
-    std::fs::write(d.join("bad.jsonl"), "{\"text\": \"ok\"}\n{\"txt\": \"x\"}\n").unwrap();
+    std::fs::write(
+        d.join("bad.jsonl"),
+        "{\"text\": \"ok\"}\n{\"txt\": \"x\"}\n",
+    )
+    .unwrap();
     let e = prepare_err(&tok, &[d.join("bad.jsonl")], &out, &opts(64, 1));
     assert!(e.contains("bad.jsonl:2") && e.contains("`text`"), "{e}");
     std::fs::write(d.join("short.txt"), "Only a few words here.").unwrap();
@@ -245,7 +351,12 @@ fn corrupted_or_foreign_shards_are_refused_with_the_file_named() {
     // A tokenizer other than the one the shards were made with.
     let docs = muninn_data::corpus::read_documents(&[corpus(d)], "text").unwrap();
     let other = tokenizer::train(docs.iter().map(|x| x.text.as_str()), 700, false).unwrap();
-    let e = format!("{:#}", TokenDataset::open(&d.join("ds"), "train", Some(&other)).err().unwrap());
+    let e = format!(
+        "{:#}",
+        TokenDataset::open(&d.join("ds"), "train", Some(&other))
+            .err()
+            .unwrap()
+    );
     assert!(e.contains("another tokenizer"), "{e}");
 
     // One flipped token byte: the checksum catches it.
@@ -253,7 +364,12 @@ fn corrupted_or_foreign_shards_are_refused_with_the_file_named() {
     let mut bytes = std::fs::read(&bin).unwrap();
     bytes[10] ^= 1;
     std::fs::write(&bin, &bytes).unwrap();
-    let e = format!("{:#}", TokenDataset::open(&d.join("ds"), "val", None).err().unwrap());
+    let e = format!(
+        "{:#}",
+        TokenDataset::open(&d.join("ds"), "val", None)
+            .err()
+            .unwrap()
+    );
     assert!(e.contains("val-00000.bin") && e.contains("checksum"), "{e}");
 
     // A header whose row count disagrees with the file.
@@ -262,13 +378,22 @@ fn corrupted_or_foreign_shards_are_refused_with_the_file_named() {
     let mut h: serde_json::Value = serde_json::from_str(&text).unwrap();
     h["rows"] = serde_json::json!(h["rows"].as_u64().unwrap() + 1);
     std::fs::write(&json, h.to_string()).unwrap();
-    let e = format!("{:#}", Shard::open(&d.join("ds"), "train-00000").err().unwrap());
+    let e = format!(
+        "{:#}",
+        Shard::open(&d.join("ds"), "train-00000").err().unwrap()
+    );
     assert!(e.contains("train-00000.bin") && e.contains("header"), "{e}");
 
     // A vocabulary larger than the dtype can hold.
     h["rows"] = serde_json::json!(h["rows"].as_u64().unwrap() - 1);
     h["vocab_size"] = serde_json::json!(70_000);
     std::fs::write(&json, h.to_string()).unwrap();
-    let e = format!("{:#}", Shard::open(&d.join("ds"), "train-00000").err().unwrap());
-    assert!(e.contains("train-00000.json") && e.contains("does not fit"), "{e}");
+    let e = format!(
+        "{:#}",
+        Shard::open(&d.join("ds"), "train-00000").err().unwrap()
+    );
+    assert!(
+        e.contains("train-00000.json") && e.contains("does not fit"),
+        "{e}"
+    );
 }

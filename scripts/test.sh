@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --deps-only
 # Two cores: cargo runs two tests at a time, each with one libtorch/OpenMP thread.
 export OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1
-cargo test --workspace
+cargo test --workspace --no-fail-fast

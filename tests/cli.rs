@@ -151,8 +151,7 @@ fn bad_input_gets_a_clear_error_and_exit_code_1() {
 fn data_commands_prepare_and_verify_real_text_and_refuse_a_foreign_tokenizer() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    let gsm8k = repo_root().join("../shared/data/gsm8k/test.jsonl");
-    assert!(gsm8k.exists(), "shared data missing: {}", gsm8k.display());
+    let gsm8k = repo_root().join("tests/fixtures/gsm8k/test.jsonl");
     let g = gsm8k.to_str().unwrap();
     let out = muninn_ok(
         &[

@@ -1,6 +1,7 @@
 //! Tokenizer training, shard preparation and the memory-mapped loader. Deliberately free of libtorch:
 //! it hands out token rows, and the trainer turns them into tensors.
 
+pub mod atomic;
 pub mod corpus;
 pub mod loader;
 pub mod perm;

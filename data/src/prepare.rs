@@ -242,7 +242,7 @@ pub fn prepare(
         tokens,
         splits: Default::default(),
     };
-    write_dir(out, |dir| {
+    crate::atomic::write_new_dir(out, |dir| {
         for (split, rows) in [("train", train), ("val", val)] {
             let mut names = Vec::new();
             for (i, chunk) in rows.chunks(opts.shard_rows).enumerate() {
@@ -263,28 +263,4 @@ pub fn prepare(
         tokenize_seconds,
         total_seconds: start.elapsed().as_secs_f64(),
     })
-}
-
-/// Fills a temporary sibling of `out` and renames it into place: a failed run leaves nothing behind.
-fn write_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)
-            .with_context(|| format!("removing stale {}", tmp.display()))?;
-    }
-    std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    if let Err(e) = fill(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, out)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
 }

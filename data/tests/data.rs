@@ -1,4 +1,4 @@
-//! Tokenizer, shards and loader on real text: GSM8K from the shared data folder.
+//! Tokenizer, shards and loader on real text: GSM8K's test split.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -8,19 +8,14 @@ use muninn_data::{
     loader, prepare, tokenizer, Loader, Packing, PrepareOptions, TokenDataset, TokenizerInfo,
 };
 
-fn shared_data() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-    assert!(
-        p.join("gsm8k/test.jsonl").exists(),
-        "the shared data folder is missing: expected {}",
-        p.display()
-    );
-    p
+/// GSM8K's test split, shipped with the repository (tests/fixtures/gsm8k, MIT).
+fn gsm8k() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gsm8k/test.jsonl")
 }
 
 /// GSM8K test questions and answers as a .jsonl with a `text` field (real English, 1319 documents).
 fn corpus(dir: &Path) -> PathBuf {
-    let src = std::fs::read_to_string(shared_data().join("gsm8k/test.jsonl")).unwrap();
+    let src = std::fs::read_to_string(gsm8k()).unwrap();
     let mut out = String::new();
     for line in src.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();

@@ -147,27 +147,4 @@ pub fn save_new(model: &Huginn, out: &Path) -> Result<()> {
     write_new_dir(out, |tmp| write_model_files(model, tmp))
 }
 
-/// Creates `out` by filling a temporary sibling directory and renaming it. Refuses an existing `out`.
-pub fn write_new_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    ensure!(
-        !out.exists(),
-        "{} already exists; choose a new output directory",
-        out.display()
-    );
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let tmp = st::tmp_sibling(out);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)
-            .with_context(|| format!("removing stale {}", tmp.display()))?;
-    }
-    std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    if let Err(e) = fill(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, out)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
-}
+pub use muninn_data::atomic::write_new_dir;

@@ -37,6 +37,13 @@ fn trained(dir: &Path) -> TokenizerInfo {
     tokenizer::train(docs.iter().map(|d| d.text.as_str()), 600, false).unwrap()
 }
 
+/// Trains a tokenizer and prepares `dir/ds` with `block`-token rows; returns the tokenizer.
+fn prepared(dir: &Path, block: usize) -> TokenizerInfo {
+    let tok = trained(dir);
+    prepare(&tok, &[corpus(dir)], &dir.join("ds"), &opts(block, 2)).unwrap();
+    tok
+}
+
 fn opts(block: usize, threads: usize) -> PrepareOptions {
     PrepareOptions {
         block_size: block,
@@ -128,14 +135,7 @@ fn prepare_is_identical_with_one_and_two_threads() {
 #[test]
 fn rows_are_documents_wrapped_in_bos_eos_and_targets_are_shifted_inputs() {
     let dir = tempfile::tempdir().unwrap();
-    let tok = trained(dir.path());
-    prepare(
-        &tok,
-        &[corpus(dir.path())],
-        &dir.path().join("ds"),
-        &opts(32, 2),
-    )
-    .unwrap();
+    let tok = prepared(dir.path(), 32);
     let ds = TokenDataset::open(&dir.path().join("ds"), "train", Some(&tok)).unwrap();
     let mut bos = 0;
     let mut row = Vec::new();
@@ -161,14 +161,7 @@ fn rows_are_documents_wrapped_in_bos_eos_and_targets_are_shifted_inputs() {
 #[test]
 fn every_row_is_read_exactly_once_per_epoch_across_ranks() {
     let dir = tempfile::tempdir().unwrap();
-    let tok = trained(dir.path());
-    prepare(
-        &tok,
-        &[corpus(dir.path())],
-        &dir.path().join("ds"),
-        &opts(64, 2),
-    )
-    .unwrap();
+    prepared(dir.path(), 64);
     let ds = TokenDataset::open(&dir.path().join("ds"), "train", None).unwrap();
     let n = ds.rows();
     let (world, mb) = (3usize, 2usize);
@@ -199,14 +192,7 @@ fn every_row_is_read_exactly_once_per_epoch_across_ranks() {
 #[test]
 fn resume_is_exact_and_works_on_another_number_of_ranks() {
     let dir = tempfile::tempdir().unwrap();
-    let tok = trained(dir.path());
-    prepare(
-        &tok,
-        &[corpus(dir.path())],
-        &dir.path().join("ds"),
-        &opts(64, 2),
-    )
-    .unwrap();
+    prepared(dir.path(), 64);
     let ds = TokenDataset::open(&dir.path().join("ds"), "train", None).unwrap();
     // Reference: one rank, micro-batch 4, 10 steps.
     let mut single = Loader::new(&ds, 3);
@@ -250,14 +236,7 @@ fn resume_is_exact_and_works_on_another_number_of_ranks() {
 #[test]
 fn validation_batches_are_the_same_every_time() {
     let dir = tempfile::tempdir().unwrap();
-    let tok = trained(dir.path());
-    prepare(
-        &tok,
-        &[corpus(dir.path())],
-        &dir.path().join("ds"),
-        &opts(64, 2),
-    )
-    .unwrap();
+    let tok = prepared(dir.path(), 64);
     let val = TokenDataset::open(&dir.path().join("ds"), "val", Some(&tok)).unwrap();
     let a = loader::val_batches(&val, 4, 20, 0, 1);
     let b = loader::val_batches(&val, 4, 20, 0, 1);

@@ -1,6 +1,10 @@
 //! The training loop and its stateful parts (depth sampler, optimizer, checkpointer, metrics,
-//! communicator). The loop itself arrives with the trainer issue; until then this crate holds the
-//! device choice that every command shares.
+//! communicator). The loop itself is still to come; today the crate holds the depth sampler, the
+//! learning-rate schedules, the flat-buffer optimizers and the device choice every command shares.
+
+pub mod optim;
+pub mod sampler;
+pub mod schedule;
 
 use anyhow::{bail, Result};
 use tch::Device;

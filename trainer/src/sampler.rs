@@ -1,0 +1,195 @@
+//! Depth sampling: (step, scheme) → (n, k), reference §2.1 and §2.4.
+//!
+//! A pure function of the step: every rank draws the same depth without communicating, and a resumed
+//! run draws the same depths again.
+
+use std::sync::Mutex;
+
+use anyhow::{bail, ensure, Result};
+use muninn_model::Depth;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+/// How the per-step depth is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheme {
+    /// Huginn: p = Poisson(LogNormal(ln r̄ − σ²/2, σ)) + 1, n = max(p − k̄, 0), k = min(k̄, p).
+    PoissonLognormalFilling,
+    /// (r̄ − k̄, k̄) every step.
+    Fixed,
+    /// (Poisson(r̄ − k̄), k̄).
+    PoissonFill,
+    /// (0, 1): the non-recurrent baseline.
+    NonRecurrent,
+}
+
+impl std::str::FromStr for Scheme {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "poisson-lognormal-filling" => Scheme::PoissonLognormalFilling,
+            "fixed" => Scheme::Fixed,
+            "poisson-fill" => Scheme::PoissonFill,
+            "non-recurrent" => Scheme::NonRecurrent,
+            other => bail!(
+                "unknown recurrence scheme `{other}` (poisson-lognormal-filling, fixed, poisson-fill, non-recurrent)"
+            ),
+        })
+    }
+}
+
+/// A depth sampler: scheme, targets r̄ and k̄, σ, and an optional linear curriculum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DepthSampler {
+    pub scheme: Scheme,
+    pub mean_recurrence: i64,
+    pub mean_backprop_depth: i64,
+    pub sigma: f64,
+    /// Ramp r̄ and k̄ linearly from 1 to their targets over this many steps (0: no curriculum).
+    pub curriculum_steps: u64,
+}
+
+// torch's CPU generator is process-global; the draw seeds it and must not interleave with another
+// thread's draw (tests run in parallel).
+static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+impl DepthSampler {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.mean_recurrence >= 1,
+            "recurrence.mean_recurrence = {}: must be >= 1",
+            self.mean_recurrence
+        );
+        ensure!(
+            self.mean_backprop_depth >= 1,
+            "recurrence.mean_backprop_depth = {}: must be >= 1",
+            self.mean_backprop_depth
+        );
+        ensure!(
+            self.mean_backprop_depth <= self.mean_recurrence,
+            "recurrence.mean_backprop_depth = {} exceeds recurrence.mean_recurrence = {}",
+            self.mean_backprop_depth,
+            self.mean_recurrence
+        );
+        ensure!(
+            self.sigma > 0.0 && self.sigma.is_finite(),
+            "recurrence.sigma = {}: must be positive",
+            self.sigma
+        );
+        Ok(())
+    }
+
+    /// (r̄, k̄) in force at `step` (1-based), after the curriculum.
+    pub fn targets(&self, step: u64) -> (i64, i64) {
+        if self.curriculum_steps == 0 || step >= self.curriculum_steps {
+            return (self.mean_recurrence, self.mean_backprop_depth);
+        }
+        let f = step as f64 / self.curriculum_steps as f64;
+        let ramp = |target: i64| (1.0 + f * (target - 1) as f64).round() as i64;
+        (ramp(self.mean_recurrence), ramp(self.mean_backprop_depth))
+    }
+
+    /// The depth of training step `step` (1-based, as the reference's `microbatch_step`).
+    pub fn draw(&self, step: u64) -> Depth {
+        let (mean, k_bar) = self.targets(step);
+        let t = (mean - k_bar).max(0);
+        match self.scheme {
+            Scheme::Fixed => Depth::new(t, k_bar),
+            Scheme::NonRecurrent => Depth::new(0, 1),
+            Scheme::PoissonFill => Depth::new(poisson(step, t as f64), k_bar),
+            Scheme::PoissonLognormalFilling => {
+                let mu = ((t + k_bar) as f64).ln() - self.sigma * self.sigma / 2.0;
+                let p = lognormal_poisson(step, mu, self.sigma) + 1;
+                Depth::new((p - k_bar).max(0), k_bar.min(p))
+            }
+        }
+    }
+}
+
+fn seed_n(step: u64) -> i64 {
+    ((514_229 + step) % ((1 << 31) - 1)) as i64
+}
+
+/// Poisson(LogNormal(μ, σ)) from torch's CPU generator seeded with 514229 + step: the reference's
+/// exact draws (its test vectors for steps 1..12 are a test here).
+fn lognormal_poisson(step: u64, mu: f64, sigma: f64) -> i64 {
+    let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed_n(step));
+    let rate = Tensor::zeros([1], (Kind::Float, Device::Cpu)).log_normal_(mu, sigma);
+    Tensor::poisson(&rate).int64_value(&[0])
+}
+
+fn poisson(step: u64, lambda: f64) -> i64 {
+    let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed_n(step));
+    Tensor::poisson(&Tensor::from_slice(&[lambda as f32])).int64_value(&[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn huginn() -> DepthSampler {
+        DepthSampler {
+            scheme: Scheme::PoissonLognormalFilling,
+            mean_recurrence: 32,
+            mean_backprop_depth: 8,
+            sigma: 0.5,
+            curriculum_steps: 0,
+        }
+    }
+
+    #[test]
+    fn reproduces_the_reference_test_vectors() {
+        // huginn-reference.md §2.2, steps 1..12.
+        let expect = [
+            (21, 8),
+            (21, 8),
+            (25, 8),
+            (44, 8),
+            (32, 8),
+            (8, 8),
+            (27, 8),
+            (21, 8),
+            (9, 8),
+            (9, 8),
+            (45, 8),
+            (12, 8),
+        ];
+        let s = huginn();
+        for (i, &(n, k)) in expect.iter().enumerate() {
+            assert_eq!(s.draw(i as u64 + 1), Depth::new(n, k), "step {}", i + 1);
+        }
+    }
+
+    #[test]
+    fn statistics_match_the_reference() {
+        // §2.1: mean r ≈ 32.9 over 50,000 steps; here 4,000 steps, so a looser band.
+        let s = huginn();
+        let rs: Vec<i64> = (1..=4000).map(|t| s.draw(t).total()).collect();
+        let mean = rs.iter().sum::<i64>() as f64 / rs.len() as f64;
+        assert!((mean - 33.0).abs() < 1.0, "mean depth {mean}");
+        assert!(rs.iter().all(|&r| r >= 1));
+        assert!((1..=4000).all(|t| s.draw(t).with_grad <= 8));
+    }
+
+    #[test]
+    fn other_schemes_and_curriculum() {
+        let mut s = DepthSampler {
+            scheme: Scheme::Fixed,
+            ..huginn()
+        };
+        assert_eq!(s.draw(5), Depth::new(24, 8));
+        s.scheme = Scheme::NonRecurrent;
+        assert_eq!(s.draw(5), Depth::new(0, 1));
+        s.scheme = Scheme::PoissonFill;
+        let mean = (1..=2000).map(|t| s.draw(t).no_grad).sum::<i64>() as f64 / 2000.0;
+        assert!((mean - 24.0).abs() < 0.5, "{mean}");
+        s.scheme = Scheme::Fixed;
+        s.curriculum_steps = 100;
+        assert_eq!(s.targets(0), (1, 1));
+        assert_eq!(s.targets(50), (17, 5)); // 1 + 0.5·31 = 16.5 → 17, 1 + 0.5·7 = 4.5 → 5
+        assert_eq!(s.targets(100), (32, 8));
+    }
+}

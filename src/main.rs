@@ -31,6 +31,16 @@ enum Command {
     /// Tokenizer training, shard preparation and verification.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Train a model from a run config (TOML).
+    Train {
+        config: PathBuf,
+        /// Override a config key, e.g. --set train.max_steps=100 (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        set: Vec<String>,
+        /// `auto`: continue from the newest complete checkpoint of the run, if any; or a checkpoint dir.
+        #[arg(long)]
+        resume: Option<String>,
+    },
     /// Write a freshly initialised checkpoint (model.safetensors + config.toml).
     Init {
         /// A named shape (nebel-raven-3.5b, micro, tiny, mini-huginn) or a TOML file with a [model] table.
@@ -150,6 +160,29 @@ fn run(cli: Cli) -> Result<()> {
             seq_len,
         }) => model_info(&shape, n, k, seq_len),
         Command::Data(cmd) => data_cmd::run(cmd),
+        Command::Train {
+            config,
+            set,
+            resume,
+        } => {
+            use muninn_trainer::train::{self, Resume};
+            let cfg = muninn_trainer::config::RunConfig::load(&config, &set)?;
+            let resume = match resume.as_deref() {
+                None => Resume::No,
+                Some("auto") => Resume::Auto,
+                Some(p) => Resume::Path(PathBuf::from(p)),
+            };
+            let stop = train::stop_on_signals()?;
+            let out = train::train(&cfg, resume, stop)?;
+            println!(
+                "{}: stopped at step {} ({:?}), loss {:.4}",
+                cfg.run_dir().display(),
+                out.step,
+                out.stop,
+                out.last_loss
+            );
+            Ok(())
+        }
         Command::Init { shape, seed, out } => init(&shape, seed, &out),
         Command::Export {
             checkpoint,

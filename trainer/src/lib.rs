@@ -2,9 +2,12 @@
 //! communicator). The loop itself is still to come; today the crate holds the depth sampler, the
 //! learning-rate schedules, the flat-buffer optimizers and the device choice every command shares.
 
+pub mod ckpt;
+pub mod config;
 pub mod optim;
 pub mod sampler;
 pub mod schedule;
+pub mod train;
 
 use anyhow::{bail, Result};
 use tch::Device;

@@ -1,0 +1,138 @@
+//! Training checkpoints: `checkpoints/step-XXXXXXXX/` with the model (model.safetensors +
+//! config.toml), the optimizer (optimizer.safetensors) and the trainer state (trainer_state.json).
+//! Each is written into a temporary directory and renamed into place, so a checkpoint directory
+//! exists only once complete; resume takes the newest one.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use muninn_data::LoaderState;
+use muninn_model::checkpoint::{self, TensorFiles};
+use muninn_model::{st, Huginn};
+use serde::{Deserialize, Serialize};
+
+use crate::optim::FlatOptimizer;
+
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "trainer_state.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub version: u32,
+    /// Optimizer steps completed (the next step is step + 1).
+    pub step: u64,
+    pub optimizer_steps: u64,
+    pub loader: LoaderState,
+    pub nonfinite_total: u64,
+    pub consecutive_nonfinite: u64,
+    pub tokens_seen: u64,
+    /// sha256 of the resolved model shape: a checkpoint of another shape is refused.
+    pub model_sha256: String,
+}
+
+pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
+    run_dir.join("checkpoints").join(format!("step-{step:08}"))
+}
+
+/// Complete checkpoints of a run, oldest first.
+pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = run_dir.join("checkpoints");
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            if path.join(STATE_FILE).is_file() {
+                found.push((step, path));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+pub fn save(
+    run_dir: &Path,
+    model: &Huginn,
+    opt: &FlatOptimizer,
+    state: &TrainerState,
+    keep: usize,
+) -> Result<PathBuf> {
+    let finite = model
+        .params()
+        .flat()
+        .detach()
+        .isfinite()
+        .all()
+        .int64_value(&[])
+        == 1;
+    ensure!(
+        finite,
+        "refusing to save step {}: the weights are not finite",
+        state.step
+    );
+    let out = step_dir(run_dir, state.step);
+    if out.exists() {
+        return Ok(out); // already saved at this step (e.g. interval and end coincide)
+    }
+    checkpoint::write_new_dir(&out, |dir| {
+        checkpoint::write_model_files(model, dir)?;
+        st::write(&dir.join(OPTIMIZER_FILE), &opt.state_tensors(), None)?;
+        let path = dir.join(STATE_FILE);
+        std::fs::write(&path, serde_json::to_string_pretty(state)?)
+            .with_context(|| format!("writing {}", path.display()))
+    })?;
+    let all = list(run_dir)?;
+    for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
+        std::fs::remove_dir_all(old)
+            .with_context(|| format!("removing old checkpoint {}", old.display()))?;
+    }
+    Ok(out)
+}
+
+/// Loads a checkpoint into `model` and `opt`; returns its trainer state.
+pub fn load(
+    dir: &Path,
+    model: &Huginn,
+    opt: &mut FlatOptimizer,
+    model_sha256: &str,
+) -> Result<TrainerState> {
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (not a complete checkpoint?)", path.display()))?;
+    let state: TrainerState =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    ensure!(
+        state.version == 1,
+        "{}: trainer state version {} is unknown",
+        path.display(),
+        state.version
+    );
+    if state.model_sha256 != model_sha256 {
+        let theirs = muninn_model::HuginnConfig::from_toml_file(&dir.join(checkpoint::CONFIG_FILE))
+            .map(|c| c.to_toml())
+            .unwrap_or_default();
+        bail!(
+            "checkpoint {} holds a different model shape than the config:\n--- checkpoint\n{theirs}--- config\n{}",
+            dir.display(),
+            model.config().to_toml()
+        );
+    }
+    let files = TensorFiles::open(&[dir.join(checkpoint::MODEL_FILE)])?;
+    checkpoint::load_weights(model, &files, str::to_string, &[])?;
+    let o = st::StFile::open(&dir.join(OPTIMIZER_FILE))?;
+    let device = model.device();
+    opt.load_state(
+        &o.get("exp_avg")?.to_device(device),
+        &o.get("exp_avg_sq")?.to_device(device),
+        state.optimizer_steps,
+    )
+    .with_context(|| format!("loading {}", dir.join(OPTIMIZER_FILE).display()))?;
+    Ok(state)
+}

@@ -1,0 +1,415 @@
+//! The run config: a TOML file plus `--set section.key=value` overrides, checked in full before any
+//! work starts. Unknown keys, wrong types and impossible values are refused by name.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use muninn_model::config::RawHuginnConfig;
+use muninn_model::{HuginnConfig, Precision};
+use serde::{Deserialize, Serialize};
+
+use crate::optim::{OptimizerConfig, OptimizerKind};
+use crate::sampler::{DepthSampler, Scheme};
+use crate::schedule::{Decay, LrSchedule};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// Run name; the run directory is `dir/name`.
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection {
+            name: "run".into(),
+            dir: "runs".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// A directory written by `muninn data prepare`.
+    pub dir: PathBuf,
+    /// The tokenizer the shards must have been prepared with.
+    pub tokenizer: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecurrenceSection {
+    pub scheme: String,
+    /// r̄; also sets model.mean_recurrence (which enters the init).
+    pub mean_recurrence: i64,
+    /// k̄, the truncation depth: sweeping k means changing this key.
+    pub mean_backprop_depth: i64,
+    pub sigma: f64,
+    pub curriculum_steps: u64,
+    pub activation_checkpointing: bool,
+}
+
+impl Default for RecurrenceSection {
+    fn default() -> Self {
+        RecurrenceSection {
+            scheme: "poisson-lognormal-filling".into(),
+            mean_recurrence: 32,
+            mean_backprop_depth: 8,
+            sigma: 0.5,
+            curriculum_steps: 0,
+            activation_checkpointing: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerSection {
+    pub kind: String,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub schedule: String,
+    pub warmup_steps: u64,
+    pub cooldown_steps: u64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub update_clipping: bool,
+    /// Global gradient-norm clip (0: off).
+    pub grad_clip: f64,
+    /// Skip the first update of a fresh run, as the reference does.
+    pub skip_first_update: bool,
+}
+
+impl Default for OptimizerSection {
+    fn default() -> Self {
+        // The reference's production settings (§3.1), but with a schedule that reaches every group.
+        OptimizerSection {
+            kind: "ellis-adam".into(),
+            lr: 4e-5,
+            min_lr: 0.0,
+            schedule: "trapezoid".into(),
+            warmup_steps: 4096,
+            cooldown_steps: 4096,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-6,
+            weight_decay: 4e-5,
+            update_clipping: true,
+            grad_clip: 1.0,
+            skip_first_update: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub seed: u64,
+    pub max_steps: u64,
+    pub micro_batch_size: usize,
+    pub grad_accum: usize,
+    /// f32 or bf16-mixed.
+    pub precision: String,
+    /// auto, cpu, cuda, cuda:N.
+    pub device: String,
+    /// Save and exit cleanly after this many steps of this process (0: never).
+    pub exit_interval: u64,
+    /// What a non-finite loss or gradient norm does: skip the update, or abort.
+    pub nonfinite: String,
+    /// Abort after this many non-finite steps in a row.
+    pub max_consecutive_nonfinite: u64,
+    /// libtorch intra-op threads (0: libtorch's default).
+    pub threads: i32,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            seed: 233,
+            max_steps: 1000,
+            micro_batch_size: 8,
+            grad_accum: 1,
+            precision: "f32".into(),
+            device: "auto".into(),
+            exit_interval: 0,
+            nonfinite: "skip".into(),
+            max_consecutive_nonfinite: 10,
+            threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// Save every this many steps (0: only at the end and on a signal).
+    pub interval: u64,
+    /// Keep the newest this many checkpoints.
+    pub keep: usize,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        CheckpointSection {
+            interval: 100,
+            keep: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Write metrics every this many steps.
+    pub interval: u64,
+    /// Peak FLOP/s of one device for MFU/HFU (e.g. 989e12 for an H100, 191.5e12 for an MI250X GCD);
+    /// 0 leaves MFU out.
+    pub peak_flops: f64,
+    pub tensorboard: bool,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            interval: 10,
+            peak_flops: 0.0,
+            tensorboard: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// Validate every this many steps (0: only at the end).
+    pub interval: u64,
+    pub depths: Vec<i64>,
+    /// Validation rows per evaluation (the first rows of the val split, the same every time).
+    pub max_rows: u64,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        EvalSection {
+            interval: 100,
+            depths: vec![1, 4, 8, 16, 32, 64],
+            max_rows: 256,
+        }
+    }
+}
+
+/// The file as written: every section optional except [model] and [data].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRunConfig {
+    #[serde(default)]
+    pub run: RunSection,
+    pub model: toml::Table,
+    pub data: DataSection,
+    #[serde(default)]
+    pub recurrence: RecurrenceSection,
+    #[serde(default)]
+    pub optimizer: OptimizerSection,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub eval: EvalSection,
+}
+
+/// A checked config, with the typed pieces the loop uses.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub raw: RawRunConfig,
+    pub model: HuginnConfig,
+    pub sampler: DepthSampler,
+    pub optimizer: OptimizerConfig,
+    pub schedule: LrSchedule,
+    pub precision: Precision,
+    pub skip_nonfinite: bool,
+}
+
+/// Applies one `section.key=value` override; the value is read as TOML (numbers, booleans, arrays),
+/// else taken as a string.
+pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (path, value) = assignment
+        .split_once('=')
+        .with_context(|| format!("--set {assignment}: expected section.key=value"))?;
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut t) => t.remove("v").expect("just parsed"),
+        Err(_) => toml::Value::String(value.to_string()),
+    };
+    let mut keys: Vec<&str> = path.trim().split('.').collect();
+    let last = keys
+        .pop()
+        .filter(|k| !k.is_empty())
+        .with_context(|| format!("--set {assignment}: empty key"))?;
+    ensure!(
+        !keys.is_empty(),
+        "--set {assignment}: name the section too, e.g. train.max_steps=100"
+    );
+    let mut table = doc;
+    for k in keys {
+        table = table
+            .entry(k)
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .with_context(|| format!("--set {assignment}: `{k}` is not a table"))?;
+    }
+    table.insert(last.to_string(), value);
+    Ok(())
+}
+
+impl RunConfig {
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading run config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_str(&text, overrides, base).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// `base` resolves relative data paths (the config's own directory is not used: paths are
+    /// relative to where muninn runs, like every other path on the command line).
+    pub fn from_str(text: &str, overrides: &[String], _base: &Path) -> Result<Self> {
+        let mut doc: toml::Table = toml::from_str(text).context("parsing TOML")?;
+        for o in overrides {
+            apply_override(&mut doc, o)?;
+        }
+        let raw: RawRunConfig = toml::Value::Table(doc)
+            .try_into()
+            .context("reading the run config")?;
+        Self::resolve(raw)
+    }
+
+    pub fn resolve(raw: RawRunConfig) -> Result<Self> {
+        let r = &raw.recurrence;
+        let mut model_table = raw.model.clone();
+        for (key, value) in [
+            ("mean_recurrence", r.mean_recurrence),
+            ("mean_backprop_depth", r.mean_backprop_depth),
+        ] {
+            if let Some(v) = model_table.get(key).and_then(toml::Value::as_integer) {
+                ensure!(v == value, "model.{key} = {v} disagrees with recurrence.{key} = {value}: set it in [recurrence] only");
+            }
+            model_table.insert(key.into(), toml::Value::Integer(value));
+        }
+        let model: RawHuginnConfig = toml::Value::Table(model_table)
+            .try_into()
+            .context("reading [model]")?;
+        let model = model.resolve()?;
+        let sampler = DepthSampler {
+            scheme: r.scheme.parse::<Scheme>().context("recurrence.scheme")?,
+            mean_recurrence: r.mean_recurrence,
+            mean_backprop_depth: r.mean_backprop_depth,
+            sigma: r.sigma,
+            curriculum_steps: r.curriculum_steps,
+        };
+        sampler.validate()?;
+        let o = &raw.optimizer;
+        let optimizer = OptimizerConfig {
+            kind: o.kind.parse::<OptimizerKind>().context("optimizer.kind")?,
+            lr: o.lr,
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+            update_clipping: o.update_clipping,
+        };
+        optimizer.validate()?;
+        let t = &raw.train;
+        let schedule = LrSchedule {
+            lr: o.lr,
+            min_lr: o.min_lr,
+            warmup_steps: o.warmup_steps,
+            cooldown_steps: o.cooldown_steps,
+            max_steps: t.max_steps,
+            decay: o.schedule.parse::<Decay>().context("optimizer.schedule")?,
+        };
+        schedule.validate()?;
+        ensure!(
+            o.grad_clip >= 0.0,
+            "optimizer.grad_clip = {} must be >= 0",
+            o.grad_clip
+        );
+        ensure!(t.max_steps >= 1, "train.max_steps must be at least 1");
+        ensure!(
+            t.micro_batch_size >= 1,
+            "train.micro_batch_size = 0: a batch needs at least one sequence"
+        );
+        ensure!(
+            t.grad_accum >= 1,
+            "train.grad_accum = 0: must be at least 1"
+        );
+        ensure!(t.threads >= 0, "train.threads = {} must be >= 0", t.threads);
+        let precision = t
+            .precision
+            .parse::<Precision>()
+            .context("train.precision")?;
+        let skip_nonfinite = match t.nonfinite.as_str() {
+            "skip" => true,
+            "abort" => false,
+            other => bail!("train.nonfinite = \"{other}\": expected \"skip\" or \"abort\""),
+        };
+        ensure!(
+            t.max_consecutive_nonfinite >= 1,
+            "train.max_consecutive_nonfinite must be at least 1"
+        );
+        ensure!(
+            raw.checkpoint.keep >= 1,
+            "checkpoint.keep must be at least 1"
+        );
+        ensure!(raw.log.interval >= 1, "log.interval must be at least 1");
+        ensure!(raw.log.peak_flops >= 0.0, "log.peak_flops must be >= 0");
+        ensure!(!raw.eval.depths.is_empty(), "eval.depths is empty");
+        ensure!(
+            raw.eval.depths.iter().all(|&d| d >= 1),
+            "eval.depths must all be >= 1"
+        );
+        ensure!(raw.eval.max_rows >= 1, "eval.max_rows must be at least 1");
+        ensure!(
+            !raw.run.name.is_empty() && !raw.run.name.contains('/'),
+            "run.name `{}` must be a plain name",
+            raw.run.name
+        );
+        ensure!(
+            raw.data.dir.is_dir(),
+            "data.dir = {}: no such directory (run `muninn data prepare`)",
+            raw.data.dir.display()
+        );
+        ensure!(
+            raw.data.tokenizer.is_file(),
+            "data.tokenizer = {}: no such file",
+            raw.data.tokenizer.display()
+        );
+        Ok(RunConfig {
+            raw,
+            model,
+            sampler,
+            optimizer,
+            schedule,
+            precision,
+            skip_nonfinite,
+        })
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.raw.run.dir.join(&self.raw.run.name)
+    }
+
+    /// The resolved config as TOML (written to the run directory and into checkpoints).
+    pub fn to_toml(&self) -> String {
+        let mut raw = self.raw.clone();
+        raw.model = toml::Value::try_from(&self.model)
+            .ok()
+            .and_then(|v| v.as_table().cloned())
+            .expect("a resolved model config serialises");
+        toml::to_string(&raw).expect("a resolved config serialises")
+    }
+}

@@ -290,6 +290,14 @@ impl RunConfig {
 
     pub fn resolve(raw: RawRunConfig) -> Result<Self> {
         let r = &raw.recurrence;
+        let sampler = DepthSampler {
+            scheme: r.scheme.parse::<Scheme>().context("recurrence.scheme")?,
+            mean_recurrence: r.mean_recurrence,
+            mean_backprop_depth: r.mean_backprop_depth,
+            sigma: r.sigma,
+            curriculum_steps: r.curriculum_steps,
+        };
+        sampler.validate()?;
         let mut model_table = raw.model.clone();
         for (key, value) in [
             ("mean_recurrence", r.mean_recurrence),
@@ -304,14 +312,6 @@ impl RunConfig {
             .try_into()
             .context("reading [model]")?;
         let model = model.resolve()?;
-        let sampler = DepthSampler {
-            scheme: r.scheme.parse::<Scheme>().context("recurrence.scheme")?,
-            mean_recurrence: r.mean_recurrence,
-            mean_backprop_depth: r.mean_backprop_depth,
-            sigma: r.sigma,
-            curriculum_steps: r.curriculum_steps,
-        };
-        sampler.validate()?;
         let o = &raw.optimizer;
         let optimizer = OptimizerConfig {
             kind: o.kind.parse::<OptimizerKind>().context("optimizer.kind")?,

@@ -1,0 +1,334 @@
+//! `muninn train` end to end on real text (GSM8K fixtures): exact resume after an exit interval and
+//! after SIGTERM, config errors, non-finite handling, and a loss that falls.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Tokenizer (512 ids) and 32-token shards from GSM8K's test split, in `dir`.
+fn prepare_data(dir: &Path) {
+    let g = repo_root().join("tests/fixtures/gsm8k/test.jsonl");
+    let g = g.to_str().unwrap();
+    muninn_ok(
+        &[
+            "data",
+            "tokenizer",
+            "--input",
+            g,
+            "--text-field",
+            "question",
+            "--vocab-size",
+            "512",
+            "--out",
+            "tok.json",
+        ],
+        dir,
+    );
+    muninn_ok(
+        &[
+            "data",
+            "prepare",
+            "--tokenizer",
+            "tok.json",
+            "--input",
+            g,
+            "--text-field",
+            "question",
+            "--block-size",
+            "32",
+            "--out",
+            "ds",
+        ],
+        dir,
+    );
+}
+
+/// A micro-shape run config over that data; `extra` is appended (later keys may not repeat tables).
+fn write_config(dir: &Path, name: &str, max_steps: u64, extra: &str) -> String {
+    let text = format!(
+        r#"
+[run]
+name = "{name}"
+dir = "runs"
+[model]
+preset = "micro"
+vocab_size = 512
+[data]
+dir = "ds"
+tokenizer = "tok.json"
+[recurrence]
+mean_recurrence = 4
+mean_backprop_depth = 2
+[optimizer]
+kind = "ellis-adam"
+lr = 1e-3
+schedule = "constant"
+warmup_steps = 2
+[train]
+seed = 7
+max_steps = {max_steps}
+micro_batch_size = 4
+threads = 1
+[checkpoint]
+interval = 0
+[log]
+interval = 1
+[eval]
+interval = 0
+depths = [1, 4]
+max_rows = 8
+{extra}"#
+    );
+    let file = format!("{name}.toml");
+    std::fs::write(dir.join(&file), text).unwrap();
+    file
+}
+
+fn losses(dir: &Path, run: &str) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(dir.join("runs").join(run).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+fn final_weights(dir: &Path, run: &str, step: u64) -> Vec<u8> {
+    std::fs::read(dir.join(format!(
+        "runs/{run}/checkpoints/step-{step:08}/model.safetensors"
+    )))
+    .unwrap()
+}
+
+#[test]
+fn resume_after_exit_interval_is_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    prepare_data(p);
+    let straight = write_config(p, "straight", 8, "");
+    muninn_ok(&["train", &straight], p);
+    let cut = write_config(p, "cut", 8, "");
+    let out = muninn_ok(&["train", &cut, "--set", "train.exit_interval=4"], p);
+    assert!(out.contains("step 4 (ExitInterval)"), "{out}");
+    let out = muninn_ok(&["train", &cut, "--resume", "auto"], p);
+    assert!(out.contains("step 8 (Finished)"), "{out}");
+    assert_eq!(
+        losses(p, "straight"),
+        losses(p, "cut"),
+        "losses differ after resume"
+    );
+    assert!(
+        final_weights(p, "straight", 8) == final_weights(p, "cut", 8),
+        "weights differ after resume"
+    );
+    // A fresh start on a run directory with checkpoints is refused.
+    let e = muninn_err(&["train", &cut], p);
+    assert!(e.contains("--resume auto"), "{e}");
+}
+
+#[test]
+fn sigterm_saves_and_exits_zero_and_the_resume_is_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    prepare_data(p);
+    let cfg = write_config(p, "signal", 10_000, "");
+    let child = Command::new(env!("CARGO_BIN_EXE_muninn"))
+        .args(["train", &cfg])
+        .current_dir(p)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = p.join("runs/signal/metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "SIGTERM must end the run cleanly (exit 0)"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(Signal)"), "{stdout}");
+    let stopped: u64 = losses(p, "signal").last().unwrap().0;
+    assert!(p
+        .join(format!(
+            "runs/signal/checkpoints/step-{stopped:08}/trainer_state.json"
+        ))
+        .exists());
+
+    // Resume to stopped + 2 and compare with a run that never stopped.
+    let target = stopped + 2;
+    muninn_ok(
+        &[
+            "train",
+            &cfg,
+            "--resume",
+            "auto",
+            "--set",
+            &format!("train.max_steps={target}"),
+        ],
+        p,
+    );
+    let straight = write_config(p, "straight", target, "");
+    muninn_ok(&["train", &straight], p);
+    assert_eq!(losses(p, "signal"), losses(p, "straight"));
+    assert!(final_weights(p, "signal", target) == final_weights(p, "straight", target));
+}
+
+#[test]
+fn loss_falls_on_real_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    prepare_data(p);
+    let cfg = write_config(p, "learn", 40, "");
+    muninn_ok(
+        &[
+            "train",
+            &cfg,
+            "--set",
+            "optimizer.kind=adamw",
+            "--set",
+            "optimizer.lr=3e-3",
+            "--set",
+            "eval.interval=40",
+        ],
+        p,
+    );
+    let l = losses(p, "learn");
+    let first = l[..3].iter().map(|x| x.1).sum::<f64>() / 3.0;
+    let last = l[l.len() - 3..].iter().map(|x| x.1).sum::<f64>() / 3.0;
+    assert!(
+        first > 5.5,
+        "initial loss {first} should be near ln(512) = 6.24"
+    );
+    assert!(
+        last < first - 1.0,
+        "loss fell only from {first:.3} to {last:.3}"
+    );
+    let rec: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(p.join("runs/learn/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    for key in [
+        "lr",
+        "grad_norm",
+        "n",
+        "k",
+        "tokens_per_s",
+        "val_loss_r1",
+        "val_loss_r4",
+    ] {
+        assert!(rec.get(key).is_some(), "metrics.jsonl lacks `{key}`: {rec}");
+    }
+    assert!(p.join("runs/learn/config.toml").exists());
+}
+
+#[test]
+fn bad_configs_are_refused_by_key_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    prepare_data(p);
+    let cfg = write_config(p, "bad", 4, "");
+    for (set, expect) in [
+        ("train.max_stepz=3", "max_stepz"),
+        ("train.micro_batch_size=0", "train.micro_batch_size = 0"),
+        ("train.max_steps=\"many\"", "max_steps"),
+        (
+            "recurrence.mean_backprop_depth=9",
+            "recurrence.mean_backprop_depth = 9 exceeds recurrence.mean_recurrence = 4",
+        ),
+        ("data.dir=nowhere", "data.dir = nowhere"),
+        ("optimizer.kind=sgd", "sgd"),
+    ] {
+        let e = muninn_err(&["train", &cfg, "--set", set], p);
+        assert!(e.contains(expect), "--set {set}: {e}");
+        assert!(
+            !p.join("runs/bad").exists(),
+            "--set {set}: work started before the config was checked"
+        );
+    }
+}
+
+#[test]
+fn a_checkpoint_of_another_shape_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    prepare_data(p);
+    let cfg = write_config(p, "shape", 2, "");
+    muninn_ok(&["train", &cfg], p);
+    let e = muninn_err(
+        &[
+            "train",
+            &cfg,
+            "--resume",
+            "auto",
+            "--set",
+            "model.n_layers_in_coda=2",
+            "--set",
+            "train.max_steps=4",
+        ],
+        p,
+    );
+    assert!(e.contains("different model shape"), "{e}");
+}
+
+#[test]
+fn non_finite_steps_are_skipped_counted_and_abort_without_saving_bad_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    prepare_data(p);
+    // An absurd learning rate turns the weights non-finite after the first updates.
+    let cfg = write_config(p, "nan", 50, "");
+    let e = muninn_err(
+        &[
+            "train",
+            &cfg,
+            "--set",
+            "optimizer.kind=adamw",
+            "--set",
+            "optimizer.lr=1e30",
+            "--set",
+            "optimizer.warmup_steps=0",
+            "--set",
+            "train.max_consecutive_nonfinite=3",
+            "--set",
+            "checkpoint.interval=1",
+        ],
+        p,
+    );
+    assert!(e.contains("non-finite"), "{e}");
+    for (step, path) in std::fs::read_dir(p.join("runs/nan/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .enumerate()
+    {
+        let f = muninn_model::st::StFile::open(&path.join("model.safetensors")).unwrap();
+        for (name, _) in f.shapes() {
+            let t = f.get(&name).unwrap();
+            assert!(
+                t.isfinite().all().int64_value(&[]) == 1,
+                "checkpoint {step} holds non-finite `{name}`"
+            );
+        }
+    }
+}

@@ -320,6 +320,45 @@ impl Huginn {
     }
 }
 
+/// Recurrence telemetry of the reference's `monitor_module` (§3.8), from one no-grad forward.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Telemetry {
+    /// mean over tokens of ‖ln_f(s_r)‖.
+    pub state_norm: f64,
+    /// Mean pairwise cosine of centred token states minus 1/T: near 1 means representation collapse.
+    pub token_corr: f64,
+    /// mean of ‖ln_f(s_r) − s_{r−1}‖ / ‖ln_f(s_r)‖.
+    pub rel_residual: f64,
+}
+
+impl Huginn {
+    pub fn telemetry(&self, ids: &Tensor, r: i64, init: &InitState) -> Result<Telemetry> {
+        ensure!(r >= 1, "telemetry needs at least one iteration");
+        tch::no_grad(|| {
+            let w = self.weights();
+            let e = self.prelude(&w, ids)?;
+            let mut s = self.initial_state(&e, init)?;
+            let mut prev = s.shallow_clone();
+            for _ in 0..r {
+                prev = s;
+                s = self.core_step(&w, &prev, &e)?;
+            }
+            let x = rms_norm(&s, &w.ln_f, self.cfg.norm_eps); // [B, T, d]
+            let norms = x.norm_scalaropt_dim(2.0, [-1], false); // [B, T]
+            let (_, t, _) = x.size3()?;
+            let centred = &x - x.mean_dim(-1, true, Kind::Float);
+            let unit = &centred / (centred.norm_scalaropt_dim(2.0, [-1], true) + 1e-8);
+            let cos = unit.matmul(&unit.transpose(1, 2)); // [B, T, T]
+            let residual = (&x - &prev).norm_scalaropt_dim(2.0, [-1], false) / (&norms + 1e-8);
+            Ok(Telemetry {
+                state_norm: norms.mean(Kind::Float).double_value(&[]),
+                token_corr: cos.mean(Kind::Float).double_value(&[]) - 1.0 / t as f64,
+                rel_residual: residual.mean(Kind::Float).double_value(&[]),
+            })
+        })
+    }
+}
+
 /// Mean cross-entropy in fp32 over all positions. logits [B, T, V], targets [B, T] (i64).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (b, t, v) = logits.size3()?;

@@ -13,5 +13,5 @@ pub mod params;
 pub mod st;
 
 pub use config::{HuginnConfig, StateInit};
-pub use huginn::{cross_entropy, Depth, Forward, Huginn, InitState, Precision};
+pub use huginn::{cross_entropy, Depth, Forward, Huginn, InitState, Precision, Telemetry};
 pub use params::{ParamCounts, Part};

@@ -4,6 +4,7 @@
 
 pub mod ckpt;
 pub mod config;
+pub mod metrics;
 pub mod optim;
 pub mod sampler;
 pub mod schedule;

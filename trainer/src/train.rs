@@ -1,12 +1,13 @@
 //! The training loop on one process: config → (model, data, optimizer, checkpoints, metrics) → steps.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 use muninn_data::{loader, Batch, Loader, TokenDataset, TokenizerInfo};
 use muninn_model::flops::train_flops_per_token;
 use muninn_model::{Depth, Huginn, InitState};
@@ -16,6 +17,7 @@ use tch::{Device, Tensor};
 
 use crate::ckpt::{self, TrainerState};
 use crate::config::RunConfig;
+use crate::metrics::Metrics;
 use crate::optim::{clip_grad_norm, FlatOptimizer};
 
 /// Where to start from.
@@ -146,18 +148,27 @@ pub fn train(cfg: &RunConfig, resume: Resume, stop_signal: Arc<AtomicBool>) -> R
     let config_path = run_dir.join("config.toml");
     std::fs::write(&config_path, cfg.to_toml())
         .with_context(|| format!("writing {}", config_path.display()))?;
-    let metrics_path = run_dir.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
+    let mut metrics = Metrics::open(&run_dir, raw.log.tensorboard)?;
 
-    let tty = std::io::stderr().is_terminal();
+    // A progress bar for a person at a terminal; plain lines in batch logs (SLURM), where indicatif
+    // would draw nothing.
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(t.max_steps).with_position(state.step);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+            )
+            .expect("static template"),
+        );
+        Some(bar)
+    } else {
+        None
+    };
     let tokens_per_step = (t.micro_batch_size * t.grad_accum * train_ds.block_size()) as u64;
     let first_step = state.step;
     let mut last_loss = f64::NAN;
-    let mut window = (Instant::now(), 0u64, 0.0f64); // (start, tokens, flops·tokens) since the last log
+    // Since the last log line: (start, tokens, model FLOPs, hardware FLOPs), from each step's (n, k).
+    let mut window = (Instant::now(), 0u64, 0.0f64, 0.0f64);
     let save = |state: &TrainerState, opt: &FlatOptimizer| {
         ckpt::save(&run_dir, &model, opt, state, raw.checkpoint.keep)
     };
@@ -170,8 +181,10 @@ pub fn train(cfg: &RunConfig, resume: Resume, stop_signal: Arc<AtomicBool>) -> R
 
         // Forward and backward over the micro-batches; gradients accumulate in the flat buffer.
         let mut loss_sum = 0.0;
+        let mut last_x = None;
         for _ in 0..t.grad_accum {
             let (x, y) = to_tensors(&loader.next_batch(0, 1, t.micro_batch_size), device);
+            last_x = Some(x.shallow_clone());
             let loss = model.loss_backward(
                 &x,
                 &y,
@@ -230,39 +243,46 @@ pub fn train(cfg: &RunConfig, resume: Resume, stop_signal: Arc<AtomicBool>) -> R
         );
         window.1 += tokens_per_step;
         window.2 += flops.model * tokens_per_step as f64;
+        window.3 += flops.hardware * tokens_per_step as f64;
 
+        if let Some(bar) = &bar {
+            bar.set_position(step);
+        }
         let last = step == t.max_steps;
         if step % raw.log.interval == 0 || last {
             let secs = window.0.elapsed().as_secs_f64().max(1e-9);
             let tokens_per_s = window.1 as f64 / secs;
-            let mfu = if raw.log.peak_flops > 0.0 {
-                window.2 / secs / raw.log.peak_flops
-            } else {
-                f64::NAN
+            let utilisation = |flops: f64| match raw.log.peak_flops > 0.0 {
+                true => json!(flops / secs / raw.log.peak_flops),
+                false => json!(null),
             };
             let mut rec = json!({
                 "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                 "n": depth.no_grad, "k": depth.with_grad, "tokens_per_s": tokens_per_s,
-                "mfu": if mfu.is_finite() { json!(mfu) } else { json!(null) },
+                "mfu": utilisation(window.2), "hfu": utilisation(window.3),
                 "tokens_seen": state.tokens_seen, "nonfinite_total": state.nonfinite_total,
             });
+            if let Some(x) = &last_x {
+                let tm = model.telemetry(x, depth.total().max(1), &InitState::Config)?;
+                rec["recurrent_state_norm"] = json!(tm.state_norm);
+                rec["recurrent_state_token_corr"] = json!(tm.token_corr);
+                rec["rel_residual"] = json!(tm.rel_residual);
+            }
             if raw.eval.interval > 0 && step % raw.eval.interval == 0 || last {
                 for (r, v) in validate(&model, &val_batches, &raw.eval.depths, t.seed)? {
                     rec[format!("val_loss_r{r}")] = json!(v);
                 }
             }
-            writeln!(metrics, "{rec}")
-                .with_context(|| format!("writing {}", metrics_path.display()))?;
-            let line = format!(
-                "step {step}/{} loss {loss:.4} lr {lr:.3e} grad_norm {grad_norm:.3} (n,k)=({},{}) {tokens_per_s:.0} tok/s",
-                t.max_steps, depth.no_grad, depth.with_grad
+            metrics.log(&rec)?;
+            let msg = format!(
+                "loss {loss:.4} lr {lr:.2e} |g| {grad_norm:.3} (n,k)=({},{}) {tokens_per_s:.0} tok/s",
+                depth.no_grad, depth.with_grad
             );
-            if tty {
-                eprint!("\r{line}   ")
-            } else {
-                eprintln!("{line}")
+            match &bar {
+                Some(bar) => bar.set_message(msg),
+                None => eprintln!("step {step}/{} {msg}", t.max_steps),
             }
-            window = (Instant::now(), 0, 0.0);
+            window = (Instant::now(), 0, 0.0, 0.0);
         }
 
         // Save when due; stop on the last step, an exit interval, or a signal (SLURM's warning).
@@ -275,8 +295,8 @@ pub fn train(cfg: &RunConfig, resume: Resume, stop_signal: Arc<AtomicBool>) -> R
         {
             let dir = save(&state, &opt)?;
             if last || signalled || exit_interval {
-                if tty {
-                    eprintln!();
+                if let Some(bar) = &bar {
+                    bar.finish();
                 }
                 eprintln!("saved {} at step {step}", dir.display());
                 let stop = if last {

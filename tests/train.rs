@@ -235,12 +235,29 @@ fn loss_falls_on_real_text() {
         "n",
         "k",
         "tokens_per_s",
+        "mfu",
+        "hfu",
         "val_loss_r1",
         "val_loss_r4",
+        "recurrent_state_norm",
+        "recurrent_state_token_corr",
+        "rel_residual",
     ] {
         assert!(rec.get(key).is_some(), "metrics.jsonl lacks `{key}`: {rec}");
     }
     assert!(p.join("runs/learn/config.toml").exists());
+    let tb: Vec<_> = std::fs::read_dir(p.join("runs/learn/tb"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        tb.len() == 1 && tb[0].to_string_lossy().contains("tfevents"),
+        "{tb:?}"
+    );
+    assert!(
+        std::fs::metadata(&tb[0]).unwrap().len() > 1000,
+        "TensorBoard file nearly empty"
+    );
 }
 
 #[test]

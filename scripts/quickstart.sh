@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The main job on the embedded `tiny` shape and the default corpus: set up; fetch the corpus and
-# prepare a tokenizer and shards from it (once; reused afterwards); inspect the model, initialise a
-# checkpoint, run a forward pass on real text at several depths, and export it in Huginn's Hugging
-# Face layout. Outputs go to .cache/datasets/ and runs/quickstart/; existing outputs are reused,
-# never overwritten.
+# The main job: set up; fetch the default corpus and prepare a tokenizer and shards from it (once;
+# reused afterwards); inspect the model shapes; train the tiny shape for a few minutes
+# (configs/demo.toml); run the trained model on a line of Hamlet at several depths; export it in
+# Huginn's Hugging Face layout. Outputs go to .cache/datasets/, runs/demo/ and runs/quickstart/;
+# existing outputs are reused, never overwritten.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -23,13 +23,12 @@ $bin data verify "$data/b64" --tokenizer "$data/tokenizer.json"
 
 $bin model info nebel-raven-3.5b
 $bin model info tiny
-# tiny with the corpus tokenizer's 4096 ids.
-printf '[model]\npreset = "tiny"\nvocab_size = 4096\n' > "$out/tiny-4096.toml"
-[ -d "$out/init" ] || $bin init "$out/tiny-4096.toml" --seed 233 --out "$out/init"
+# Train the tiny shape on it for a few minutes (configs/demo.toml); a rerun finds the finished run.
+$bin train configs/demo.toml --resume auto
+ckpt=$(ls -d runs/demo/checkpoints/step-* | tail -n 1)
 for depth in 1 4 16; do
-  $bin forward "$out/init" --tokenizer "$data/tokenizer.json" --text "To be, or not to be, that is the question" \
-    --depth "$depth" --init-state zero \
-    --out "$out/forward-r$depth.safetensors"
+  $bin forward "$ckpt" --tokenizer "$data/tokenizer.json" --text "To be, or not to be, that is the question" \
+    --depth "$depth" --init-state zero --out "$out/forward-r$depth.safetensors"
 done
-[ -d "$out/hf" ] || $bin export "$out/init" --format huginn-hf --out "$out/hf"
+[ -d "$out/hf" ] || $bin export "$ckpt" --format huginn-hf --out "$out/hf"
 echo "quickstart: done; outputs in $out/"

@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION=2.11.0
 # Only for the test that runs Huginn's reference modeling file on our exports (tests/hf_reference.rs).
 TRANSFORMERS_VERSION=4.57.1
+# Only for the test that reads our event files with the real TensorBoard (tests/train.rs).
+TENSORBOARD_VERSION=2.21.0
 log() { printf 'setup: %s\n' "$*" >&2; }
 build=1
 case "${1:-}" in
@@ -59,6 +61,10 @@ else
   if ! .venv/bin/python -c "import transformers, sys; sys.exit(transformers.__version__ != '$TRANSFORMERS_VERSION')" 2>/dev/null; then
     log "installing transformers==$TRANSFORMERS_VERSION into .venv (for the HF reference test)"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check "transformers==$TRANSFORMERS_VERSION"
+  fi
+  if ! .venv/bin/python -c "import tensorboard, sys; sys.exit(tensorboard.__version__ != '$TENSORBOARD_VERSION')" 2>/dev/null; then
+    log "installing tensorboard==$TENSORBOARD_VERSION into .venv (for the TensorBoard test, and to view runs)"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "tensorboard==$TENSORBOARD_VERSION"
   fi
   torch_dir=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')
   ln -sfn "$torch_dir" .venv/libtorch

@@ -174,13 +174,22 @@ fn run(cli: Cli) -> Result<()> {
             };
             let stop = train::stop_on_signals()?;
             let out = train::train(&cfg, resume, stop)?;
-            println!(
-                "{}: stopped at step {} ({:?}), loss {:.4}",
-                cfg.run_dir().display(),
-                out.step,
-                out.stop,
-                out.last_loss
-            );
+            if out.last_loss.is_nan() {
+                println!(
+                    "{}: already at step {} of {}; nothing to do",
+                    cfg.run_dir().display(),
+                    out.step,
+                    cfg.raw.train.max_steps
+                );
+            } else {
+                println!(
+                    "{}: stopped at step {} ({:?}), loss {:.4}",
+                    cfg.run_dir().display(),
+                    out.step,
+                    out.stop,
+                    out.last_loss
+                );
+            }
             Ok(())
         }
         Command::Init { shape, seed, out } => init(&shape, seed, &out),

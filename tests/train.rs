@@ -258,6 +258,41 @@ fn loss_falls_on_real_text() {
         std::fs::metadata(&tb[0]).unwrap().len() > 1000,
         "TensorBoard file nearly empty"
     );
+    // The real TensorBoard reads the same losses that metrics.jsonl holds.
+    if let Some(py) = reference_python("tensorboard") {
+        let script = "import sys\nfrom tensorboard.backend.event_processing.event_accumulator import EventAccumulator\n\
+                      ea = EventAccumulator(sys.argv[1]); ea.Reload()\n\
+                      print(' '.join(f'{e.step}:{e.value}' for e in ea.Scalars('loss')))";
+        let out = Command::new(py)
+            .args(["-c", script, "runs/learn/tb"])
+            .current_dir(p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read: Vec<(u64, f64)> = String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .map(|kv| {
+                let (k, v) = kv.split_once(':').unwrap();
+                (k.parse().unwrap(), v.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            read.len(),
+            l.len(),
+            "TensorBoard sees {} loss points, metrics.jsonl {}",
+            read.len(),
+            l.len()
+        );
+        for ((s1, v1), (s2, v2)) in read.iter().zip(&l) {
+            assert_eq!(s1, s2);
+            assert!((v1 - v2).abs() < 1e-5 * v2.abs(), "step {s1}: {v1} vs {v2}");
+        }
+    }
 }
 
 #[test]
@@ -346,6 +381,31 @@ fn non_finite_steps_are_skipped_counted_and_abort_without_saving_bad_weights() {
                 t.isfinite().all().int64_value(&[]) == 1,
                 "checkpoint {step} holds non-finite `{name}`"
             );
+        }
+    }
+}
+
+#[test]
+fn shipped_configs_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    prepare_data(p);
+    let data = [
+        format!("data.dir={}", p.join("ds").display()),
+        format!("data.tokenizer={}", p.join("tok.json").display()),
+    ];
+    for name in ["tiny", "demo", "huginn-3.5b-frontier"] {
+        let path = repo_root().join(format!("configs/{name}.toml"));
+        let cfg = muninn_trainer::config::RunConfig::load(&path, &data)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        if name == "huginn-3.5b-frontier" {
+            assert_eq!(cfg.model.name, "nebel-raven-3.5b");
+            assert_eq!(
+                (cfg.sampler.mean_recurrence, cfg.sampler.mean_backprop_depth),
+                (32, 8)
+            );
+            assert_eq!(cfg.precision, muninn_model::Precision::Bf16Mixed);
+            assert_eq!(cfg.schedule.at(47_360), 4e-5);
         }
     }
 }

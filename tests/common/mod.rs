@@ -40,3 +40,27 @@ pub fn muninn_err(args: &[&str], cwd: &Path) -> String {
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// A Python that imports `modules`: `MUNINN_REFERENCE_PYTHON`, else `.venv/bin/python` (scripts/setup.sh
+/// installs torch, transformers and tensorboard there). Without one the calling test reports itself
+/// skipped, except under CI (`CI` set), where it fails.
+pub fn reference_python(modules: &str) -> Option<PathBuf> {
+    let candidates = std::env::var_os("MUNINN_REFERENCE_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([repo_root().join(".venv/bin/python")]);
+    for py in candidates {
+        let ok = Command::new(&py)
+            .args(["-c", &format!("import {modules}")])
+            .output();
+        if matches!(ok.map(|o| o.status.success()), Ok(true)) {
+            return Some(py);
+        }
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI needs a Python with {modules}: run scripts/setup.sh"
+    );
+    eprintln!("SKIPPED: no Python with {modules} (run scripts/setup.sh)");
+    None
+}

@@ -3,6 +3,7 @@
 //! Each is written into a temporary directory and renamed into place, so a checkpoint directory
 //! exists only once complete; resume takes the newest one.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -85,9 +86,18 @@ pub fn save(
         checkpoint::write_model_files(model, dir)?;
         st::write(&dir.join(OPTIMIZER_FILE), &opt.state_tensors(), None)?;
         let path = dir.join(STATE_FILE);
-        std::fs::write(&path, serde_json::to_string_pretty(state)?)
+        let mut f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(serde_json::to_string_pretty(state)?.as_bytes())
+            .and_then(|_| f.sync_all())
             .with_context(|| format!("writing {}", path.display()))
     })?;
+    // The rename is durable once the parent directory is synced.
+    if let Some(parent) = out.parent() {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", parent.display()))?;
+    }
     let all = list(run_dir)?;
     for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
         std::fs::remove_dir_all(old)

@@ -151,42 +151,11 @@ fn bad_input_gets_a_clear_error_and_exit_code_1() {
 fn data_commands_prepare_and_verify_real_text_and_refuse_a_foreign_tokenizer() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
+    let (out, prepared) = prepare_gsm8k(p);
+    assert!(out.contains("512 ids") && out.contains("bos 480"), "{out}");
+    assert!(prepared.contains("1319 documents"), "{prepared}");
     let gsm8k = repo_root().join("tests/fixtures/gsm8k/test.jsonl");
     let g = gsm8k.to_str().unwrap();
-    let out = muninn_ok(
-        &[
-            "data",
-            "tokenizer",
-            "--input",
-            g,
-            "--text-field",
-            "question",
-            "--vocab-size",
-            "512",
-            "--out",
-            "tok.json",
-        ],
-        p,
-    );
-    assert!(out.contains("512 ids") && out.contains("bos 480"), "{out}");
-    let out = muninn_ok(
-        &[
-            "data",
-            "prepare",
-            "--tokenizer",
-            "tok.json",
-            "--input",
-            g,
-            "--text-field",
-            "question",
-            "--block-size",
-            "32",
-            "--out",
-            "ds",
-        ],
-        p,
-    );
-    assert!(out.contains("1319 documents"), "{out}");
     let out = muninn_ok(&["data", "verify", "ds", "--tokenizer", "tok.json"], p);
     assert!(
         out.contains("train:") && out.contains("val:") && out.contains("rows/s"),

@@ -8,44 +8,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Tokenizer (512 ids) and 32-token shards from GSM8K's test split, in `dir`.
-fn prepare_data(dir: &Path) {
-    let g = repo_root().join("tests/fixtures/gsm8k/test.jsonl");
-    let g = g.to_str().unwrap();
-    muninn_ok(
-        &[
-            "data",
-            "tokenizer",
-            "--input",
-            g,
-            "--text-field",
-            "question",
-            "--vocab-size",
-            "512",
-            "--out",
-            "tok.json",
-        ],
-        dir,
-    );
-    muninn_ok(
-        &[
-            "data",
-            "prepare",
-            "--tokenizer",
-            "tok.json",
-            "--input",
-            g,
-            "--text-field",
-            "question",
-            "--block-size",
-            "32",
-            "--out",
-            "ds",
-        ],
-        dir,
-    );
-}
-
 /// A micro-shape run config over that data; `extra` is appended (later keys may not repeat tables).
 fn write_config(dir: &Path, name: &str, max_steps: u64, extra: &str) -> String {
     let text = format!(
@@ -109,7 +71,7 @@ fn final_weights(dir: &Path, run: &str, step: u64) -> Vec<u8> {
 fn resume_after_exit_interval_is_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    prepare_data(p);
+    prepare_gsm8k(p);
     let straight = write_config(p, "straight", 8, "");
     muninn_ok(&["train", &straight], p);
     let cut = write_config(p, "cut", 8, "");
@@ -135,7 +97,7 @@ fn resume_after_exit_interval_is_bit_identical() {
 fn sigterm_saves_and_exits_zero_and_the_resume_is_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    prepare_data(p);
+    prepare_gsm8k(p);
     let cfg = write_config(p, "signal", 10_000, "");
     let child = Command::new(env!("CARGO_BIN_EXE_muninn"))
         .args(["train", &cfg])
@@ -195,7 +157,7 @@ fn sigterm_saves_and_exits_zero_and_the_resume_is_bit_identical() {
 fn tiny_config_loss_falls_on_real_text() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    prepare_data(p);
+    prepare_gsm8k(p);
     // The shipped tiny config, pointed at the GSM8K shards (the default corpus needs a download).
     let tiny = repo_root().join("configs/tiny.toml");
     muninn_ok(
@@ -310,7 +272,7 @@ fn tiny_config_loss_falls_on_real_text() {
 fn bad_configs_are_refused_by_key_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    prepare_data(p);
+    prepare_gsm8k(p);
     let cfg = write_config(p, "bad", 4, "");
     for (set, expect) in [
         ("train.max_stepz=3", "max_stepz"),
@@ -336,7 +298,7 @@ fn bad_configs_are_refused_by_key_before_any_work() {
 fn a_checkpoint_of_another_shape_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    prepare_data(p);
+    prepare_gsm8k(p);
     let cfg = write_config(p, "shape", 2, "");
     muninn_ok(&["train", &cfg], p);
     let e = muninn_err(
@@ -359,7 +321,7 @@ fn a_checkpoint_of_another_shape_is_refused() {
 fn non_finite_steps_are_skipped_counted_and_abort_without_saving_bad_weights() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    prepare_data(p);
+    prepare_gsm8k(p);
     // An absurd learning rate turns the weights non-finite after the first updates.
     let cfg = write_config(p, "nan", 50, "");
     let e = muninn_err(
@@ -400,7 +362,7 @@ fn non_finite_steps_are_skipped_counted_and_abort_without_saving_bad_weights() {
 fn shipped_configs_resolve() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    prepare_data(p);
+    prepare_gsm8k(p);
     let data = [
         format!("data.dir={}", p.join("ds").display()),
         format!("data.tokenizer={}", p.join("tok.json").display()),

@@ -64,3 +64,43 @@ pub fn reference_python(modules: &str) -> Option<PathBuf> {
     eprintln!("SKIPPED: no Python with {modules} (run scripts/setup.sh)");
     None
 }
+
+/// Tokenizer (512 ids, `tok.json`) and 32-token shards (`ds/`) from the GSM8K fixture in `dir`; returns
+/// what the two commands printed.
+pub fn prepare_gsm8k(dir: &Path) -> (String, String) {
+    let g = repo_root().join("tests/fixtures/gsm8k/test.jsonl");
+    let g = g.to_str().unwrap();
+    let tokenizer = muninn_ok(
+        &[
+            "data",
+            "tokenizer",
+            "--input",
+            g,
+            "--text-field",
+            "question",
+            "--vocab-size",
+            "512",
+            "--out",
+            "tok.json",
+        ],
+        dir,
+    );
+    let prepare = muninn_ok(
+        &[
+            "data",
+            "prepare",
+            "--tokenizer",
+            "tok.json",
+            "--input",
+            g,
+            "--text-field",
+            "question",
+            "--block-size",
+            "32",
+            "--out",
+            "ds",
+        ],
+        dir,
+    );
+    (tokenizer, prepare)
+}

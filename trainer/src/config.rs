@@ -271,13 +271,12 @@ impl RunConfig {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading run config {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_str(&text, overrides, base).with_context(|| format!("in {}", path.display()))
+        Self::from_str(&text, overrides).with_context(|| format!("in {}", path.display()))
     }
 
-    /// `base` resolves relative data paths (the config's own directory is not used: paths are
-    /// relative to where muninn runs, like every other path on the command line).
-    pub fn from_str(text: &str, overrides: &[String], _base: &Path) -> Result<Self> {
+    /// Relative paths in the config are relative to where muninn runs, like every path on the command
+    /// line.
+    pub fn from_str(text: &str, overrides: &[String]) -> Result<Self> {
         let mut doc: toml::Table = toml::from_str(text).context("parsing TOML")?;
         for o in overrides {
             apply_override(&mut doc, o)?;

@@ -63,20 +63,25 @@ fn seed_torch(seed: u64, step: u64, purpose: u64) {
 }
 
 /// Mean validation loss at each depth, all iterations without a graph, from the same s0 each time.
-fn validate(model: &Huginn, val: &[Batch], depths: &[i64], seed: u64) -> Result<Vec<(i64, f64)>> {
-    let device = model.device();
+/// `val` holds (inputs, targets) on the model's device, built once per run.
+fn validate(
+    model: &Huginn,
+    val: &[(Tensor, Tensor)],
+    depths: &[i64],
+    seed: u64,
+) -> Result<Vec<(i64, f64)>> {
+    let rows: i64 = val.iter().map(|(x, _)| x.size()[0]).sum();
     depths
         .iter()
         .map(|&r| {
             seed_torch(seed, 0, 0xE7A1);
             let mut total = 0.0;
-            for b in val {
-                let (x, y) = to_tensors(b, device);
-                let out = tch::no_grad(|| model.forward(&x, Depth::eval(r), &InitState::Config))?;
-                total +=
-                    muninn_model::cross_entropy(&out.logits, &y)?.double_value(&[]) * b.rows as f64;
+            for (x, y) in val {
+                let out = tch::no_grad(|| model.forward(x, Depth::eval(r), &InitState::Config))?;
+                total += muninn_model::cross_entropy(&out.logits, y)?.double_value(&[])
+                    * x.size()[0] as f64;
             }
-            Ok((r, total / val.iter().map(|b| b.rows).sum::<usize>() as f64))
+            Ok((r, total / rows as f64))
         })
         .collect()
 }
@@ -106,7 +111,11 @@ pub fn train(cfg: &RunConfig, resume: Resume, stop_signal: Arc<AtomicBool>) -> R
         train_ds.block_size(),
         cfg.model.block_size
     );
-    let val_batches = loader::val_batches(&val_ds, t.micro_batch_size, raw.eval.max_rows, 0, 1);
+    let val_batches: Vec<(Tensor, Tensor)> =
+        loader::val_batches(&val_ds, t.micro_batch_size, raw.eval.max_rows, 0, 1)
+            .iter()
+            .map(|b| to_tensors(b, device))
+            .collect();
 
     // Model, optimizer, loader; then the checkpoint, if resuming.
     let model = Huginn::new(cfg.model.clone(), device, cfg.precision)?;

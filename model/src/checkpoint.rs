@@ -17,7 +17,8 @@ pub const CONFIG_FILE: &str = "config.toml";
 /// Tensors spread over one or more safetensors files (an HF directory may shard them).
 pub struct TensorFiles {
     files: Vec<StFile>,
-    index: HashMap<String, usize>,
+    /// name → (file, shape), read once from the headers.
+    index: HashMap<String, (usize, Vec<i64>)>,
 }
 
 impl TensorFiles {
@@ -26,8 +27,8 @@ impl TensorFiles {
         let mut index = HashMap::new();
         for (i, p) in paths.iter().enumerate() {
             let f = StFile::open(p)?;
-            for (name, _) in f.shapes() {
-                if let Some(prev) = index.insert(name.clone(), i) {
+            for (name, shape) in f.shapes() {
+                if let Some((prev, _)) = index.insert(name.clone(), (i, shape)) {
                     bail!(
                         "tensor `{name}` appears in both {} and {}",
                         paths[prev].display(),
@@ -45,19 +46,15 @@ impl TensorFiles {
     }
 
     pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
-        let f = &self.files[*self.index.get(name)?];
-        f.shapes()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, s)| s)
+        self.index.get(name).map(|(_, shape)| shape.clone())
     }
 
     pub fn get(&self, name: &str) -> Result<tch::Tensor> {
-        let i = *self
+        let (i, _) = self
             .index
             .get(name)
             .with_context(|| format!("no tensor named `{name}`"))?;
-        self.files[i].get(name)
+        self.files[*i].get(name)
     }
 
     pub fn describe(&self) -> String {

@@ -166,6 +166,8 @@ fn run(cli: Cli) -> Result<()> {
             resume,
         } => {
             use muninn_trainer::train::{self, Resume};
+            // MPI first: a GPU-aware MPI must be initialised before libtorch touches a GPU.
+            let mut comm = muninn_trainer::dist::Comm::from_env()?;
             let cfg = muninn_trainer::config::RunConfig::load(&config, &set)?;
             let resume = match resume.as_deref() {
                 None => Resume::No,
@@ -173,7 +175,19 @@ fn run(cli: Cli) -> Result<()> {
                 Some(p) => Resume::Path(PathBuf::from(p)),
             };
             let stop = train::stop_on_signals()?;
-            let out = train::train(&cfg, resume, stop)?;
+            let out = match train::train(&cfg, resume, stop, &mut comm) {
+                Ok(out) => out,
+                Err(err) if comm.world() > 1 => {
+                    // The other ranks would otherwise wait in a collective until the timeout.
+                    eprintln!("muninn: rank {}: {err:#}", comm.rank());
+                    comm.abort(1);
+                    return Err(err);
+                }
+                Err(err) => return Err(err),
+            };
+            if !comm.is_root() {
+                return Ok(());
+            }
             if out.last_loss.is_nan() {
                 println!(
                     "{}: already at step {} of {}; nothing to do",

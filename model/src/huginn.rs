@@ -269,11 +269,18 @@ impl Huginn {
     /// Forward, mean cross-entropy against `targets` [B, T], and backward into the flat gradient.
     /// Returns the detached loss.
     ///
+    /// The backward runs in three stages so that a data-parallel trainer can reduce each part of the
+    /// model while the next is still being computed (`hpc-and-ecosystem.md` §3.4): `on_grads` hears
+    /// [`GradStage::Coda`] once the coda and `ln_f` gradients are final, [`GradStage::CoreIteration`]
+    /// after each recomputed iteration (a chance to progress communication), [`GradStage::Core`] once
+    /// the core and adapter are final, and [`GradStage::Prelude`] once everything is.
+    ///
     /// With `activation_checkpointing`, each grad iteration keeps only its input state and is
     /// recomputed during the backward walk, so activation memory grows with k, not with n:
     /// forward stores x_0..x_{k-1}; the coda's backward yields g = ∂L/∂s_k; then for i = k-1..0,
     /// recompute y = f(x_i) with a graph, backpropagate g through it (accumulating parameter
     /// gradients and ∂L/∂e) and continue with g = ∂L/∂x_i. Last, ∂L/∂e flows into the prelude.
+    /// Without it the k iterations keep their graph and one backward call walks them.
     pub fn loss_backward(
         &self,
         ids: &Tensor,
@@ -281,43 +288,66 @@ impl Huginn {
         depth: Depth,
         init: &InitState,
         activation_checkpointing: bool,
+        on_grads: &mut dyn FnMut(GradStage),
     ) -> Result<Tensor> {
-        if !activation_checkpointing {
-            let out = self.forward(ids, depth, init)?;
-            let loss = cross_entropy(&out.logits, targets)?;
-            loss.backward();
-            return Ok(loss.detach());
-        }
         let w = self.weights();
         let e = self.prelude(&w, ids)?;
         // Every iteration reads e through this leaf; its gradient is summed over iterations.
         let e_leaf = e.detach().set_requires_grad(true);
-        let mut inputs = Vec::with_capacity(depth.with_grad as usize);
-        let s_k = tch::no_grad(|| -> Result<Tensor> {
+        let mut s = tch::no_grad(|| -> Result<Tensor> {
             let mut s = self.initial_state(&e, init)?;
-            for i in 0..depth.total() {
-                if i >= depth.no_grad {
-                    inputs.push(s.shallow_clone());
-                }
+            for _ in 0..depth.no_grad {
                 s = self.core_step(&w, &s, &e_leaf)?;
             }
             Ok(s)
         })?;
-        let s_k = s_k.set_requires_grad(true);
+        let mut inputs = Vec::with_capacity(depth.with_grad as usize);
+        for _ in 0..depth.with_grad {
+            if activation_checkpointing {
+                inputs.push(s.shallow_clone());
+                s = tch::no_grad(|| self.core_step(&w, &s, &e_leaf))?;
+            } else {
+                s = self.core_step(&w, &s, &e_leaf)?;
+            }
+        }
+        // The coda's backward stops at s_k, a leaf.
+        let s_k = s.detach().set_requires_grad(true);
         let loss = cross_entropy(&self.coda(&w, &s_k)?, targets)?;
         loss.backward();
+        on_grads(GradStage::Coda);
         let mut g = s_k.grad();
-        for x in inputs.iter().rev() {
-            let x = x.detach().set_requires_grad(true);
-            let y = self.core_step(&w, &x, &e_leaf)?;
-            (y * &g).sum(Kind::Float).backward();
-            g = x.grad();
+        if activation_checkpointing {
+            for x in inputs.iter().rev() {
+                let x = x.detach().set_requires_grad(true);
+                let y = self.core_step(&w, &x, &e_leaf)?;
+                (y * &g).sum(Kind::Float).backward();
+                g = x.grad();
+                on_grads(GradStage::CoreIteration);
+            }
+        } else if depth.with_grad > 0 {
+            (s * &g).sum(Kind::Float).backward();
         }
+        on_grads(GradStage::Core);
         if depth.with_grad > 0 {
             (e * e_leaf.grad()).sum(Kind::Float).backward();
         }
+        on_grads(GradStage::Prelude);
         Ok(loss.detach())
     }
+}
+
+/// How far [`Huginn::loss_backward`] has come; see [`crate::params::grad_regions`] for which
+/// parameters each stage completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GradStage {
+    /// Coda and `ln_f` are final.
+    Coda,
+    /// One recomputed core iteration is done (nothing new is final).
+    CoreIteration,
+    /// Core block and adapter are final.
+    Core,
+    /// Prelude and embedding (which is also the head) are final: the whole gradient.
+    Prelude,
 }
 
 /// Recurrence telemetry of the reference's `monitor_module` (§3.8), from one no-grad forward.

@@ -13,5 +13,7 @@ pub mod params;
 pub mod st;
 
 pub use config::{HuginnConfig, StateInit};
-pub use huginn::{cross_entropy, Depth, Forward, Huginn, InitState, Precision, Telemetry};
+pub use huginn::{
+    cross_entropy, Depth, Forward, GradStage, Huginn, InitState, Precision, Telemetry,
+};
 pub use params::{ParamCounts, Part};

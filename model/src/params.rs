@@ -158,6 +158,20 @@ pub fn param_specs(cfg: &HuginnConfig) -> Vec<ParamSpec> {
     specs
 }
 
+/// The flat-buffer ranges whose gradients become final at each stage of
+/// [`crate::huginn::Huginn::loss_backward`], in that order: coda + `ln_f`, then adapter + core, then
+/// embedding (the tied head) + prelude. They are contiguous because of the order of [`param_specs`].
+pub fn grad_regions(specs: &[ParamSpec]) -> [std::ops::Range<i64>; 3] {
+    let offset_of = |pred: &dyn Fn(&ParamSpec) -> bool| {
+        let i = specs.iter().position(pred).unwrap_or(specs.len());
+        specs[..i].iter().map(ParamSpec::numel).sum::<i64>()
+    };
+    let adapter = offset_of(&|s| s.part == Part::Adapter);
+    let coda = offset_of(&|s| matches!(s.part, Part::Coda | Part::FinalNorm));
+    let total = specs.iter().map(ParamSpec::numel).sum();
+    [coda..total, adapter..coda, 0..adapter]
+}
+
 /// Parameter counts by part, without allocating anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamCounts {

@@ -11,6 +11,7 @@ use muninn_data::LoaderState;
 use muninn_model::checkpoint::{self, TensorFiles};
 use muninn_model::{st, Huginn};
 use serde::{Deserialize, Serialize};
+use tch::Tensor;
 
 use crate::optim::FlatOptimizer;
 
@@ -58,10 +59,12 @@ pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
+/// Writes a checkpoint; `optimizer` is the optimizer state over the whole flat buffer (gathered
+/// from every rank's shard under ZeRO-1, so any world size can resume it).
 pub fn save(
     run_dir: &Path,
     model: &Huginn,
-    opt: &FlatOptimizer,
+    optimizer: &[(String, Tensor)],
     state: &TrainerState,
     keep: usize,
 ) -> Result<PathBuf> {
@@ -84,7 +87,7 @@ pub fn save(
     }
     checkpoint::write_new_dir(&out, |dir| {
         checkpoint::write_model_files(model, dir)?;
-        st::write(&dir.join(OPTIMIZER_FILE), &opt.state_tensors(), None)?;
+        st::write(&dir.join(OPTIMIZER_FILE), optimizer, None)?;
         let path = dir.join(STATE_FILE);
         let mut f =
             std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;

@@ -202,6 +202,49 @@ impl Default for EvalSection {
     }
 }
 
+/// How gradients travel between ranks (ignored on one process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// Copy to host memory, reduce there, copy back: works with any MPI.
+    Host,
+    /// Hand device pointers to MPI (Cray MPICH with MPICH_GPU_SUPPORT_ENABLED=1, CUDA-aware OpenMPI).
+    GpuAware,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistSection {
+    /// Size of each gradient message in MiB of fp32 (the reference's fix for collective hangs).
+    pub chunk_mb: f64,
+    /// Start reducing each part of the model as soon as its gradients are final (else after backward).
+    pub overlap: bool,
+    /// Shard the optimizer state over ranks (ZeRO-1): reduce-scatter, update 1/W, all-gather.
+    pub zero1: bool,
+    pub transport: Transport,
+    /// A collective that has not completed after this many seconds ends the job.
+    pub timeout_s: f64,
+}
+
+impl Default for DistSection {
+    fn default() -> Self {
+        DistSection {
+            chunk_mb: 64.0,
+            overlap: true,
+            zero1: false,
+            transport: Transport::Host,
+            timeout_s: 600.0,
+        }
+    }
+}
+
+impl DistSection {
+    /// fp32 elements per message.
+    pub fn chunk_elems(&self) -> i64 {
+        (self.chunk_mb * 1024.0 * 1024.0 / 4.0).round() as i64
+    }
+}
+
 /// The file as written: every section optional except [model] and [data].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -222,6 +265,8 @@ pub struct RawRunConfig {
     pub log: LogSection,
     #[serde(default)]
     pub eval: EvalSection,
+    #[serde(default)]
+    pub dist: DistSection,
 }
 
 /// A checked config, with the typed pieces the loop uses.
@@ -372,6 +417,17 @@ impl RunConfig {
             "eval.depths must all be >= 1"
         );
         ensure!(raw.eval.max_rows >= 1, "eval.max_rows must be at least 1");
+        let d = &raw.dist;
+        ensure!(
+            d.chunk_elems() >= 1 && d.chunk_mb <= 8192.0,
+            "dist.chunk_mb = {} must be in (0, 8192] (MPI counts are 32-bit)",
+            d.chunk_mb
+        );
+        ensure!(
+            d.timeout_s > 0.0 && d.timeout_s.is_finite(),
+            "dist.timeout_s = {} must be positive",
+            d.timeout_s
+        );
         ensure!(
             !raw.run.name.is_empty() && !raw.run.name.contains('/'),
             "run.name `{}` must be a plain name",

@@ -1,9 +1,9 @@
 //! The training loop and its stateful parts (depth sampler, optimizer, checkpointer, metrics,
-//! communicator). The loop itself is still to come; today the crate holds the depth sampler, the
-//! learning-rate schedules, the flat-buffer optimizers and the device choice every command shares.
+//! data-parallel communication) and the device choice every command shares.
 
 pub mod ckpt;
 pub mod config;
+pub mod dist;
 pub mod metrics;
 pub mod optim;
 pub mod sampler;

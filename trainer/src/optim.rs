@@ -71,15 +71,28 @@ pub fn decays(name: &str) -> bool {
     !(n.contains("norm") || n.contains("ln_f") || n.contains("bias"))
 }
 
+/// One parameter tensor of the flat buffer.
 struct Segment {
-    offset: i64,
     numel: i64,
     decay: bool,
 }
 
+/// The part of one segment that lies in this optimizer's shard.
+struct Run {
+    /// Offset in the shard (the compact tensors this optimizer updates).
+    offset: i64,
+    numel: i64,
+    segment: usize,
+}
+
+/// An optimizer over a shard of the flat buffer: the whole buffer on one process or with plain data
+/// parallelism, 1/W of it under ZeRO-1. The shard is a list of pieces (flat offset, length) laid end
+/// to end; `m` and `v` cover just the shard.
 pub struct FlatOptimizer {
     cfg: OptimizerConfig,
     segments: Vec<Segment>,
+    runs: Vec<Run>,
+    pieces: Vec<(i64, i64)>,
     m: Tensor,
     v: Tensor,
     /// Updates applied so far (t in the bias corrections).
@@ -87,25 +100,52 @@ pub struct FlatOptimizer {
 }
 
 impl FlatOptimizer {
-    /// State for parameters laid out as `specs` in a flat buffer like `flat`.
+    /// State for all parameters laid out as `specs` in a flat buffer like `flat`.
     pub fn new(cfg: OptimizerConfig, specs: &[ParamSpec], flat: &Tensor) -> Self {
+        Self::sharded(cfg, specs, &[(0, flat.numel() as i64)], flat.device())
+    }
+
+    /// State for the pieces (flat offset, length) of a shard, in shard order.
+    pub fn sharded(
+        cfg: OptimizerConfig,
+        specs: &[ParamSpec],
+        pieces: &[(i64, i64)],
+        device: tch::Device,
+    ) -> Self {
+        let mut starts = Vec::with_capacity(specs.len());
         let mut offset = 0;
-        let segments = specs
+        for s in specs {
+            starts.push(offset);
+            offset += s.numel();
+        }
+        let segments: Vec<Segment> = specs
             .iter()
-            .map(|s| {
-                let seg = Segment {
-                    offset,
-                    numel: s.numel(),
-                    decay: decays(&s.name),
-                };
-                offset += s.numel();
-                seg
+            .map(|s| Segment {
+                numel: s.numel(),
+                decay: decays(&s.name),
             })
             .collect();
-        let zeros = || flat.detach().zeros_like().to_kind(Kind::Float);
+        let mut runs = Vec::new();
+        let mut shard_offset = 0;
+        for &(p_off, p_len) in pieces {
+            for (i, (&start, seg)) in starts.iter().zip(&segments).enumerate() {
+                let (lo, hi) = (start.max(p_off), (start + seg.numel).min(p_off + p_len));
+                if lo < hi {
+                    runs.push(Run {
+                        offset: shard_offset + lo - p_off,
+                        numel: hi - lo,
+                        segment: i,
+                    });
+                }
+            }
+            shard_offset += p_len;
+        }
+        let zeros = || Tensor::zeros([shard_offset], (Kind::Float, device));
         FlatOptimizer {
             cfg,
             segments,
+            runs,
+            pieces: pieces.to_vec(),
             m: zeros(),
             v: zeros(),
             steps: 0,
@@ -116,23 +156,49 @@ impl FlatOptimizer {
         self.steps
     }
 
+    /// The shard's pieces of the flat buffer, (offset, length), in shard order.
+    pub fn pieces(&self) -> &[(i64, i64)] {
+        &self.pieces
+    }
+
     /// One update of `params` (the flat leaf, updated in place without autograd) from `grads` at the
-    /// scheduled learning rate `lr_t`.
+    /// scheduled learning rate `lr_t`, on one process.
     pub fn step(&mut self, params: &Tensor, grads: &Tensor, lr_t: f64) {
-        let c = &self.cfg;
+        self.step_shard(params, grads, lr_t, &mut |_| Ok(()))
+            .expect("no communication on one process");
+    }
+
+    /// One update of a shard: `params` and `grads` hold the shard's elements. ELLIS-Adam's update
+    /// clipping needs each tensor's RMS over all of its elements; `sum_over_ranks` adds the
+    /// per-tensor partial sums of the other shards (identity when this shard is everything).
+    pub fn step_shard(
+        &mut self,
+        params: &Tensor,
+        grads: &Tensor,
+        lr_t: f64,
+        sum_over_ranks: &mut dyn FnMut(&mut [f64]) -> Result<()>,
+    ) -> Result<()> {
+        let c = self.cfg.clone();
         let t = (self.steps + 1) as f64;
         let (bc1, bc2) = (1.0 - c.beta1.powf(t), 1.0 - c.beta2.powf(t));
-        tch::no_grad(|| {
-            let p_all = params.detach();
-            for s in &self.segments {
-                let mut p = p_all.narrow(0, s.offset, s.numel);
-                let g = grads.narrow(0, s.offset, s.numel);
-                let mut m = self.m.narrow(0, s.offset, s.numel);
-                let mut v = self.v.narrow(0, s.offset, s.numel);
-                let wd = if s.decay { c.weight_decay } else { 0.0 };
-                match c.kind {
-                    OptimizerKind::EllisAdam => {
-                        if self.steps == 0 {
+        let first = self.steps == 0;
+        let p_all = params.detach();
+        let slices = |r: &Run| {
+            (
+                p_all.narrow(0, r.offset, r.numel),
+                grads.narrow(0, r.offset, r.numel),
+                self.m.narrow(0, r.offset, r.numel),
+                self.v.narrow(0, r.offset, r.numel),
+            )
+        };
+        tch::no_grad(|| -> Result<()> {
+            match c.kind {
+                OptimizerKind::EllisAdam => {
+                    // Pass 1: moments, and each run's share of its tensor's Σ g²/v.
+                    let mut partial = Vec::with_capacity(self.runs.len());
+                    for r in &self.runs {
+                        let (_, g, mut m, mut v) = slices(r);
+                        if first {
                             // running_init: state starts at the first gradient, not at zero.
                             m.copy_(&g);
                             v.copy_(&(&g * &g));
@@ -140,19 +206,47 @@ impl FlatOptimizer {
                         let _ = m.lerp_(&g, 1.0 - c.beta1);
                         let _ = v.g_mul_scalar_(c.beta2);
                         let _ = v.g_add_(&(&g * &g * (1.0 - c.beta2)));
-                        // η as a 0-dim tensor: no device sync per parameter.
-                        let eta = if c.update_clipping {
+                        if c.update_clipping {
                             let _ = v.clamp_min_(c.eps * c.eps); // persistent, as in the reference
-                            let rms = (&g * &g / &v).mean(Kind::Float).sqrt().clamp_min(1.0);
-                            rms.reciprocal() * (lr_t / bc1)
-                        } else {
-                            Tensor::from(lr_t / bc1).to_device(p.device())
+                            partial.push((&g * &g / &v).sum(Kind::Double));
+                        }
+                    }
+                    // η per tensor: lr / max(RMS(g/√v), 1) / bc1, from sums over every shard.
+                    let mut sums = vec![0.0; self.segments.len()];
+                    if c.update_clipping && !partial.is_empty() {
+                        let host = Vec::<f64>::try_from(Tensor::stack(&partial, 0))?;
+                        for (r, x) in self.runs.iter().zip(host) {
+                            sums[r.segment] += x;
+                        }
+                    }
+                    if c.update_clipping {
+                        sum_over_ranks(&mut sums)?;
+                    }
+                    // Pass 2: decay and the atan2 update.
+                    for r in &self.runs {
+                        let (mut p, _, m, v) = slices(r);
+                        let seg = &self.segments[r.segment];
+                        let eta = match c.update_clipping {
+                            true => {
+                                let rms = (sums[r.segment] / seg.numel as f64).sqrt();
+                                lr_t / rms.max(1.0) / bc1
+                            }
+                            false => lr_t / bc1,
                         };
+                        let wd = if seg.decay { c.weight_decay } else { 0.0 };
                         let _ = p.g_mul_scalar_(1.0 - (lr_t / c.lr) * wd);
                         let update = m.atan2(&(v.sqrt() / bc2.sqrt()));
                         let _ = p.g_sub_(&(update * eta));
                     }
-                    OptimizerKind::Adamw => {
+                }
+                OptimizerKind::Adamw => {
+                    for r in &self.runs {
+                        let (mut p, g, mut m, mut v) = slices(r);
+                        let wd = if self.segments[r.segment].decay {
+                            c.weight_decay
+                        } else {
+                            0.0
+                        };
                         let _ = m.lerp_(&g, 1.0 - c.beta1);
                         let _ = v.g_mul_scalar_(c.beta2);
                         let _ = v.g_add_(&(&g * &g * (1.0 - c.beta2)));
@@ -162,11 +256,13 @@ impl FlatOptimizer {
                     }
                 }
             }
-        });
+            Ok(())
+        })?;
         self.steps += 1;
+        Ok(())
     }
 
-    /// (name, tensor) pairs for a checkpoint's optimizer file.
+    /// (name, tensor) pairs of this shard's state.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         vec![
             ("exp_avg".into(), self.m.shallow_clone()),
@@ -174,16 +270,27 @@ impl FlatOptimizer {
         ]
     }
 
+    /// Loads state saved for the whole flat buffer (`m`, `v` in flat order), keeping this shard's
+    /// pieces: a checkpoint from any world size loads into any other.
     pub fn load_state(&mut self, m: &Tensor, v: &Tensor, steps: u64) -> Result<()> {
+        let total: i64 = self.segments.iter().map(|s| s.numel).sum();
         ensure!(
-            m.size() == self.m.size() && v.size() == self.v.size(),
-            "optimizer state has {:?} elements, the model {:?}",
-            m.size(),
-            self.m.size()
+            m.size() == [total] && v.size() == [total],
+            "optimizer state has {:?} elements, the model [{total}]",
+            m.size()
         );
+        let shard = |full: &Tensor| {
+            let parts: Vec<Tensor> = self
+                .pieces
+                .iter()
+                .map(|&(off, len)| full.narrow(0, off, len))
+                .collect();
+            Tensor::cat(&parts, 0)
+        };
+        let (ms, vs) = (shard(m), shard(v));
         tch::no_grad(|| {
-            self.m.copy_(m);
-            self.v.copy_(v);
+            self.m.copy_(&ms);
+            self.v.copy_(&vs);
         });
         self.steps = steps;
         Ok(())
@@ -194,6 +301,13 @@ impl FlatOptimizer {
 /// `clip_grad_norm_` does: factor min(1, max_norm / (‖g‖ + 1e-6)). Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &Tensor, max_norm: f64) -> f64 {
     let norm = grads.norm().double_value(&[]);
+    clip_to_norm(grads, norm, max_norm);
+    norm
+}
+
+/// Clips as [`clip_grad_norm`] given the norm, which under data parallelism or ZeRO-1 is computed
+/// over all ranks and so cannot come from `grads` alone.
+pub fn clip_to_norm(grads: &Tensor, norm: f64, max_norm: f64) {
     if max_norm > 0.0 && norm.is_finite() {
         let factor = (max_norm / (norm + 1e-6)).min(1.0);
         if factor < 1.0 {
@@ -202,7 +316,6 @@ pub fn clip_grad_norm(grads: &Tensor, max_norm: f64) -> f64 {
             });
         }
     }
-    norm
 }
 
 #[cfg(test)]

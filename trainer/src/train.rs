@@ -13,12 +13,13 @@ use muninn_model::flops::train_flops_per_token;
 use muninn_model::{Depth, Huginn, InitState};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::ckpt::{self, TrainerState};
 use crate::config::RunConfig;
+use crate::dist::{gather_full, Comm, GradSync, Layout, Op};
 use crate::metrics::Metrics;
-use crate::optim::{clip_grad_norm, FlatOptimizer};
+use crate::optim::{clip_to_norm, FlatOptimizer};
 
 /// Where to start from.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,38 +63,71 @@ fn seed_torch(seed: u64, step: u64, purpose: u64) {
     tch::manual_seed(i64::from_le_bytes(d[..8].try_into().expect("8 bytes")) & i64::MAX);
 }
 
-/// Mean validation loss at each depth, all iterations without a graph, from the same s0 each time.
-/// `val` holds (inputs, targets) on the model's device, built once per run.
+/// Mean validation loss at each depth over every rank's share of the validation rows, all
+/// iterations without a graph, from the same s0 each time. `val` holds this rank's (inputs, targets)
+/// on the model's device, built once per run.
 fn validate(
     model: &Huginn,
     val: &[(Tensor, Tensor)],
     depths: &[i64],
     seed: u64,
+    comm: &Comm,
 ) -> Result<Vec<(i64, f64)>> {
     let rows: i64 = val.iter().map(|(x, _)| x.size()[0]).sum();
     depths
         .iter()
         .map(|&r| {
             seed_torch(seed, 0, 0xE7A1);
-            let mut total = 0.0;
+            let mut sums = [0.0, rows as f64];
             for (x, y) in val {
                 let out = tch::no_grad(|| model.forward(x, Depth::eval(r), &InitState::Config))?;
-                total += muninn_model::cross_entropy(&out.logits, y)?.double_value(&[])
+                sums[0] += muninn_model::cross_entropy(&out.logits, y)?.double_value(&[])
                     * x.size()[0] as f64;
             }
-            Ok((r, total / rows as f64))
+            comm.sum_f64(&mut sums, "validation loss")?;
+            Ok((r, sums[0] / sums[1]))
         })
         .collect()
 }
 
-pub fn train(cfg: &RunConfig, resume: Resume, stop_signal: Arc<AtomicBool>) -> Result<Outcome> {
-    let (t, raw) = (&cfg.raw.train, &cfg.raw);
+/// The device of this rank: `cuda` (or `auto` with GPUs) means the GPU of its local rank.
+fn rank_device(spec: &str, comm: &Comm) -> Result<Device> {
+    let gpus = tch::Cuda::device_count() as usize;
+    match spec {
+        "cuda" | "gpu" | "auto" if gpus > 0 && comm.world() > 1 => {
+            Ok(Device::Cuda(comm.local_rank() % gpus))
+        }
+        _ => crate::parse_device(spec),
+    }
+}
+
+/// What every rank must agree on after a step's backward, combined in one small all-reduce.
+struct StepVote {
+    loss: f64,
+    /// ‖g‖² of this rank's gradient shard (ZeRO-1); the whole norm otherwise.
+    grad_sq: f64,
+    signalled: bool,
+}
+
+pub fn train(
+    cfg: &RunConfig,
+    resume: Resume,
+    stop_signal: Arc<AtomicBool>,
+    comm: &mut Comm,
+) -> Result<Outcome> {
+    let (t, raw, d) = (&cfg.raw.train, &cfg.raw, &cfg.raw.dist);
     if t.threads > 0 {
         tch::set_num_threads(t.threads);
     }
-    let device = crate::parse_device(&t.device)?;
+    let (rank, world, root) = (comm.rank(), comm.world(), comm.is_root());
+    comm.set_timeout(std::time::Duration::from_secs_f64(d.timeout_s));
+    comm.check(d.chunk_elems())?;
+    let device = rank_device(&t.device, comm)?;
     let run_dir = cfg.run_dir();
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    if root {
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+    }
 
     // Data: the shards must come from the configured tokenizer.
     let tok = TokenizerInfo::load(&raw.data.tokenizer)?;
@@ -112,19 +146,29 @@ pub fn train(cfg: &RunConfig, resume: Resume, stop_signal: Arc<AtomicBool>) -> R
         cfg.model.block_size
     );
     let val_batches: Vec<(Tensor, Tensor)> =
-        loader::val_batches(&val_ds, t.micro_batch_size, raw.eval.max_rows, 0, 1)
+        loader::val_batches(&val_ds, t.micro_batch_size, raw.eval.max_rows, rank, world)
             .iter()
             .map(|b| to_tensors(b, device))
             .collect();
 
-    // Model, optimizer, loader; then the checkpoint, if resuming.
+    // Model (the same weights on every rank: rank 0's), optimizer over this rank's shard, loader.
     let model = Huginn::new(cfg.model.clone(), device, cfg.precision)?;
     model.init(t.seed);
-    let mut opt = FlatOptimizer::new(
-        cfg.optimizer.clone(),
-        model.params().specs(),
-        model.params().flat(),
+    let specs = model.params().specs();
+    let layout = Layout::new(
+        muninn_model::params::grad_regions(specs),
+        d.chunk_elems(),
+        rank,
+        world,
     );
+    let zero1 = d.zero1 && world > 1;
+    let pieces = match zero1 {
+        true => layout.pieces(),
+        false => vec![(0, model.params().numel())],
+    };
+    let mut opt = FlatOptimizer::sharded(cfg.optimizer.clone(), specs, &pieces, device);
+    let mut sync =
+        (world > 1).then(|| GradSync::new(layout.clone(), zero1, d.overlap, d.transport, device));
     let mut loader = Loader::new(&train_ds, t.seed);
     let model_sha256 = format!("{:x}", Sha256::digest(cfg.model.to_toml().as_bytes()));
     let existing = ckpt::list(&run_dir)?;
@@ -152,16 +196,38 @@ pub fn train(cfg: &RunConfig, resume: Resume, stop_signal: Arc<AtomicBool>) -> R
         loader
             .load_state(&state.loader)
             .with_context(|| format!("resuming the loader from {}", dir.display()))?;
-        eprintln!("resumed from {} at step {}", dir.display(), state.step);
+        if root {
+            eprintln!("resumed from {} at step {}", dir.display(), state.step);
+        }
     }
-    let config_path = run_dir.join("config.toml");
-    std::fs::write(&config_path, cfg.to_toml())
-        .with_context(|| format!("writing {}", config_path.display()))?;
-    let mut metrics = Metrics::open(&run_dir, raw.log.tensorboard)?;
+    // Every rank must start from the same step: the run directory has to be shared storage.
+    let mut steps = [state.step as f64, -(state.step as f64)];
+    comm.allreduce_f64(&mut steps, Op::Max, "agreeing on the start step")?;
+    anyhow::ensure!(
+        steps[0] == -steps[1],
+        "ranks resume from different steps ({} to {}): is {} on a filesystem every node sees?",
+        -steps[1],
+        steps[0],
+        run_dir.display()
+    );
+    comm.broadcast(
+        model.params().flat(),
+        d.chunk_elems(),
+        "the initial weights",
+    )?;
+    let mut metrics = match root {
+        true => {
+            let config_path = run_dir.join("config.toml");
+            std::fs::write(&config_path, cfg.to_toml())
+                .with_context(|| format!("writing {}", config_path.display()))?;
+            Some(Metrics::open(&run_dir, raw.log.tensorboard)?)
+        }
+        false => None,
+    };
 
     // A progress bar for a person at a terminal; plain lines in batch logs (SLURM), where indicatif
-    // would draw nothing.
-    let bar = if std::io::stderr().is_terminal() {
+    // would draw nothing. Rank 0 speaks for the job.
+    let bar = if root && std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(t.max_steps).with_position(state.step);
         bar.set_style(
             ProgressStyle::with_template(
@@ -173,46 +239,74 @@ pub fn train(cfg: &RunConfig, resume: Resume, stop_signal: Arc<AtomicBool>) -> R
     } else {
         None
     };
-    let tokens_per_step = (t.micro_batch_size * t.grad_accum * train_ds.block_size()) as u64;
+    let tokens_per_step =
+        (t.micro_batch_size * t.grad_accum * world * train_ds.block_size()) as u64;
     let first_step = state.step;
     let mut last_loss = f64::NAN;
     // Since the last log line: (start, tokens, model FLOPs, hardware FLOPs), from each step's (n, k).
     let mut window = (Instant::now(), 0u64, 0.0f64, 0.0f64);
-    let save = |state: &TrainerState, opt: &FlatOptimizer| {
-        ckpt::save(&run_dir, &model, opt, state, raw.checkpoint.keep)
-    };
+    let grad_scale = 1.0 / t.grad_accum as f64;
 
     while state.step < t.max_steps {
         state.step += 1;
         let step = state.step;
         let depth = cfg.sampler.draw(step);
-        seed_torch(t.seed, step, 0x50);
 
-        // Forward and backward over the micro-batches; gradients accumulate in the flat buffer.
+        // Forward and backward over the micro-batches; gradients accumulate in the flat buffer and
+        // are reduced over ranks once, during the last micro-batch's backward.
         let mut loss_sum = 0.0;
         let mut last_x = None;
-        for _ in 0..t.grad_accum {
-            let (x, y) = to_tensors(&loader.next_batch(0, 1, t.micro_batch_size), device);
+        let mut comm_err = Ok(());
+        for i in 0..t.grad_accum {
+            // Micro-batch i of rank r is global micro-batch i·W + r, with its own s0: W ranks with
+            // one micro-batch each draw what one rank with W accumulation steps would.
+            seed_torch(t.seed, step, 0x50 + (i * world + rank) as u64);
+            let (x, y) = to_tensors(&loader.next_batch(rank, world, t.micro_batch_size), device);
             last_x = Some(x.shallow_clone());
+            let reduce_here = i + 1 == t.grad_accum;
+            let mut on_grads = |stage| {
+                if let (true, Some(sync), Ok(())) = (reduce_here, sync.as_mut(), &comm_err) {
+                    // Only defined once backward has written a gradient.
+                    comm_err = sync.on_stage(comm, &model.params().flat().grad(), stage);
+                }
+            };
             let loss = model.loss_backward(
                 &x,
                 &y,
                 depth,
                 &InitState::Config,
                 raw.recurrence.activation_checkpointing,
+                &mut on_grads,
             )?;
             loss_sum += loss.double_value(&[]);
         }
-        let loss = loss_sum / t.grad_accum as f64;
+        comm_err?;
         let grad = model.params().flat().grad();
-        if t.grad_accum > 1 {
-            tch::no_grad(|| {
-                let _ = grad
-                    .shallow_clone()
-                    .g_mul_scalar_(1.0 / t.grad_accum as f64);
-            });
-        }
-        let grad_norm = clip_grad_norm(&grad, raw.optimizer.grad_clip);
+        let grad = match sync.as_mut() {
+            Some(sync) => sync.finish(comm, &grad, grad_scale)?,
+            None => {
+                if t.grad_accum > 1 {
+                    let _ = tch::no_grad(|| grad.shallow_clone().g_mul_scalar_(grad_scale));
+                }
+                grad
+            }
+        };
+
+        // One vote: mean loss, global gradient norm, and whether any rank was signalled.
+        let local_sq = grad.square().sum(Kind::Double).double_value(&[]);
+        let mut vote = [
+            loss_sum / t.grad_accum as f64,
+            if zero1 { local_sq } else { 0.0 },
+            stop_signal.load(Ordering::SeqCst) as u8 as f64,
+        ];
+        comm.sum_f64(&mut vote, "the step's loss, gradient norm and stop flag")?;
+        let vote = StepVote {
+            loss: vote[0] / world as f64,
+            grad_sq: if zero1 { vote[1] } else { local_sq },
+            signalled: vote[2] > 0.0,
+        };
+        let (loss, grad_norm) = (vote.loss, vote.grad_sq.sqrt());
+        clip_to_norm(&grad, grad_norm, raw.optimizer.grad_clip);
         let lr = cfg.schedule.at(step);
         let finite = loss.is_finite() && grad_norm.is_finite();
         if finite {
@@ -220,15 +314,27 @@ pub fn train(cfg: &RunConfig, resume: Resume, stop_signal: Arc<AtomicBool>) -> R
             let skip_first =
                 raw.optimizer.skip_first_update && state.optimizer_steps == 0 && step == 1;
             if !skip_first {
-                opt.step(model.params().flat(), &grad, lr);
+                let flat = model.params().flat();
+                match (zero1, sync.as_mut()) {
+                    (true, Some(sync)) => {
+                        let shard = sync.layout().shard_of(&flat.detach());
+                        opt.step_shard(&shard, &grad, lr, &mut |sums| {
+                            comm.sum_f64(sums, "per-tensor update norms")
+                        })?;
+                        sync.all_gather(comm, &shard, flat)?;
+                    }
+                    _ => opt.step(flat, &grad, lr),
+                }
                 state.optimizer_steps = opt.steps();
             }
         } else {
             state.nonfinite_total += 1;
             state.consecutive_nonfinite += 1;
-            eprintln!(
-                "step {step}: non-finite loss {loss} or grad norm {grad_norm}; update skipped"
-            );
+            if root {
+                eprintln!(
+                    "step {step}: non-finite loss {loss} or grad norm {grad_norm}; update skipped"
+                );
+            }
             if !cfg.skip_nonfinite {
                 bail!("step {step}: non-finite loss {loss} or grad norm {grad_norm} (train.nonfinite = \"abort\")");
             }
@@ -261,8 +367,9 @@ pub fn train(cfg: &RunConfig, resume: Resume, stop_signal: Arc<AtomicBool>) -> R
         if step % raw.log.interval == 0 || last {
             let secs = window.0.elapsed().as_secs_f64().max(1e-9);
             let tokens_per_s = window.1 as f64 / secs;
+            // Per device: the window's FLOPs are the whole job's.
             let utilisation = |flops: f64| match raw.log.peak_flops > 0.0 {
-                true => json!(flops / secs / raw.log.peak_flops),
+                true => json!(flops / secs / raw.log.peak_flops / world as f64),
                 false => json!(null),
             };
             let mut rec = json!({
@@ -271,50 +378,72 @@ pub fn train(cfg: &RunConfig, resume: Resume, stop_signal: Arc<AtomicBool>) -> R
                 "mfu": utilisation(window.2), "hfu": utilisation(window.3),
                 "tokens_seen": state.tokens_seen, "nonfinite_total": state.nonfinite_total,
             });
+            if let Some(sync) = sync.as_mut() {
+                // Seconds per step, the mean over ranks: issuing messages, and blocked on them.
+                let mut c = [sync.stats.launch_s, sync.stats.wait_s];
+                comm.sum_f64(&mut c, "communication timings")?;
+                let per_step = (world as u64 * raw.log.interval.min(step - first_step)) as f64;
+                rec["comm_launch_s"] = json!(c[0] / per_step);
+                rec["comm_wait_s"] = json!(c[1] / per_step);
+                sync.stats = Default::default();
+            }
             if let Some(x) = &last_x {
                 let tm = model.telemetry(x, depth.total().max(1), &InitState::Config)?;
-                rec["recurrent_state_norm"] = json!(tm.state_norm);
-                rec["recurrent_state_token_corr"] = json!(tm.token_corr);
-                rec["rel_residual"] = json!(tm.rel_residual);
+                let mut v = [tm.state_norm, tm.token_corr, tm.rel_residual];
+                comm.sum_f64(&mut v, "telemetry")?;
+                rec["recurrent_state_norm"] = json!(v[0] / world as f64);
+                rec["recurrent_state_token_corr"] = json!(v[1] / world as f64);
+                rec["rel_residual"] = json!(v[2] / world as f64);
             }
             if raw.eval.interval > 0 && step % raw.eval.interval == 0 || last {
-                for (r, v) in validate(&model, &val_batches, &raw.eval.depths, t.seed)? {
+                for (r, v) in validate(&model, &val_batches, &raw.eval.depths, t.seed, comm)? {
                     rec[format!("val_loss_r{r}")] = json!(v);
                 }
             }
-            metrics.log(&rec)?;
+            if let Some(metrics) = metrics.as_mut() {
+                metrics.log(&rec)?;
+            }
             let msg = format!(
                 "loss {loss:.4} lr {lr:.2e} |g| {grad_norm:.3} (n,k)=({},{}) {tokens_per_s:.0} tok/s",
                 depth.no_grad, depth.with_grad
             );
-            match &bar {
-                Some(bar) => bar.set_message(msg),
-                None => eprintln!("step {step}/{} {msg}", t.max_steps),
+            match (&bar, root) {
+                (Some(bar), _) => bar.set_message(msg),
+                (None, true) => eprintln!("step {step}/{} {msg}", t.max_steps),
+                (None, false) => {}
             }
             window = (Instant::now(), 0, 0.0, 0.0);
         }
 
         // Save when due; stop on the last step, an exit interval, or a signal (SLURM's warning).
-        let signalled = stop_signal.load(Ordering::SeqCst);
+        // Every input to this decision is the same on every rank.
         let exit_interval = t.exit_interval > 0 && step - first_step >= t.exit_interval;
-        if last
-            || signalled
-            || exit_interval
-            || (raw.checkpoint.interval > 0 && step % raw.checkpoint.interval == 0)
-        {
-            let dir = save(&state, &opt)?;
-            if last || signalled || exit_interval {
+        let stop = if last {
+            Some(Stop::Finished)
+        } else if vote.signalled {
+            Some(Stop::Signal)
+        } else if exit_interval {
+            Some(Stop::ExitInterval)
+        } else {
+            None
+        };
+        if stop.is_some() || (raw.checkpoint.interval > 0 && step % raw.checkpoint.interval == 0) {
+            let dir = save(
+                comm,
+                &run_dir,
+                &model,
+                &opt,
+                sync.as_ref(),
+                &state,
+                raw.checkpoint.keep,
+            )?;
+            if let Some(stop) = stop {
                 if let Some(bar) = &bar {
                     bar.finish();
                 }
-                eprintln!("saved {} at step {step}", dir.display());
-                let stop = if last {
-                    Stop::Finished
-                } else if signalled {
-                    Stop::Signal
-                } else {
-                    Stop::ExitInterval
-                };
+                if root {
+                    eprintln!("saved {} at step {step}", dir.display());
+                }
                 return Ok(Outcome {
                     step,
                     stop,
@@ -328,6 +457,42 @@ pub fn train(cfg: &RunConfig, resume: Resume, stop_signal: Arc<AtomicBool>) -> R
         stop: Stop::Finished,
         last_loss,
     })
+}
+
+/// A checkpoint, collectively: under ZeRO-1 every rank sends its optimizer shard, rank 0 writes, and
+/// all ranks learn whether that worked, so none of them trains on after a failed save.
+fn save(
+    comm: &Comm,
+    run_dir: &std::path::Path,
+    model: &Huginn,
+    opt: &FlatOptimizer,
+    sync: Option<&GradSync>,
+    state: &TrainerState,
+    keep: usize,
+) -> Result<PathBuf> {
+    let sharded = opt.pieces() != [(0, model.params().numel())];
+    let optimizer = match (sync, sharded) {
+        (Some(sync), true) => opt
+            .state_tensors()
+            .into_iter()
+            .map(|(name, shard)| Ok((name, gather_full(comm, sync.layout(), &shard)?)))
+            .collect::<Result<Vec<_>>>()?,
+        _ => opt.state_tensors(),
+    };
+    let written = match comm.is_root() {
+        true => Some(ckpt::save(run_dir, model, &optimizer, state, keep)),
+        false => None,
+    };
+    let mut failed = [matches!(written, Some(Err(_))) as u8 as f64];
+    comm.sum_f64(&mut failed, "agreeing that the checkpoint was written")?;
+    match written {
+        Some(result) => result,
+        None if failed[0] > 0.0 => bail!(
+            "rank 0 could not write the checkpoint of step {}",
+            state.step
+        ),
+        None => Ok(ckpt::step_dir(run_dir, state.step)),
+    }
 }
 
 /// Sets `flag` on SIGTERM and SIGUSR1, which SLURM sends before a time limit.

@@ -64,22 +64,23 @@ fn seed_torch(seed: u64, step: u64, purpose: u64) {
 }
 
 /// Mean validation loss at each depth over every rank's share of the validation rows, all
-/// iterations without a graph, from the same s0 each time. `val` holds this rank's (inputs, targets)
-/// on the model's device, built once per run.
+/// iterations without a graph. Each batch draws its s0 from its own seed, the same at every depth,
+/// evaluation and world size. `val` holds this rank's (global batch index, inputs, targets) on the
+/// model's device, built once per run.
 fn validate(
     model: &Huginn,
-    val: &[(Tensor, Tensor)],
+    val: &[(usize, Tensor, Tensor)],
     depths: &[i64],
     seed: u64,
     comm: &Comm,
 ) -> Result<Vec<(i64, f64)>> {
-    let rows: i64 = val.iter().map(|(x, _)| x.size()[0]).sum();
+    let rows: i64 = val.iter().map(|(_, x, _)| x.size()[0]).sum();
     depths
         .iter()
         .map(|&r| {
-            seed_torch(seed, 0, 0xE7A1);
             let mut sums = [0.0, rows as f64];
-            for (x, y) in val {
+            for (i, x, y) in val {
+                seed_torch(seed, *i as u64, 0xE7A1);
                 let out = tch::no_grad(|| model.forward(x, Depth::eval(r), &InitState::Config))?;
                 sums[0] += muninn_model::cross_entropy(&out.logits, y)?.double_value(&[])
                     * x.size()[0] as f64;
@@ -145,10 +146,14 @@ pub fn train(
         train_ds.block_size(),
         cfg.model.block_size
     );
-    let val_batches: Vec<(Tensor, Tensor)> =
+    let val_batches: Vec<(usize, Tensor, Tensor)> =
         loader::val_batches(&val_ds, t.micro_batch_size, raw.eval.max_rows, rank, world)
             .iter()
-            .map(|b| to_tensors(b, device))
+            .enumerate()
+            .map(|(j, b)| {
+                let (x, y) = to_tensors(b, device);
+                (j * world + rank, x, y)
+            })
             .collect();
 
     // Model (the same weights on every rank: rank 0's), optimizer over this rank's shard, loader.

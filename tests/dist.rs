@@ -1,0 +1,471 @@
+//! Data parallelism under a real `mpirun -np 2` (OpenMPI over loopback/shared memory): 2 ranks equal
+//! 1 rank with 2 accumulation steps, ZeRO-1 equals plain data parallelism, resume across world sizes,
+//! and a rank that dies or stops answering ends the job.
+//!
+//! Tolerance: on CPU the 2-rank sum g₀ + g₁ and the 1-rank accumulation differ only in the order in
+//! which the head and prelude contributions of the second micro-batch are added, and ZeRO-1 sums
+//! ELLIS-Adam's per-tensor statistics in two halves; after 6 steps every weight agrees to 1e-5 absolute
+//! (weights are O(1); seen: 1.2e-7) and every loss to 1e-5.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use muninn_model::st::StFile;
+
+/// The MPI tests share two cores: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const TOL: f64 = 1e-5;
+
+fn mpirun_available() -> bool {
+    let found = Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs mpirun: run scripts/setup.sh"
+        );
+        eprintln!("SKIPPED: no mpirun (run scripts/setup.sh)");
+    }
+    found
+}
+
+fn mpirun(np: usize, args: &[&str], cwd: &Path) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["-np", &np.to_string(), "--oversubscribe"])
+        .arg(env!("CARGO_BIN_EXE_muninn"))
+        .args(args)
+        .current_dir(cwd)
+        .env("OMP_NUM_THREADS", "1")
+        // Harmless when not root; OpenMPI refuses root without them.
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    c
+}
+
+fn mpirun_ok(np: usize, args: &[&str], cwd: &Path) -> String {
+    let out: Output = mpirun(np, args, cwd).output().expect("running mpirun");
+    assert!(
+        out.status.success(),
+        "mpirun -np {np} muninn {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// A micro-shape config with the manual backward walk (three overlap points) and small messages, so
+/// every region is cut into several chunks.
+fn write_config(dir: &Path) -> &'static str {
+    std::fs::write(
+        dir.join("dp.toml"),
+        r#"
+[run]
+name = "dp"
+dir = "runs"
+[model]
+preset = "micro"
+vocab_size = 512
+[data]
+dir = "ds"
+tokenizer = "tok.json"
+[recurrence]
+mean_recurrence = 4
+mean_backprop_depth = 2
+activation_checkpointing = true
+[optimizer]
+kind = "ellis-adam"
+lr = 1e-3
+schedule = "constant"
+warmup_steps = 2
+[train]
+seed = 7
+max_steps = 6
+micro_batch_size = 4
+threads = 1
+[checkpoint]
+interval = 0
+[log]
+interval = 1
+[eval]
+interval = 3
+depths = [1, 4]
+max_rows = 16
+[dist]
+chunk_mb = 0.05
+timeout_s = 120
+"#,
+    )
+    .unwrap();
+    "dp.toml"
+}
+
+fn losses(dir: &Path, run: &str) -> Vec<f64> {
+    std::fs::read_to_string(dir.join("runs").join(run).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["loss"].as_f64().unwrap()
+        })
+        .collect()
+}
+
+fn ckpt(dir: &Path, run: &str, step: u64) -> PathBuf {
+    dir.join(format!("runs/{run}/checkpoints/step-{step:08}"))
+}
+
+/// Largest absolute difference over every tensor of two safetensors files with the same names.
+fn max_diff(a: &Path, b: &Path) -> f64 {
+    let (fa, fb) = (StFile::open(a).unwrap(), StFile::open(b).unwrap());
+    let names = fa.shapes();
+    assert_eq!(
+        names,
+        fb.shapes(),
+        "{} and {} differ in tensors",
+        a.display(),
+        b.display()
+    );
+    names
+        .iter()
+        .map(|(n, _)| {
+            let (x, y) = (fa.get(n).unwrap(), fb.get(n).unwrap());
+            (x - y).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+fn assert_same_run(p: &Path, a: &str, b: &str, step: u64) {
+    let (la, lb) = (losses(p, a), losses(p, b));
+    assert_eq!(la.len(), lb.len(), "{a}: {la:?}\n{b}: {lb:?}");
+    for (x, y) in la.iter().zip(&lb) {
+        assert!(
+            (x - y).abs() < TOL,
+            "losses differ: {a} {la:?} vs {b} {lb:?}"
+        );
+    }
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let d = max_diff(&ckpt(p, a, step).join(file), &ckpt(p, b, step).join(file));
+        assert!(d < TOL, "{file} of {a} and {b} differ by {d}");
+    }
+}
+
+#[test]
+fn two_ranks_equal_one_rank_with_accumulation_with_and_without_zero1() {
+    if !mpirun_available() {
+        return;
+    }
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    prepare_gsm8k(p);
+    let cfg = write_config(p);
+    muninn_ok(
+        &[
+            "train",
+            cfg,
+            "--set",
+            "run.name=one",
+            "--set",
+            "train.grad_accum=2",
+        ],
+        p,
+    );
+    let out = mpirun_ok(2, &["train", cfg, "--set", "run.name=two"], p);
+    assert!(out.contains("step 6 (Finished)"), "{out}");
+    assert_eq!(
+        out.matches("stopped at step").count(),
+        1,
+        "only rank 0 reports: {out}"
+    );
+    mpirun_ok(
+        2,
+        &[
+            "train",
+            cfg,
+            "--set",
+            "run.name=zero",
+            "--set",
+            "dist.zero1=true",
+        ],
+        p,
+    );
+    assert_same_run(p, "one", "two", 6);
+    assert_same_run(p, "two", "zero", 6);
+
+    // The 2-rank run reports communication and the mean validation loss over both ranks' rows.
+    let last: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(p.join("runs/two/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(last["comm_wait_s"].as_f64().is_some(), "{last}");
+    let one: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(p.join("runs/one/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    let (a, b) = (
+        one["val_loss_r4"].as_f64().unwrap(),
+        last["val_loss_r4"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < TOL, "validation differs: {a} vs {b}");
+    // Rank 0 alone writes the run directory.
+    assert!(p.join("runs/two/tb").is_dir());
+}
+
+#[test]
+fn resume_moves_between_world_sizes_exactly() {
+    if !mpirun_available() {
+        return;
+    }
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    prepare_gsm8k(p);
+    let cfg = write_config(p);
+    muninn_ok(
+        &[
+            "train",
+            cfg,
+            "--set",
+            "run.name=one",
+            "--set",
+            "train.grad_accum=2",
+        ],
+        p,
+    );
+
+    // 2 ranks (ZeRO-1: sharded optimizer state) for 3 steps, then 1 rank to the end.
+    let half = ["--set", "train.exit_interval=3"];
+    let out = mpirun_ok(
+        2,
+        &[
+            &[
+                "train",
+                cfg,
+                "--set",
+                "run.name=down",
+                "--set",
+                "dist.zero1=true",
+            ][..],
+            &half,
+        ]
+        .concat(),
+        p,
+    );
+    assert!(out.contains("step 3 (ExitInterval)"), "{out}");
+    muninn_ok(
+        &[
+            "train",
+            cfg,
+            "--set",
+            "run.name=down",
+            "--set",
+            "train.grad_accum=2",
+            "--resume",
+            "auto",
+        ],
+        p,
+    );
+    assert_same_run(p, "one", "down", 6);
+
+    // And the reverse: 1 rank for 3 steps, then 2 ranks.
+    muninn_ok(
+        &[
+            &[
+                "train",
+                cfg,
+                "--set",
+                "run.name=up",
+                "--set",
+                "train.grad_accum=2",
+            ][..],
+            &half,
+        ]
+        .concat(),
+        p,
+    );
+    let out = mpirun_ok(
+        2,
+        &[
+            "train",
+            cfg,
+            "--set",
+            "run.name=up",
+            "--set",
+            "dist.zero1=true",
+            "--resume",
+            "auto",
+        ],
+        p,
+    );
+    assert!(out.contains("step 6 (Finished)"), "{out}");
+    assert_same_run(p, "one", "up", 6);
+}
+
+/// Starts a long 2-rank run, waits for a checkpoint and a few more steps, then sends `signal` to
+/// rank 1. Returns (exit status, stderr, seconds from the signal to the end).
+fn disturb_rank_one(p: &Path, signal: &str, name: &str) -> (std::process::ExitStatus, String, f64) {
+    let cfg = write_config(p);
+    let tag = format!("{}-{name}", p.display());
+    let mut child = mpirun(
+        2,
+        &[
+            "train",
+            cfg,
+            "--set",
+            &format!("run.name={name}"),
+            "--set",
+            "train.max_steps=100000",
+            "--set",
+            "checkpoint.interval=2",
+            "--set",
+            "dist.timeout_s=4",
+        ],
+        p,
+    )
+    .env("MUNINN_TEST_TAG", &tag)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let metrics = p.join(format!("runs/{name}/metrics.jsonl"));
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the run never got going"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rank1 = find_rank(&tag, 1).expect("rank 1's process");
+    let ok = Command::new("kill")
+        .args([signal, &rank1.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let signalled = Instant::now();
+    // Not a timing assertion: a bound on how long the test waits before calling it a hang.
+    while child.try_wait().unwrap().is_none() {
+        if signalled.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            let _ = Command::new("kill")
+                .args(["-KILL", &rank1.to_string()])
+                .status();
+            panic!("the job still runs 90 s after rank 1 got {signal}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let secs = signalled.elapsed().as_secs_f64();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        secs,
+    )
+}
+
+/// The pid of rank `rank` of the mpirun started with `MUNINN_TEST_TAG=tag`.
+fn find_rank(tag: &str, rank: usize) -> Option<u32> {
+    let want = [
+        format!("MUNINN_TEST_TAG={tag}"),
+        format!("OMPI_COMM_WORLD_RANK={rank}"),
+    ];
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let env = std::fs::read(e.path().join("environ")).ok()?;
+        let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
+        want.iter()
+            .all(|w| vars.contains(&w.as_bytes()))
+            .then_some(pid)
+    })
+}
+
+/// Resuming on one rank from the newest checkpoint works: it was complete and intact.
+fn assert_checkpoint_intact(p: &Path, name: &str) {
+    let cfg = write_config(p);
+    let (last, _) = muninn_model_last(p, name);
+    let out = muninn_ok(
+        &[
+            "train",
+            cfg,
+            "--set",
+            &format!("run.name={name}"),
+            "--set",
+            "train.grad_accum=2",
+            "--set",
+            &format!("train.max_steps={}", last + 1),
+            "--resume",
+            "auto",
+        ],
+        p,
+    );
+    assert!(
+        out.contains(&format!("step {} (Finished)", last + 1)),
+        "{out}"
+    );
+}
+
+fn muninn_model_last(p: &Path, name: &str) -> (u64, PathBuf) {
+    let dir = p.join(format!("runs/{name}/checkpoints"));
+    let mut steps: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let s = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("step-")?
+                .parse()
+                .ok()?;
+            Some((s, e.path()))
+        })
+        .collect();
+    steps.sort();
+    steps.pop().expect("a checkpoint")
+}
+
+#[test]
+fn a_stopped_rank_ends_the_job_naming_it_and_the_checkpoint_survives() {
+    if !mpirun_available() {
+        return;
+    }
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    prepare_gsm8k(p);
+    let (status, err, secs) = disturb_rank_one(p, "-STOP", "stopped");
+    assert!(!status.success(), "exit {status:?}");
+    assert!(err.contains("rank(s) [1] stopped answering"), "{err}");
+    eprintln!("job ended {secs:.1} s after SIGSTOP (dist.timeout_s = 4)");
+    assert_checkpoint_intact(p, "stopped");
+}
+
+#[test]
+fn a_killed_rank_ends_the_job() {
+    if !mpirun_available() {
+        return;
+    }
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    prepare_gsm8k(p);
+    let (status, err, secs) = disturb_rank_one(p, "-KILL", "killed");
+    assert!(!status.success(), "exit {status:?}: {err}");
+    eprintln!("job ended {secs:.1} s after SIGKILL (dist.timeout_s = 4)");
+    assert_checkpoint_intact(p, "killed");
+}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what Muninn needs on a fresh Debian machine that has Rust, Python and apt, then builds.
+# Installs what Muninn needs on a fresh Debian machine that has Rust, Python and apt, then builds:
+# a C++ toolchain, an MPI (OpenMPI, unless the machine has one) and libclang, and libtorch.
 # Idempotent: a second run only checks and builds.
 #
 #   scripts/setup.sh              install what is missing, then `cargo build --release`
@@ -24,10 +25,20 @@ case "${1:-}" in
   *) log "unknown option $1 (expected --deps-only)"; exit 2 ;;
 esac
 
-# --- system packages (C/C++ toolchain for tch's shim) ------------------------------------------
+# --- system packages (C/C++ toolchain for tch's shim; MPI and libclang for rsmpi) ---------------
 need_apt=()
 command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# A site MPI wins: Cray MPICH (CRAY_MPICH_DIR), an explicit MPI_PKG_CONFIG, or any mpicc on PATH.
+# Only when there is none does Debian's OpenMPI get installed.
+if [ -z "${CRAY_MPICH_DIR:-}${MPI_PKG_CONFIG:-}" ] && ! command -v mpicc >/dev/null 2>&1; then
+  need_apt+=(openmpi-bin libopenmpi-dev)
+fi
+# rsmpi generates its MPI bindings with bindgen, which loads libclang at build time.
+if [ -z "${LIBCLANG_PATH:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9.]*\)\?\.so' \
+  && ! compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null; then
+  need_apt+=(libclang-dev)
+fi
 if [ -z "${LIBTORCH:-}${LIBTORCH_USE_PYTORCH:-}" ] && [ ! -x .venv/bin/python ] \
   && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   need_apt+=(python3-venv)

@@ -1,7 +1,9 @@
 //! Numerics of the Huginn forward and backward on tiny CPU shapes.
 
 use muninn_model::params::Part;
-use muninn_model::{cross_entropy, Depth, Huginn, HuginnConfig, InitState, ParamCounts, Precision};
+use muninn_model::{
+    cross_entropy, Depth, GradStage, Huginn, HuginnConfig, InitState, ParamCounts, Precision,
+};
 use tch::{Device, Kind, Tensor};
 
 fn setup() {
@@ -97,11 +99,13 @@ fn activation_checkpointing_gives_the_same_gradients() {
         let init = fixed_state(&m, 2, 16);
         let depth = Depth::new(2, 3);
         let plain_loss = m
-            .loss_backward(&ids, &targets, depth, &init, false)
+            .loss_backward(&ids, &targets, depth, &init, false, &mut |_| {})
             .unwrap();
         let plain = grad_of(&m);
         m.params_mut().zero_grad();
-        let ckpt_loss = m.loss_backward(&ids, &targets, depth, &init, true).unwrap();
+        let ckpt_loss = m
+            .loss_backward(&ids, &targets, depth, &init, true, &mut |_| {})
+            .unwrap();
         let ckpt = grad_of(&m);
         assert_eq!(
             plain_loss.double_value(&[]),
@@ -139,7 +143,7 @@ fn truncated_backprop_ignores_the_no_grad_prefix() {
     let (ids, targets) = batch(256, 1, 12, 3);
     let init = fixed_state(&m, 1, 12);
     let loss = m
-        .loss_backward(&ids, &targets, Depth::new(3, 2), &init, false)
+        .loss_backward(&ids, &targets, Depth::new(3, 2), &init, false, &mut |_| {})
         .unwrap();
     let g_trunc = grad_of(&m);
 
@@ -166,7 +170,7 @@ fn bf16_core_gradients_are_nonzero_and_match_fp32() {
         let m = model("tiny", precision);
         let init = fixed_state(&m, 2, 32);
         let _loss = m
-            .loss_backward(&ids, &targets, depth, &init, false)
+            .loss_backward(&ids, &targets, depth, &init, false, &mut |_| {})
             .unwrap();
         let core: Vec<Tensor> = m
             .params()
@@ -251,4 +255,80 @@ fn sequences_longer_than_block_size_are_refused() {
         .err()
         .unwrap();
     assert!(format!("{err:#}").contains("block_size"), "{err:#}");
+}
+
+/// The data-parallel trainer reduces each region as soon as its stage is reported: by then the
+/// region's gradient must already equal the final one, or ranks would average half-made gradients.
+#[test]
+fn each_region_is_final_when_its_stage_is_reported() {
+    setup();
+    for checkpointing in [false, true] {
+        let m = model("micro", Precision::F32);
+        let (ids, targets) = batch(256, 2, 16, 4);
+        let init = fixed_state(&m, 2, 16);
+        let regions = muninn_model::params::grad_regions(m.params().specs());
+        let mut seen = Vec::new();
+        let mut snapshots = Vec::new();
+        m.loss_backward(
+            &ids,
+            &targets,
+            Depth::new(2, 3),
+            &init,
+            checkpointing,
+            &mut |stage| {
+                let region = match stage {
+                    GradStage::Coda => Some(0),
+                    GradStage::Core => Some(1),
+                    GradStage::Prelude => Some(2),
+                    GradStage::CoreIteration => None,
+                };
+                seen.push(stage);
+                if let Some(i) = region {
+                    let r = &regions[i];
+                    snapshots.push((
+                        i,
+                        m.params()
+                            .flat()
+                            .grad()
+                            .narrow(0, r.start, r.end - r.start)
+                            .copy(),
+                    ));
+                }
+            },
+        )
+        .unwrap();
+        let want_iterations = if checkpointing { 3 } else { 0 };
+        assert_eq!(
+            seen.iter()
+                .filter(|s| **s == GradStage::CoreIteration)
+                .count(),
+            want_iterations
+        );
+        assert_eq!(
+            seen.iter()
+                .filter(|s| **s != GradStage::CoreIteration)
+                .copied()
+                .collect::<Vec<_>>(),
+            [GradStage::Coda, GradStage::Core, GradStage::Prelude]
+        );
+        let fin = m.params().flat().grad();
+        for (i, snap) in snapshots {
+            let r = &regions[i];
+            let now = fin.narrow(0, r.start, r.end - r.start);
+            assert!(
+                now.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                "region {i} has no gradient"
+            );
+            assert_eq!(
+                (&now - &snap).abs().max().double_value(&[]),
+                0.0,
+                "region {i} changed after its stage (checkpointing {checkpointing})"
+            );
+        }
+        // The three regions tile the flat buffer.
+        assert_eq!(regions[2].start, 0);
+        assert_eq!(regions[2].end, regions[1].start);
+        assert_eq!(regions[1].end, regions[0].start);
+        assert_eq!(regions[0].end, m.params().numel());
+    }
 }

@@ -147,9 +147,8 @@ pub fn param_specs(cfg: &HuginnConfig) -> Vec<ParamSpec> {
         specs.push(spec(n4, vec![d], part, Init::Ones));
     };
     let [prelude, core, coda] = stacks(cfg);
-    for (prefix, part, count) in [prelude] {
-        (0..count).for_each(|j| block(&mut specs, format!("{prefix}.{j}"), part));
-    }
+    let (prefix, part, count) = prelude;
+    (0..count).for_each(|j| block(&mut specs, format!("{prefix}.{j}"), part));
     specs.push(spec(ADAPTER, vec![d, 2 * d], Part::Adapter, std));
     for (prefix, part, count) in [core, coda] {
         (0..count).for_each(|j| block(&mut specs, format!("{prefix}.{j}"), part));

@@ -269,34 +269,35 @@ fn each_region_is_final_when_its_stage_is_reported() {
         let regions = muninn_model::params::grad_regions(m.params().specs());
         let mut seen = Vec::new();
         let mut snapshots = Vec::new();
-        m.loss_backward(
-            &ids,
-            &targets,
-            Depth::new(2, 3),
-            &init,
-            checkpointing,
-            &mut |stage| {
-                let region = match stage {
-                    GradStage::Coda => Some(0),
-                    GradStage::Core => Some(1),
-                    GradStage::Prelude => Some(2),
-                    GradStage::CoreIteration => None,
-                };
-                seen.push(stage);
-                if let Some(i) = region {
-                    let r = &regions[i];
-                    snapshots.push((
-                        i,
-                        m.params()
-                            .flat()
-                            .grad()
-                            .narrow(0, r.start, r.end - r.start)
-                            .copy(),
-                    ));
-                }
-            },
-        )
-        .unwrap();
+        let _loss = m
+            .loss_backward(
+                &ids,
+                &targets,
+                Depth::new(2, 3),
+                &init,
+                checkpointing,
+                &mut |stage| {
+                    let region = match stage {
+                        GradStage::Coda => Some(0),
+                        GradStage::Core => Some(1),
+                        GradStage::Prelude => Some(2),
+                        GradStage::CoreIteration => None,
+                    };
+                    seen.push(stage);
+                    if let Some(i) = region {
+                        let r = &regions[i];
+                        snapshots.push((
+                            i,
+                            m.params()
+                                .flat()
+                                .grad()
+                                .narrow(0, r.start, r.end - r.start)
+                                .copy(),
+                        ));
+                    }
+                },
+            )
+            .unwrap();
         let want_iterations = if checkpointing { 3 } else { 0 };
         assert_eq!(
             seen.iter()

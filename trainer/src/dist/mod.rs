@@ -236,6 +236,7 @@ impl Comm {
             m.wait(p);
             return Ok(());
         }
+        let _ = what;
         tch::no_grad(|| recv.detach().copy_(send));
         Ok(())
     }
@@ -364,6 +365,7 @@ pub struct GradSync {
     host_grad: Option<Tensor>,
     /// Where results land: the whole flat buffer (all-reduce) or this rank's shard (reduce-scatter).
     recv: Tensor,
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pending: VecDeque<PendingChunk>,
     launched: [bool; 3],
     pub stats: CommStats,

@@ -262,7 +262,7 @@ impl Mpi {
             if self.rank == 0 {
                 let mut answers = vec![-1 as c_int; self.size];
                 let mut reqs = vec![ffi::RSMPI_REQUEST_NULL; self.size];
-                for r in 1..self.size {
+                for (r, req) in reqs.iter_mut().enumerate().skip(1) {
                     ffi::MPI_Irecv(
                         answers.as_mut_ptr().add(r).cast(),
                         1,
@@ -270,7 +270,7 @@ impl Mpi {
                         r as c_int,
                         ROLL_CALL_TAG,
                         comm,
-                        &mut reqs[r],
+                        req,
                     );
                 }
                 let start = Instant::now();

@@ -385,11 +385,14 @@ pub fn train(
             });
             if let Some(sync) = sync.as_mut() {
                 // Seconds per step, the mean over ranks: issuing messages, and blocked on them.
-                let mut c = [sync.stats.launch_s, sync.stats.wait_s];
+                let st = sync.stats;
+                let mut c = [st.launch_s, st.wait_s, st.elems, st.elems_done_in_backward];
                 comm.sum_f64(&mut c, "communication timings")?;
                 let per_step = (world as u64 * raw.log.interval.min(step - first_step)) as f64;
                 rec["comm_launch_s"] = json!(c[0] / per_step);
                 rec["comm_wait_s"] = json!(c[1] / per_step);
+                // Share of gradient messages already complete when backward ended.
+                rec["comm_overlap"] = json!(if c[2] > 0.0 { c[3] / c[2] } else { 0.0 });
                 sync.stats = Default::default();
             }
             if let Some(x) = &last_x {

@@ -349,8 +349,12 @@ impl Layout {
 pub struct CommStats {
     /// Issuing messages (including device→host copies when staging).
     pub launch_s: f64,
-    /// Blocked on messages after backward finished: the part not hidden behind backward.
+    /// Blocked on messages after backward finished: the part not hidden behind backward (it includes
+    /// waiting for a slower rank to finish its own backward).
     pub wait_s: f64,
+    /// Gradient elements sent, and those whose message had already completed when backward ended.
+    pub elems: f64,
+    pub elems_done_in_backward: f64,
 }
 
 /// The gradient stream of one step: messages launched as backward completes each region, finished
@@ -374,6 +378,7 @@ pub struct GradSync {
 struct PendingChunk {
     #[cfg(feature = "mpi")]
     op: mpi::Pending,
+    elems: f64,
 }
 
 impl GradSync {
@@ -490,7 +495,10 @@ impl GradSync {
                     )?
                 }
             };
-            self.pending.push_back(PendingChunk { op });
+            self.pending.push_back(PendingChunk {
+                op,
+                elems: c.len as f64,
+            });
         }
         Ok(())
     }
@@ -513,8 +521,13 @@ impl GradSync {
         let t0 = Instant::now();
         #[cfg(feature = "mpi")]
         if let Comm::Mpi(m) = comm {
-            while let Some(p) = self.pending.pop_front() {
-                m.wait(p.op);
+            while let Some(mut p) = self.pending.pop_front() {
+                self.stats.elems += p.elems;
+                if m.test(&mut p.op) {
+                    self.stats.elems_done_in_backward += p.elems;
+                } else {
+                    m.wait(p.op);
+                }
             }
         }
         self.stats.wait_s += t0.elapsed().as_secs_f64();

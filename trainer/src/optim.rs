@@ -156,9 +156,9 @@ impl FlatOptimizer {
         self.steps
     }
 
-    /// The shard's pieces of the flat buffer, (offset, length), in shard order.
-    pub fn pieces(&self) -> &[(i64, i64)] {
-        &self.pieces
+    /// This optimizer's shard of `full`, a tensor laid out like the flat buffer.
+    pub fn shard_of(&self, full: &Tensor) -> Tensor {
+        gather_pieces(full, &self.pieces)
     }
 
     /// One update of `params` (the flat leaf, updated in place without autograd) from `grads` at the
@@ -279,21 +279,25 @@ impl FlatOptimizer {
             "optimizer state has {:?} elements, the model [{total}]",
             m.size()
         );
-        let shard = |full: &Tensor| {
-            let parts: Vec<Tensor> = self
-                .pieces
-                .iter()
-                .map(|&(off, len)| full.narrow(0, off, len))
-                .collect();
-            Tensor::cat(&parts, 0)
-        };
-        let (ms, vs) = (shard(m), shard(v));
+        let (ms, vs) = (self.shard_of(m), self.shard_of(v));
         tch::no_grad(|| {
             self.m.copy_(&ms);
             self.v.copy_(&vs);
         });
         self.steps = steps;
         Ok(())
+    }
+}
+
+/// The pieces (flat offset, length) of `full`, laid end to end: one rank's shard of a flat tensor.
+pub fn gather_pieces(full: &Tensor, pieces: &[(i64, i64)]) -> Tensor {
+    let parts: Vec<Tensor> = pieces
+        .iter()
+        .map(|&(off, len)| full.narrow(0, off, len))
+        .collect();
+    match parts.is_empty() {
+        true => full.narrow(0, 0, 0).copy(),
+        false => Tensor::cat(&parts, 0),
     }
 }
 

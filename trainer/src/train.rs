@@ -102,14 +102,6 @@ fn rank_device(spec: &str, comm: &Comm) -> Result<Device> {
     }
 }
 
-/// What every rank must agree on after a step's backward, combined in one small all-reduce.
-struct StepVote {
-    loss: f64,
-    /// ‖g‖² of this rank's gradient shard (ZeRO-1); the whole norm otherwise.
-    grad_sq: f64,
-    signalled: bool,
-}
-
 pub fn train(
     cfg: &RunConfig,
     resume: Resume,
@@ -173,7 +165,7 @@ pub fn train(
     };
     let mut opt = FlatOptimizer::sharded(cfg.optimizer.clone(), specs, &pieces, device);
     let mut sync =
-        (world > 1).then(|| GradSync::new(layout.clone(), zero1, d.overlap, d.transport, device));
+        (world > 1).then(|| GradSync::new(layout, zero1, d.overlap, d.transport, device));
     let mut loader = Loader::new(&train_ds, t.seed);
     let model_sha256 = format!("{:x}", Sha256::digest(cfg.model.to_toml().as_bytes()));
     let existing = ckpt::list(&run_dir)?;
@@ -297,7 +289,8 @@ pub fn train(
             }
         };
 
-        // One vote: mean loss, global gradient norm, and whether any rank was signalled.
+        // One vote: mean loss, global gradient norm (‖g‖² of each shard under ZeRO-1; every rank
+        // holds the whole gradient otherwise), and whether any rank was signalled.
         let local_sq = grad.square().sum(Kind::Double).double_value(&[]);
         let mut vote = [
             loss_sum / t.grad_accum as f64,
@@ -305,12 +298,9 @@ pub fn train(
             stop_signal.load(Ordering::SeqCst) as u8 as f64,
         ];
         comm.sum_f64(&mut vote, "the step's loss, gradient norm and stop flag")?;
-        let vote = StepVote {
-            loss: vote[0] / world as f64,
-            grad_sq: if zero1 { vote[1] } else { local_sq },
-            signalled: vote[2] > 0.0,
-        };
-        let (loss, grad_norm) = (vote.loss, vote.grad_sq.sqrt());
+        let loss = vote[0] / world as f64;
+        let grad_norm = if zero1 { vote[1] } else { local_sq }.sqrt();
+        let signalled = vote[2] > 0.0;
         clip_to_norm(&grad, grad_norm, raw.optimizer.grad_clip);
         let lr = cfg.schedule.at(step);
         let finite = loss.is_finite() && grad_norm.is_finite();
@@ -322,7 +312,7 @@ pub fn train(
                 let flat = model.params().flat();
                 match (zero1, sync.as_mut()) {
                     (true, Some(sync)) => {
-                        let shard = sync.layout().shard_of(&flat.detach());
+                        let shard = opt.shard_of(&flat.detach());
                         opt.step_shard(&shard, &grad, lr, &mut |sums| {
                             comm.sum_f64(sums, "per-tensor update norms")
                         })?;
@@ -428,7 +418,7 @@ pub fn train(
         let exit_interval = t.exit_interval > 0 && step - first_step >= t.exit_interval;
         let stop = if last {
             Some(Stop::Finished)
-        } else if vote.signalled {
+        } else if signalled {
             Some(Stop::Signal)
         } else if exit_interval {
             Some(Stop::ExitInterval)
@@ -441,7 +431,7 @@ pub fn train(
                 &run_dir,
                 &model,
                 &opt,
-                sync.as_ref(),
+                sync.as_ref().filter(|_| zero1).map(GradSync::layout),
                 &state,
                 raw.checkpoint.keep,
             )?;
@@ -467,25 +457,25 @@ pub fn train(
     })
 }
 
-/// A checkpoint, collectively: under ZeRO-1 every rank sends its optimizer shard, rank 0 writes, and
-/// all ranks learn whether that worked, so none of them trains on after a failed save.
+/// A checkpoint, collectively: under ZeRO-1 (`shards`, the layout of the optimizer's shards) every
+/// rank sends its optimizer shard, rank 0 writes, and all ranks learn whether that worked, so none of
+/// them trains on after a failed save.
 fn save(
     comm: &Comm,
     run_dir: &std::path::Path,
     model: &Huginn,
     opt: &FlatOptimizer,
-    sync: Option<&GradSync>,
+    shards: Option<&Layout>,
     state: &TrainerState,
     keep: usize,
 ) -> Result<PathBuf> {
-    let sharded = opt.pieces() != [(0, model.params().numel())];
-    let optimizer = match (sync, sharded) {
-        (Some(sync), true) => opt
+    let optimizer = match shards {
+        Some(layout) => opt
             .state_tensors()
             .into_iter()
-            .map(|(name, shard)| Ok((name, gather_full(comm, sync.layout(), &shard)?)))
+            .map(|(name, shard)| Ok((name, gather_full(comm, layout, &shard)?)))
             .collect::<Result<Vec<_>>>()?,
-        _ => opt.state_tensors(),
+        None => opt.state_tensors(),
     };
     let written = match comm.is_root() {
         true => Some(ckpt::save(run_dir, model, &optimizer, state, keep)),

@@ -12,7 +12,7 @@ use common::*;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use muninn_model::st::StFile;
@@ -35,6 +35,18 @@ fn mpirun_available() -> bool {
         eprintln!("SKIPPED: no mpirun (run scripts/setup.sh)");
     }
     found
+}
+
+/// What every MPI test starts with: mpirun (or a skip outside CI), the two cores to itself, and a
+/// temporary directory with the GSM8K tokenizer and shards.
+fn mpi_test() -> Option<(MutexGuard<'static, ()>, tempfile::TempDir)> {
+    if !mpirun_available() {
+        return None;
+    }
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    prepare_gsm8k(dir.path());
+    Some((serial, dir))
 }
 
 fn mpirun(np: usize, args: &[&str], cwd: &Path) -> Command {
@@ -107,17 +119,6 @@ timeout_s = 120
     "dp.toml"
 }
 
-fn losses(dir: &Path, run: &str) -> Vec<f64> {
-    std::fs::read_to_string(dir.join("runs").join(run).join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["loss"].as_f64().unwrap()
-        })
-        .collect()
-}
-
 fn ckpt(dir: &Path, run: &str, step: u64) -> PathBuf {
     dir.join(format!("runs/{run}/checkpoints/step-{step:08}"))
 }
@@ -145,9 +146,9 @@ fn max_diff(a: &Path, b: &Path) -> f64 {
 fn assert_same_run(p: &Path, a: &str, b: &str, step: u64) {
     let (la, lb) = (losses(p, a), losses(p, b));
     assert_eq!(la.len(), lb.len(), "{a}: {la:?}\n{b}: {lb:?}");
-    for (x, y) in la.iter().zip(&lb) {
+    for ((sx, x), (sy, y)) in la.iter().zip(&lb) {
         assert!(
-            (x - y).abs() < TOL,
+            sx == sy && (x - y).abs() < TOL,
             "losses differ: {a} {la:?} vs {b} {lb:?}"
         );
     }
@@ -159,13 +160,10 @@ fn assert_same_run(p: &Path, a: &str, b: &str, step: u64) {
 
 #[test]
 fn two_ranks_equal_one_rank_with_accumulation_with_and_without_zero1() {
-    if !mpirun_available() {
+    let Some((_one_at_a_time, dir)) = mpi_test() else {
         return;
-    }
-    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
+    };
     let p = dir.path();
-    prepare_gsm8k(p);
     let cfg = write_config(p);
     muninn_ok(
         &[
@@ -201,23 +199,9 @@ fn two_ranks_equal_one_rank_with_accumulation_with_and_without_zero1() {
     assert_same_run(p, "two", "zero", 6);
 
     // The 2-rank run reports communication and the mean validation loss over both ranks' rows.
-    let last: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(p.join("runs/two/metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
+    let last = metrics(p, "two").pop().unwrap();
     assert!(last["comm_wait_s"].as_f64().is_some(), "{last}");
-    let one: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(p.join("runs/one/metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
+    let one = metrics(p, "one").pop().unwrap();
     let (a, b) = (
         one["val_loss_r4"].as_f64().unwrap(),
         last["val_loss_r4"].as_f64().unwrap(),
@@ -229,13 +213,10 @@ fn two_ranks_equal_one_rank_with_accumulation_with_and_without_zero1() {
 
 #[test]
 fn resume_moves_between_world_sizes_exactly() {
-    if !mpirun_available() {
+    let Some((_one_at_a_time, dir)) = mpi_test() else {
         return;
-    }
-    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
+    };
     let p = dir.path();
-    prepare_gsm8k(p);
     let cfg = write_config(p);
     muninn_ok(
         &[
@@ -398,7 +379,10 @@ fn find_rank(tag: &str, rank: usize) -> Option<u32> {
 /// Resuming on one rank from the newest checkpoint works: it was complete and intact.
 fn assert_checkpoint_intact(p: &Path, name: &str) {
     let cfg = write_config(p);
-    let (last, _) = muninn_model_last(p, name);
+    let (last, _) = muninn_trainer::ckpt::list(&p.join("runs").join(name))
+        .unwrap()
+        .pop()
+        .expect("a complete checkpoint");
     let out = muninn_ok(
         &[
             "train",
@@ -420,34 +404,12 @@ fn assert_checkpoint_intact(p: &Path, name: &str) {
     );
 }
 
-fn muninn_model_last(p: &Path, name: &str) -> (u64, PathBuf) {
-    let dir = p.join(format!("runs/{name}/checkpoints"));
-    let mut steps: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let s = e
-                .file_name()
-                .to_str()?
-                .strip_prefix("step-")?
-                .parse()
-                .ok()?;
-            Some((s, e.path()))
-        })
-        .collect();
-    steps.sort();
-    steps.pop().expect("a checkpoint")
-}
-
 #[test]
 fn a_stopped_rank_ends_the_job_naming_it_and_the_checkpoint_survives() {
-    if !mpirun_available() {
+    let Some((_one_at_a_time, dir)) = mpi_test() else {
         return;
-    }
-    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
+    };
     let p = dir.path();
-    prepare_gsm8k(p);
     let (status, err, secs) = disturb_rank_one(p, "-STOP", "stopped");
     assert!(!status.success(), "exit {status:?}");
     assert!(err.contains("rank(s) [1] stopped answering"), "{err}");
@@ -457,13 +419,10 @@ fn a_stopped_rank_ends_the_job_naming_it_and_the_checkpoint_survives() {
 
 #[test]
 fn a_killed_rank_ends_the_job() {
-    if !mpirun_available() {
+    let Some((_one_at_a_time, dir)) = mpi_test() else {
         return;
-    }
-    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
+    };
     let p = dir.path();
-    prepare_gsm8k(p);
     let (status, err, secs) = disturb_rank_one(p, "-KILL", "killed");
     assert!(!status.success(), "exit {status:?}: {err}");
     eprintln!("job ended {secs:.1} s after SIGKILL (dist.timeout_s = 4)");

@@ -49,17 +49,6 @@ max_rows = 8
     file
 }
 
-fn losses(dir: &Path, run: &str) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(dir.join("runs").join(run).join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
-        })
-        .collect()
-}
-
 fn final_weights(dir: &Path, run: &str, step: u64) -> Vec<u8> {
     std::fs::read(dir.join(format!(
         "runs/{run}/checkpoints/step-{step:08}/model.safetensors"
@@ -194,14 +183,7 @@ fn tiny_config_loss_falls_on_real_text() {
         last < first - 1.0,
         "loss fell only from {first:.3} to {last:.3}"
     );
-    let rec: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(p.join("runs/learn/metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
+    let rec = metrics(p, "learn").pop().unwrap();
     for key in [
         "lr",
         "grad_norm",

@@ -104,3 +104,20 @@ pub fn prepare_gsm8k(dir: &Path) -> (String, String) {
     );
     (tokenizer, prepare)
 }
+
+/// Every record of `runs/<run>/metrics.jsonl` under `dir`.
+pub fn metrics(dir: &Path, run: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("runs").join(run).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// (step, loss) of every logged step of a run.
+pub fn losses(dir: &Path, run: &str) -> Vec<(u64, f64)> {
+    metrics(dir, run)
+        .iter()
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}

@@ -2,6 +2,8 @@
 //! chain, and turns into exit code 1.
 
 mod data_cmd;
+mod launch_cmd;
+mod plot;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -73,6 +75,12 @@ enum Command {
     },
     /// Run one forward pass and write logits and the final latent state as safetensors.
     Forward(ForwardArgs),
+    /// Write a batch job for a cluster (SLURM or this machine) and submit it, in resuming segments.
+    Launch(launch_cmd::LaunchArgs),
+    /// One run per point of a grid of config values (e.g. truncation depths k), as one job.
+    Sweep(launch_cmd::SweepArgs),
+    /// Compare finished runs: validation loss by k and test-time depth, throughput, memory; a PNG plot.
+    Compare(launch_cmd::CompareArgs),
 }
 
 #[derive(Subcommand)]
@@ -166,6 +174,9 @@ fn run(cli: Cli) -> Result<()> {
             resume,
         } => {
             use muninn_trainer::train::{self, Resume};
+            // Before anything slow: a time-limit signal that arrives during start-up must not kill
+            // the process but stop it at its first step.
+            let stop = train::stop_on_signals()?;
             // MPI first: a GPU-aware MPI must be initialised before libtorch touches a GPU.
             let mut comm = muninn_trainer::dist::Comm::from_env()?;
             let cfg = muninn_trainer::config::RunConfig::load(&config, &set)?;
@@ -174,7 +185,6 @@ fn run(cli: Cli) -> Result<()> {
                 Some("auto") => Resume::Auto,
                 Some(p) => Resume::Path(PathBuf::from(p)),
             };
-            let stop = train::stop_on_signals()?;
             let out = match train::train(&cfg, resume, stop, &mut comm) {
                 Ok(out) => out,
                 Err(err) if comm.world() > 1 => {
@@ -230,6 +240,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Forward(args) => forward(args),
+        Command::Launch(args) => launch_cmd::launch(args),
+        Command::Sweep(args) => launch_cmd::sweep(args),
+        Command::Compare(args) => launch_cmd::compare(args),
     }
 }
 

@@ -73,7 +73,11 @@ pub fn summarize(dir: &Path) -> Result<RunSummary> {
     let text = std::fs::read_to_string(&metrics_path)
         .with_context(|| format!("reading {}", metrics_path.display()))?;
     let mut records = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let v: Value = serde_json::from_str(line)
             .with_context(|| format!("{} line {}: not JSON", metrics_path.display(), i + 1))?;
         records.push(v);
@@ -126,7 +130,8 @@ pub fn summarize(dir: &Path) -> Result<RunSummary> {
             .iter()
             .filter_map(|r| r["peak_mem_gib"].as_f64())
             .reduce(f64::max),
-        flops_per_token: (!flops.is_empty()).then(|| flops.iter().sum::<f64>() / flops.len() as f64),
+        flops_per_token: (!flops.is_empty())
+            .then(|| flops.iter().sum::<f64>() / flops.len() as f64),
     })
 }
 
@@ -154,8 +159,12 @@ pub fn table(runs: &[RunSummary]) -> String {
             r.mean_recurrence.to_string(),
             r.steps.to_string(),
             opt(d.map(|d| d as f64), &|d| format!("{d}")),
-            opt(d.and_then(|d| r.final_val.get(&d).copied()), &|v| format!("{v:.4}")),
-            opt(d.and_then(|d| r.best_val.get(&d).copied()), &|v| format!("{v:.4}")),
+            opt(d.and_then(|d| r.final_val.get(&d).copied()), &|v| {
+                format!("{v:.4}")
+            }),
+            opt(d.and_then(|d| r.best_val.get(&d).copied()), &|v| {
+                format!("{v:.4}")
+            }),
             opt(r.tokens_per_s, &|v| format!("{v:.0}")),
             opt(r.mfu, &|v| format!("{:.1}%", v * 100.0)),
             opt(r.peak_mem_gib, &|v| format!("{v:.2}")),
@@ -164,8 +173,10 @@ pub fn table(runs: &[RunSummary]) -> String {
     }
     let mut out = render(&rows);
     // Loss at every evaluated test-time depth, when any run evaluated more than one.
-    let depths: std::collections::BTreeSet<i64> =
-        runs.iter().flat_map(|r| r.final_val.keys().copied()).collect();
+    let depths: std::collections::BTreeSet<i64> = runs
+        .iter()
+        .flat_map(|r| r.final_val.keys().copied())
+        .collect();
     if depths.len() > 1 {
         let mut rows = vec![std::iter::once("final val loss at depth r".to_string())
             .chain(depths.iter().map(|d| format!("r={d}")))
@@ -173,9 +184,11 @@ pub fn table(runs: &[RunSummary]) -> String {
         for r in runs {
             rows.push(
                 std::iter::once(format!("{} (k={})", r.name, r.k))
-                    .chain(depths.iter().map(|d| {
-                        opt(r.final_val.get(d).copied(), &|v| format!("{v:.4}"))
-                    }))
+                    .chain(
+                        depths
+                            .iter()
+                            .map(|d| opt(r.final_val.get(d).copied(), &|v| format!("{v:.4}"))),
+                    )
                     .collect(),
             );
         }

@@ -48,7 +48,6 @@ pub struct Job {
     pub account: String,
 }
 
-
 impl Job {
     /// Checks `req` against the cluster: node count, walltime bin, segments of the budget.
     pub fn plan(cluster: &Cluster, req: &Request) -> Result<Plan> {
@@ -198,7 +197,10 @@ impl Job {
             };
             d(format!("--job-name={}", self.name));
             d(format!("--nodes={}", self.nodes));
-            d(format!("--time={}", hhmmss(self.hours.expect("SLURM jobs have a walltime"))));
+            d(format!(
+                "--time={}",
+                hhmmss(self.hours.expect("SLURM jobs have a walltime"))
+            ));
             // The batch shell gets USR1 before the limit and passes it to the trainer (see below).
             d(format!("--signal=B:USR1@{}", p.signal_s));
             let log = if array { "%x-%A_%a.out" } else { "%x-%j.out" };
@@ -228,13 +230,18 @@ impl Job {
                 d(self.fill(extra));
             }
         }
-        s.push_str("set -uo pipefail\n\n");
+        // No `set -u`: module scripts and profile lines may read unset variables.
+        s.push_str("set -o pipefail\n\n");
         let _ = writeln!(s, "launch_dir={}", q(&self.dir));
         let _ = writeln!(s, "muninn={}", q(&self.binary));
         let _ = writeln!(s, "cd {}\n", q(&self.workdir));
         let _ = writeln!(s, "# Cluster profile `{}`.", self.cluster.name);
         if !p.modules.is_empty() {
-            let _ = writeln!(s, "module load {}", p.modules.join(" "));
+            let _ = writeln!(
+                s,
+                "module load {} || {{ echo \"muninn job: module load failed\" >&2; exit 1; }}",
+                p.modules.join(" ")
+            );
         }
         for (k, v) in &p.env {
             let _ = writeln!(s, "export {k}=\"{}\"", dq(&self.fill(v)));
@@ -243,9 +250,8 @@ impl Job {
             let _ = writeln!(s, "{}", self.fill(line));
         }
         s.push('\n');
-        let list = |f: &dyn Fn(&Point) -> String| {
-            self.points.iter().map(f).collect::<Vec<_>>().join(" ")
-        };
+        let list =
+            |f: &dyn Fn(&Point) -> String| self.points.iter().map(f).collect::<Vec<_>>().join(" ");
         let _ = writeln!(
             s,
             "# Sweep point of this job (0 for a single run): the array task on SLURM, MUNINN_POINT locally."
@@ -256,7 +262,7 @@ impl Job {
         s.push_str(
             r#"config=${configs[$point]}
 run_dir=${run_dirs[$point]}
-job=${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-local}}
+job=${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-local-$(date +%s)}}
 
 if [ -e "$run_dir/FINISHED" ]; then
   echo "muninn job: $run_dir has finished; nothing to do"
@@ -280,10 +286,7 @@ mkdir -p "$launch_dir/segments"
             (false, 1) => String::new(),
             _ => self.fill(&p.launcher) + " ",
         };
-        let _ = writeln!(
-            s,
-            "{launcher}bash \"$launch_dir/runner.sh\" \"$config\" &"
-        );
+        let _ = writeln!(s, "{launcher}bash \"$launch_dir/runner.sh\" \"$config\" &");
         s.push_str(
             r#"pid=$!
 # Before the time limit the trainer is told to save and stop: it finishes its step, writes a

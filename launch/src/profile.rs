@@ -138,8 +138,8 @@ impl Cluster {
             Some(p) => p.display().to_string(),
             None => format!("built-in profile `{name}`"),
         };
-        let profile: ClusterProfile = toml::from_str(&text)
-            .with_context(|| format!("reading cluster profile {origin}"))?;
+        let profile: ClusterProfile =
+            toml::from_str(&text).with_context(|| format!("reading cluster profile {origin}"))?;
         profile
             .validate()
             .with_context(|| format!("in cluster profile {origin}"))?;
@@ -155,7 +155,10 @@ impl Cluster {
 impl ClusterProfile {
     pub fn validate(&self) -> Result<()> {
         ensure!(self.max_nodes >= 1, "max_nodes must be at least 1");
-        ensure!(self.ranks_per_node >= 1, "ranks_per_node must be at least 1");
+        ensure!(
+            self.ranks_per_node >= 1,
+            "ranks_per_node must be at least 1"
+        );
         ensure!(
             self.cores_per_node >= self.ranks_per_node,
             "cores_per_node = {} is fewer than ranks_per_node = {}",
@@ -166,7 +169,10 @@ impl ClusterProfile {
             self.peak_flops >= 0.0 && self.peak_flops.is_finite(),
             "peak_flops must be >= 0"
         );
-        ensure!(self.max_concurrent >= 1, "max_concurrent must be at least 1");
+        ensure!(
+            self.max_concurrent >= 1,
+            "max_concurrent must be at least 1"
+        );
         ensure!(!self.launcher.trim().is_empty(), "launcher is empty");
         let mut last = 0;
         for bin in &self.walltime {

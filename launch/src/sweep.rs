@@ -102,10 +102,13 @@ mod tests {
 
     #[test]
     fn product_and_names() {
-        let axes: Vec<Axis> = ["recurrence.mean_backprop_depth=1,2", "optimizer.lr=1e-3,3e-3"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let axes: Vec<Axis> = [
+            "recurrence.mean_backprop_depth=1,2",
+            "optimizer.lr=1e-3,3e-3",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
         let g = grid(&axes).unwrap();
         assert_eq!(g.len(), 4);
         assert_eq!(

@@ -207,6 +207,12 @@ pub fn train(
         steps[0],
         run_dir.display()
     );
+    let finished_marker = run_dir.join(FINISHED);
+    if root && state.step < t.max_steps && finished_marker.exists() {
+        // A finished run continued with a larger train.max_steps.
+        std::fs::remove_file(&finished_marker)
+            .with_context(|| format!("removing {}", finished_marker.display()))?;
+    }
     comm.broadcast(
         model.params().flat(),
         d.chunk_elems(),
@@ -372,7 +378,11 @@ pub fn train(
                 "n": depth.no_grad, "k": depth.with_grad, "tokens_per_s": tokens_per_s,
                 "mfu": utilisation(window.2), "hfu": utilisation(window.3),
                 "tokens_seen": state.tokens_seen, "nonfinite_total": state.nonfinite_total,
+                "flops_per_token": window.2 / window.1.max(1) as f64,
             });
+            let mut peak = [peak_rss_gib()];
+            comm.allreduce_f64(&mut peak, Op::Max, "peak memory")?;
+            rec["peak_mem_gib"] = json!(peak[0]);
             if let Some(sync) = sync.as_mut() {
                 // Seconds per step, the mean over ranks: issuing messages, and blocked on them.
                 let st = sync.stats;
@@ -441,6 +451,9 @@ pub fn train(
                 }
                 if root {
                     eprintln!("saved {} at step {step}", dir.display());
+                    if stop == Stop::Finished {
+                        mark_finished(&finished_marker, step)?;
+                    }
                 }
                 return Ok(Outcome {
                     step,
@@ -450,11 +463,38 @@ pub fn train(
             }
         }
     }
+    // Nothing left to train (a resumed run that had already finished).
+    if root {
+        mark_finished(&finished_marker, state.step)?;
+    }
     Ok(Outcome {
         step: state.step,
         stop: Stop::Finished,
         last_loss,
     })
+}
+
+/// Written to the run directory when training reaches train.max_steps, so that job scripts can tell
+/// a finished run from one stopped before its time limit.
+pub const FINISHED: &str = "FINISHED";
+
+fn mark_finished(path: &std::path::Path, step: u64) -> Result<()> {
+    std::fs::write(path, format!("step {step}\n"))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The largest resident set of this process so far, GiB. (Device memory is not included: libtorch's
+/// allocator statistics are not reachable through tch.)
+fn peak_rss_gib() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    // SAFETY: initialised by the successful call above.
+    let kib = unsafe { usage.assume_init() }.ru_maxrss as f64;
+    kib / (1024.0 * 1024.0)
 }
 
 /// A checkpoint, collectively: under ZeRO-1 (`shards`, the layout of the optimizer's shards) every

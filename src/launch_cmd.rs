@@ -1,0 +1,347 @@
+//! `muninn launch`, `muninn sweep` and `muninn compare`: run configs are checked here (the launch
+//! crate never loads libtorch), then handed to the launch crate to render, record and submit.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Args, ValueEnum};
+use muninn_launch::compare::{self, RunSummary};
+use muninn_launch::provenance::{self, Provenance};
+use muninn_launch::sweep::{self, Axis};
+use muninn_launch::{Cluster, Job, Plan, Point, Request, Scheduler};
+use muninn_trainer::config::RunConfig;
+use serde_json::json;
+
+use crate::plot::{self, Panel, Series};
+
+#[derive(Args)]
+pub struct JobArgs {
+    /// A cluster profile: frontier, slurm-cuda, local, or a TOML file (configs/clusters/*.toml).
+    #[arg(long)]
+    cluster: String,
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
+    /// Walltime of each segment [default: the cluster's limit for this node count].
+    #[arg(long)]
+    hours: Option<f64>,
+    /// Total walltime; longer than --hours becomes a chain of segments that resume one another.
+    #[arg(long)]
+    budget_hours: Option<f64>,
+    /// Ranks per node [default: the profile's, one per GPU].
+    #[arg(long)]
+    ranks_per_node: Option<u32>,
+    /// SLURM account [default: the profile's].
+    #[arg(long)]
+    account: Option<String>,
+    /// Requeue a segment stopped by its time limit (for pre-emptible partitions).
+    #[arg(long)]
+    requeue: bool,
+    /// Override a config key, e.g. --set train.max_steps=100 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
+    /// Write the scripts and records but do not submit or run them.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+pub struct LaunchArgs {
+    config: PathBuf,
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SeedPolicy {
+    /// Every point trains with the config's seed: the points differ only in the swept keys.
+    Same,
+    /// Point i trains with seed + i.
+    PerPoint,
+}
+
+#[derive(Args)]
+pub struct SweepArgs {
+    config: PathBuf,
+    /// An axis of the grid, e.g. recurrence.mean_backprop_depth=1,2,4,8,16 (repeatable: the product).
+    #[arg(long, required = true)]
+    grid: Vec<Axis>,
+    #[arg(long, value_enum, default_value = "same")]
+    seeds: SeedPolicy,
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+#[derive(Args)]
+pub struct CompareArgs {
+    /// Run directories (runs/<name>).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// The plot: validation loss against k, and against test-time depth.
+    #[arg(long, default_value = "compare.png")]
+    plot: PathBuf,
+    /// Also write the summaries as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// The cluster and the checked request; refuses before anything is written.
+fn plan(args: &JobArgs) -> Result<(Cluster, Plan)> {
+    let cluster = Cluster::find(&args.cluster)?;
+    let plan = Job::plan(
+        &cluster,
+        &Request {
+            nodes: args.nodes,
+            ranks_per_node: args.ranks_per_node,
+            hours: args.hours,
+            budget_hours: args.budget_hours,
+            requeue: args.requeue,
+            account: args.account.clone(),
+        },
+    )?;
+    if cluster.profile.scheduler == Scheduler::Slurm && !args.dry_run {
+        let found = Command::new("sbatch").arg("--version").output();
+        ensure!(
+            matches!(found, Ok(o) if o.status.success()),
+            "sbatch not found: submit from a login node of the cluster, or pass --dry-run to only write the scripts"
+        );
+    }
+    Ok((cluster, plan))
+}
+
+/// Loads and checks a run config; the cluster's peak FLOP/s fills an unset log.peak_flops.
+fn load_config(path: &Path, overrides: &[String], cluster: &Cluster) -> Result<RunConfig> {
+    let mut cfg = RunConfig::load(path, overrides)?;
+    if cfg.raw.log.peak_flops == 0.0 {
+        cfg.raw.log.peak_flops = cluster.profile.peak_flops;
+    }
+    Ok(cfg)
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    Ok(std::env::current_dir()
+        .context("reading the current directory")?
+        .join(p))
+}
+
+/// Renders, records and (unless --dry-run) submits or runs the job.
+fn launch_job(
+    cluster: Cluster,
+    plan: Plan,
+    args: &JobArgs,
+    name: String,
+    base: &Path,
+    points: Vec<(PathBuf, String)>,
+    extra: Vec<(String, String)>,
+) -> Result<()> {
+    let dir = absolute(&muninn_launch::next_launch_dir(base)?)?;
+    let binary = std::env::current_exe().context("finding the muninn binary")?;
+    let workdir = std::env::current_dir().context("reading the current directory")?;
+    let job_points: Vec<Point> = points
+        .iter()
+        .enumerate()
+        .map(|(i, (run_dir, _))| Point {
+            config: dir.join(config_name(i, points.len())),
+            run_dir: run_dir.clone(),
+        })
+        .collect();
+    let job = Job::new(
+        cluster,
+        plan,
+        name,
+        dir.clone(),
+        workdir.clone(),
+        binary.clone(),
+        job_points,
+    );
+    let record = Provenance {
+        muninn_version: env!("CARGO_PKG_VERSION").into(),
+        git_commit: env!("MUNINN_GIT_COMMIT").into(),
+        binary: binary.display().to_string(),
+        binary_sha256: provenance::sha256_file(&binary)?,
+        command: std::env::args().collect(),
+        workdir: workdir.display().to_string(),
+        cluster: job.cluster.name.clone(),
+        cluster_profile: job
+            .cluster
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built in".into()),
+        nodes: job.nodes,
+        ranks: job.ranks(),
+        hours_per_segment: job.hours,
+        segments: job.segments,
+        launched_unix_s: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        env: provenance::env_snapshot(),
+    };
+    let mut files: Vec<(String, String)> = job
+        .files()
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
+        .collect();
+    for (i, (_, toml)) in points.iter().enumerate() {
+        files.push((config_name(i, points.len()), toml.clone()));
+    }
+    files.push(("cluster.toml".into(), job.cluster.text.clone()));
+    files.push((
+        "provenance.json".into(),
+        serde_json::to_string_pretty(&record)? + "\n",
+    ));
+    files.extend(extra);
+    muninn_launch::write_dir(&dir, &files)?;
+    println!("wrote {}/", dir.display());
+    for (name, _) in job.files() {
+        println!("  {name}");
+    }
+    let submit = dir.join("submit.sh");
+    if args.dry_run {
+        println!(
+            "dry run: nothing submitted; run {} to submit",
+            submit.display()
+        );
+        return Ok(());
+    }
+    let status = Command::new("bash")
+        .arg(&submit)
+        .status()
+        .with_context(|| format!("running {}", submit.display()))?;
+    ensure!(
+        status.success(),
+        "{} failed ({status}); logs are in {}",
+        submit.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+fn config_name(i: usize, n: usize) -> String {
+    match n {
+        1 => "config.toml".into(),
+        _ => format!("points/{i}.toml"),
+    }
+}
+
+pub fn launch(a: LaunchArgs) -> Result<()> {
+    let (cluster, plan) = plan(&a.job)?;
+    let cfg = load_config(&a.config, &a.job.set, &cluster)?;
+    let name = format!("muninn-{}", cfg.raw.run.name);
+    launch_job(
+        cluster,
+        plan,
+        &a.job,
+        name,
+        &cfg.run_dir(),
+        vec![(cfg.run_dir(), cfg.to_toml())],
+        vec![],
+    )
+}
+
+pub fn sweep(a: SweepArgs) -> Result<()> {
+    let (cluster, plan) = plan(&a.job)?;
+    let points = sweep::grid(&a.grid)?;
+    let base = load_config(&a.config, &a.job.set, &cluster)?;
+    let mut runs = Vec::new();
+    let mut listing = Vec::new();
+    for point in &points {
+        let mut overrides = a.job.set.clone();
+        overrides.extend(point.overrides());
+        let mut cfg = load_config(&a.config, &overrides, &cluster).with_context(|| {
+            format!(
+                "sweep point {} ({})",
+                point.index,
+                point.overrides().join(" ")
+            )
+        })?;
+        cfg.raw.run.name = point.run_name(&base.raw.run.name);
+        let seeded = point.assignments.iter().any(|(k, _)| k == "train.seed");
+        if let (SeedPolicy::PerPoint, false) = (a.seeds, seeded) {
+            cfg.raw.train.seed = base.raw.train.seed + point.index as u64;
+        }
+        listing.push(json!({
+            "index": point.index,
+            "set": point.overrides(),
+            "run_dir": cfg.run_dir(),
+            "seed": cfg.raw.train.seed,
+        }));
+        runs.push((cfg.run_dir(), cfg.to_toml()));
+    }
+    let sweep_name = format!("{}-sweep", base.raw.run.name);
+    let record = json!({
+        "grid": a.grid.iter().map(|g| json!({"key": g.key, "values": g.values})).collect::<Vec<_>>(),
+        "seeds": match a.seeds { SeedPolicy::Same => "same", SeedPolicy::PerPoint => "per-point" },
+        "points": listing,
+    });
+    launch_job(
+        cluster,
+        plan,
+        &a.job,
+        format!("muninn-{sweep_name}"),
+        &base.raw.run.dir.join(&sweep_name),
+        runs,
+        vec![(
+            "sweep.json".into(),
+            serde_json::to_string_pretty(&record)? + "\n",
+        )],
+    )
+}
+
+pub fn compare(a: CompareArgs) -> Result<()> {
+    let mut runs: Vec<RunSummary> = a
+        .runs
+        .iter()
+        .map(|d| compare::summarize(d))
+        .collect::<Result<_>>()?;
+    runs.sort_by(|x, y| (x.k, &x.name).cmp(&(y.k, &y.name)));
+    if runs.iter().all(|r| r.final_val.is_empty()) {
+        bail!("none of the runs has a validation loss yet (eval.interval, or the end of training)");
+    }
+    print!("{}", compare::table(&runs));
+    let at_headline = |get: fn(&RunSummary) -> &std::collections::BTreeMap<i64, f64>| {
+        runs.iter()
+            .filter_map(|r| Some((r.k as f64, *get(r).get(&r.headline_depth()?)?)))
+            .collect::<Vec<_>>()
+    };
+    let panels = [
+        Panel {
+            title: "validation loss against truncation depth k".into(),
+            x_label: "k (recurrence.mean_backprop_depth)".into(),
+            y_label: "validation loss at the training mean depth".into(),
+            log2_x: true,
+            series: vec![
+                Series {
+                    label: "final".into(),
+                    points: at_headline(|r| &r.final_val),
+                },
+                Series {
+                    label: "best".into(),
+                    points: at_headline(|r| &r.best_val),
+                },
+            ],
+        },
+        Panel {
+            title: "final validation loss against test-time depth".into(),
+            x_label: "test-time depth r".into(),
+            y_label: "validation loss".into(),
+            log2_x: true,
+            series: runs
+                .iter()
+                .map(|r| Series {
+                    label: format!("k={} ({})", r.k, r.name),
+                    points: r.final_val.iter().map(|(&d, &v)| (d as f64, v)).collect(),
+                })
+                .collect(),
+        },
+    ];
+    plot::line_panels(&a.plot, &panels, 640, 480)?;
+    println!("wrote {}", a.plot.display());
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&runs)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

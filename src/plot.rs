@@ -1,0 +1,122 @@
+//! PNG line charts for the reports (`compare`, and the evaluation plots to come): side-by-side panels,
+//! each with its series, optionally on a log2 x axis. The font is built in, so plots need no system
+//! fonts.
+
+use std::path::Path;
+
+use anyhow::{anyhow, ensure, Result};
+use plotters::prelude::*;
+
+const FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
+
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+pub struct Panel {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    /// Depths double: plot log2(x) and label the ticks with x.
+    pub log2_x: bool,
+    pub series: Vec<Series>,
+}
+
+/// Pads a range that has no width (one point, or equal values).
+fn span(lo: f64, hi: f64, pad: f64) -> (f64, f64) {
+    match hi - lo > 1e-12 {
+        true => (lo - pad * (hi - lo), hi + pad * (hi - lo)),
+        false => (lo - 0.5 - lo.abs() * 0.05, hi + 0.5 + hi.abs() * 0.05),
+    }
+}
+
+/// Draws `panels` left to right into a `width`·panels × `height` PNG at `path`.
+pub fn line_panels(path: &Path, panels: &[Panel], width: u32, height: u32) -> Result<()> {
+    ensure!(!panels.is_empty(), "nothing to plot");
+    // Registering again replaces the same font; plotters keeps the table.
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+        .map_err(|_| anyhow!("the built-in font could not be read"))?;
+    let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
+    let root = BitMapBackend::new(path, (width * panels.len() as u32, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let areas = root.split_evenly((1, panels.len()));
+    for (panel, area) in panels.iter().zip(areas) {
+        let tx = |x: f64| if panel.log2_x { x.log2() } else { x };
+        let pts: Vec<(f64, f64)> = panel
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|&(x, y)| (tx(x), y)))
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        if pts.is_empty() {
+            area.titled(&format!("{} (no data)", panel.title), ("sans-serif", 20))
+                .map_err(|e| err(&e))?;
+            continue;
+        }
+        let fold = |f: fn(f64, f64) -> f64, init: f64, get: fn(&(f64, f64)) -> f64| {
+            pts.iter().map(get).fold(init, f)
+        };
+        let (x0, x1) = span(
+            fold(f64::min, f64::INFINITY, |p| p.0),
+            fold(f64::max, f64::NEG_INFINITY, |p| p.0),
+            0.05,
+        );
+        let (y0, y1) = span(
+            fold(f64::min, f64::INFINITY, |p| p.1),
+            fold(f64::max, f64::NEG_INFINITY, |p| p.1),
+            0.08,
+        );
+        let mut chart = ChartBuilder::on(&area)
+            .caption(&panel.title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| err(&e))?;
+        let log2 = panel.log2_x;
+        let x_fmt = move |v: &f64| match log2 {
+            // Ticks at whole powers of two only.
+            true if (v - v.round()).abs() < 1e-6 => format!("{}", 2f64.powf(v.round())),
+            true => String::new(),
+            false => format!("{v}"),
+        };
+        chart
+            .configure_mesh()
+            .x_desc(panel.x_label.as_str())
+            .y_desc(panel.y_label.as_str())
+            .x_labels(if log2 {
+                ((x1 - x0).ceil() as usize + 1) * 4
+            } else {
+                8
+            })
+            .x_label_formatter(&x_fmt)
+            .y_label_formatter(&|v| format!("{v:.3}"))
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (i, s) in panel.series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let line: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (tx(x), y)).collect();
+            chart
+                .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(s.label.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(line.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .configure_series_labels()
+            .label_font(("sans-serif", 14))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

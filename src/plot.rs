@@ -71,27 +71,32 @@ pub fn line_panels(path: &Path, panels: &[Panel], width: u32, height: u32) -> Re
             .caption(&panel.title, ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(40)
-            .y_label_area_size(60)
+            .y_label_area_size(80)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(|e| err(&e))?;
         let log2 = panel.log2_x;
         let x_fmt = move |v: &f64| match log2 {
             // Ticks at whole powers of two only.
-            true if (v - v.round()).abs() < 1e-6 => format!("{}", 2f64.powf(v.round())),
+            true if (v - v.round()).abs() < 1e-3 => format!("{}", 2f64.powf(v.round())),
             true => String::new(),
             false => format!("{v}"),
         };
+        // Enough decimals that neighbouring ticks differ.
+        let decimals = ((-(y1 - y0).log10()).ceil() as i32 + 1).clamp(2, 8) as usize;
+        let y_fmt = move |v: &f64| format!("{v:.decimals$}");
         chart
             .configure_mesh()
+            .light_line_style(WHITE)
             .x_desc(panel.x_label.as_str())
             .y_desc(panel.y_label.as_str())
             .x_labels(if log2 {
-                ((x1 - x0).ceil() as usize + 1) * 4
+                ((x1 - x0).ceil() as usize + 1) * 2
             } else {
                 8
             })
             .x_label_formatter(&x_fmt)
-            .y_label_formatter(&|v| format!("{v:.3}"))
+            .y_labels(8)
+            .y_label_formatter(&y_fmt)
             .label_style(("sans-serif", 14))
             .draw()
             .map_err(|e| err(&e))?;

@@ -8,47 +8,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A micro-shape run config over that data; `extra` is appended (later keys may not repeat tables).
-fn write_config(dir: &Path, name: &str, max_steps: u64, extra: &str) -> String {
-    let text = format!(
-        r#"
-[run]
-name = "{name}"
-dir = "runs"
-[model]
-preset = "micro"
-vocab_size = 512
-[data]
-dir = "ds"
-tokenizer = "tok.json"
-[recurrence]
-mean_recurrence = 4
-mean_backprop_depth = 2
-[optimizer]
-kind = "ellis-adam"
-lr = 1e-3
-schedule = "constant"
-warmup_steps = 2
-[train]
-seed = 7
-max_steps = {max_steps}
-micro_batch_size = 4
-threads = 1
-[checkpoint]
-interval = 0
-[log]
-interval = 1
-[eval]
-interval = 0
-depths = [1, 4]
-max_rows = 8
-{extra}"#
-    );
-    let file = format!("{name}.toml");
-    std::fs::write(dir.join(&file), text).unwrap();
-    file
-}
-
 fn final_weights(dir: &Path, run: &str, step: u64) -> Vec<u8> {
     std::fs::read(dir.join(format!(
         "runs/{run}/checkpoints/step-{step:08}/model.safetensors"
@@ -61,9 +20,9 @@ fn resume_after_exit_interval_is_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     prepare_gsm8k(p);
-    let straight = write_config(p, "straight", 8, "");
+    let straight = micro_config(p, "straight", 8, "");
     muninn_ok(&["train", &straight], p);
-    let cut = write_config(p, "cut", 8, "");
+    let cut = micro_config(p, "cut", 8, "");
     let out = muninn_ok(&["train", &cut, "--set", "train.exit_interval=4"], p);
     assert!(out.contains("step 4 (ExitInterval)"), "{out}");
     let out = muninn_ok(&["train", &cut, "--resume", "auto"], p);
@@ -87,7 +46,7 @@ fn sigterm_saves_and_exits_zero_and_the_resume_is_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     prepare_gsm8k(p);
-    let cfg = write_config(p, "signal", 10_000, "");
+    let cfg = micro_config(p, "signal", 10_000, "");
     let child = Command::new(env!("CARGO_BIN_EXE_muninn"))
         .args(["train", &cfg])
         .current_dir(p)
@@ -136,7 +95,7 @@ fn sigterm_saves_and_exits_zero_and_the_resume_is_bit_identical() {
         ],
         p,
     );
-    let straight = write_config(p, "straight", target, "");
+    let straight = micro_config(p, "straight", target, "");
     muninn_ok(&["train", &straight], p);
     assert_eq!(losses(p, "signal"), losses(p, "straight"));
     assert!(final_weights(p, "signal", target) == final_weights(p, "straight", target));
@@ -255,7 +214,7 @@ fn bad_configs_are_refused_by_key_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     prepare_gsm8k(p);
-    let cfg = write_config(p, "bad", 4, "");
+    let cfg = micro_config(p, "bad", 4, "");
     for (set, expect) in [
         ("train.max_stepz=3", "max_stepz"),
         ("train.micro_batch_size=0", "train.micro_batch_size = 0"),
@@ -281,7 +240,7 @@ fn a_checkpoint_of_another_shape_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     prepare_gsm8k(p);
-    let cfg = write_config(p, "shape", 2, "");
+    let cfg = micro_config(p, "shape", 2, "");
     muninn_ok(&["train", &cfg], p);
     let e = muninn_err(
         &[
@@ -305,7 +264,7 @@ fn non_finite_steps_are_skipped_counted_and_abort_without_saving_bad_weights() {
     let p = dir.path();
     prepare_gsm8k(p);
     // An absurd learning rate turns the weights non-finite after the first updates.
-    let cfg = write_config(p, "nan", 50, "");
+    let cfg = micro_config(p, "nan", 50, "");
     let e = muninn_err(
         &[
             "train",

@@ -121,3 +121,44 @@ pub fn losses(dir: &Path, run: &str) -> Vec<(u64, f64)> {
         .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
         .collect()
 }
+
+/// A micro-shape run config over that data; `extra` is appended (later keys may not repeat tables).
+pub fn micro_config(dir: &Path, name: &str, max_steps: u64, extra: &str) -> String {
+    let text = format!(
+        r#"
+[run]
+name = "{name}"
+dir = "runs"
+[model]
+preset = "micro"
+vocab_size = 512
+[data]
+dir = "ds"
+tokenizer = "tok.json"
+[recurrence]
+mean_recurrence = 4
+mean_backprop_depth = 2
+[optimizer]
+kind = "ellis-adam"
+lr = 1e-3
+schedule = "constant"
+warmup_steps = 2
+[train]
+seed = 7
+max_steps = {max_steps}
+micro_batch_size = 4
+threads = 1
+[checkpoint]
+interval = 0
+[log]
+interval = 1
+[eval]
+interval = 0
+depths = [1, 4]
+max_rows = 8
+{extra}"#
+    );
+    let file = format!("{name}.toml");
+    std::fs::write(dir.join(&file), text).unwrap();
+    file
+}

@@ -209,12 +209,7 @@ fn launch_job(
         .arg(&submit)
         .status()
         .with_context(|| format!("running {}", submit.display()))?;
-    ensure!(
-        status.success(),
-        "{} failed ({status}); logs are in {}",
-        submit.display(),
-        dir.display()
-    );
+    ensure!(status.success(), "{} failed ({status})", submit.display());
     Ok(())
 }
 

@@ -286,15 +286,25 @@ mkdir -p "$launch_dir/segments"
             (false, 1) => String::new(),
             _ => self.fill(&p.launcher) + " ",
         };
+        s.push_str(
+            r#"# Before the time limit the trainer is told to save and stop: it finishes its step, writes a
+# checkpoint and exits 0, and the next segment resumes from it.
+pid=
+signalled=0
+forward() {
+  signalled=1
+  echo "muninn job: $1 received; the trainer saves and stops"
+  [ -n "$pid" ] && kill -USR1 "$pid" 2>/dev/null
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+"#,
+        );
         let _ = writeln!(s, "{launcher}bash \"$launch_dir/runner.sh\" \"$config\" &");
         s.push_str(
             r#"pid=$!
-# Before the time limit the trainer is told to save and stop: it finishes its step, writes a
-# checkpoint and exits 0, and the next segment resumes from it.
-signalled=0
-forward() { signalled=1; echo "muninn job: $1 received; the trainer saves and stops"; kill -USR1 "$pid" 2>/dev/null; }
-trap 'forward USR1' USR1
-trap 'forward TERM' TERM
+# A signal that came while the ranks were starting.
+[ "$signalled" -eq 1 ] && kill -USR1 "$pid" 2>/dev/null
 wait "$pid"; rc=$?
 # A trapped signal interrupts `wait`; wait again for the trainer's own exit status.
 while kill -0 "$pid" 2>/dev/null; do wait "$pid"; rc=$?; done

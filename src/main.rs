@@ -2,6 +2,7 @@
 //! chain, and turns into exit code 1.
 
 mod data_cmd;
+mod eval_cmd;
 mod launch_cmd;
 mod plot;
 
@@ -75,6 +76,12 @@ enum Command {
     },
     /// Run one forward pass and write logits and the final latent state as safetensors.
     Forward(ForwardArgs),
+    /// Validation loss and perplexity at several test-time depths: a table, eval.json and eval.png.
+    Eval(eval_cmd::EvalArgs),
+    /// Sample from a checkpoint behind a KV cache, at a fixed depth or with per-token adaptive exit.
+    Generate(eval_cmd::GenerateArgs),
+    /// How the latent state converges over iterations: a per-token heatmap and PCA trajectories.
+    Latents(eval_cmd::LatentsArgs),
     /// Write a batch job for a cluster (SLURM or this machine) and submit it, in resuming segments.
     Launch(launch_cmd::LaunchArgs),
     /// One run per point of a grid of config values (e.g. truncation depths k), as one job.
@@ -240,6 +247,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Forward(args) => forward(args),
+        Command::Eval(args) => eval_cmd::eval(args),
+        Command::Generate(args) => eval_cmd::generate(args),
+        Command::Latents(args) => eval_cmd::latents(args),
         Command::Launch(args) => launch_cmd::launch(args),
         Command::Sweep(args) => launch_cmd::sweep(args),
         Command::Compare(args) => launch_cmd::compare(args),

@@ -1,4 +1,4 @@
-//! PNG line charts for the reports (`compare`, and the evaluation plots to come): side-by-side panels,
+//! PNG charts for the reports (`compare`, `eval`, `latents`): side-by-side line panels,
 //! each with its series, optionally on a log2 x axis. The font is built in, so plots need no system
 //! fonts.
 
@@ -122,6 +122,130 @@ pub fn line_panels(path: &Path, panels: &[Panel], width: u32, height: u32) -> Re
             .draw()
             .map_err(|e| err(&e))?;
     }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// A grid of positive values (rows × columns), coloured on a log10 scale, with a colour bar.
+pub struct Heatmap {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    /// The label of column 0; columns count up from it (iterations start at 1).
+    pub x_first: i32,
+    /// One label per row, top to bottom.
+    pub row_labels: Vec<String>,
+    pub values: Vec<Vec<f64>>,
+    pub value_label: String,
+}
+
+pub fn heatmap(path: &Path, h: &Heatmap, width: u32, height: u32) -> Result<()> {
+    use plotters::style::colors::colormaps::ViridisRGB;
+    let rows = h.values.len() as i32;
+    let cols = h.values.first().map_or(0, Vec::len) as i32;
+    ensure!(rows > 0 && cols > 0, "nothing to plot");
+    ensure!(
+        h.values.iter().all(|r| r.len() == cols as usize) && h.row_labels.len() == rows as usize,
+        "heatmap rows differ in length"
+    );
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+        .map_err(|_| anyhow!("the built-in font could not be read"))?;
+    let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
+    let logs: Vec<Vec<f64>> = h
+        .values
+        .iter()
+        .map(|r| r.iter().map(|v| v.max(1e-12).log10()).collect())
+        .collect();
+    let (lo, hi) = logs
+        .iter()
+        .flatten()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let (lo, hi) = if hi - lo < 1e-9 {
+        (lo - 0.5, hi + 0.5)
+    } else {
+        (lo, hi)
+    };
+    let colour = |v: f64| ViridisRGB::get_color((v - lo) / (hi - lo));
+
+    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (main, bar) = root.split_horizontally(width.saturating_sub(110));
+    let mut chart = ChartBuilder::on(&main)
+        .caption(&h.title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(140)
+        .build_cartesian_2d((0..cols).into_segmented(), (0..rows).into_segmented())
+        .map_err(|e| err(&e))?;
+    let x_first = h.x_first;
+    let x_fmt = move |v: &SegmentValue<i32>| match v {
+        SegmentValue::CenterOf(c) => format!("{}", c + x_first),
+        _ => String::new(),
+    };
+    // Row 0 is drawn at the top.
+    let labels = h.row_labels.clone();
+    let y_fmt = move |v: &SegmentValue<i32>| match v {
+        SegmentValue::CenterOf(r) if (0..rows).contains(r) => {
+            labels[(rows - 1 - r) as usize].clone()
+        }
+        _ => String::new(),
+    };
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc(h.x_label.as_str())
+        .y_desc(h.y_label.as_str())
+        .x_labels(cols.min(32) as usize)
+        .y_labels(rows.min(48) as usize)
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&y_fmt)
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(logs.iter().enumerate().flat_map(|(r, row)| {
+            let y = rows - 1 - r as i32;
+            row.iter().enumerate().map(move |(c, &v)| {
+                let c = c as i32;
+                Rectangle::new(
+                    [
+                        (SegmentValue::Exact(c), SegmentValue::Exact(y)),
+                        (SegmentValue::Exact(c + 1), SegmentValue::Exact(y + 1)),
+                    ],
+                    colour(v).filled(),
+                )
+            })
+        }))
+        .map_err(|e| err(&e))?;
+
+    // The colour bar: log10 of the value, labelled with the value.
+    let mut scale = ChartBuilder::on(&bar)
+        .margin_top(44)
+        .margin_bottom(52)
+        .margin_right(8)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..1.0, lo..hi)
+        .map_err(|e| err(&e))?;
+    scale
+        .configure_mesh()
+        .disable_mesh()
+        .disable_x_axis()
+        .y_desc(h.value_label.as_str())
+        .y_labels(6)
+        .y_label_formatter(&|v: &f64| format!("{:.0e}", 10f64.powf(*v)))
+        .label_style(("sans-serif", 12))
+        .draw()
+        .map_err(|e| err(&e))?;
+    let steps = 64;
+    scale
+        .draw_series((0..steps).map(|i| {
+            let a = lo + (hi - lo) * i as f64 / steps as f64;
+            let b = lo + (hi - lo) * (i + 1) as f64 / steps as f64;
+            Rectangle::new([(0.0, a), (1.0, b)], colour((a + b) / 2.0).filled())
+        }))
+        .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }

@@ -46,9 +46,20 @@ impl Rope {
     /// x [B, T, H, hd] → rotated, computed in fp32 and returned in x's dtype. Pairs are adjacent
     /// elements (x[2i], x[2i+1]): (a, b) → (a·cos − b·sin, b·cos + a·sin).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply_at(x, 0)
+    }
+
+    /// As [`Rope::apply`] for tokens at positions `pos..pos + T` (decoding behind a KV cache).
+    pub fn apply_at(&self, x: &Tensor, pos: i64) -> Result<Tensor> {
         let (b, t, h, hd) = x.size4()?;
-        let cos = self.cos.narrow(0, 0, t).view([1, t, 1, hd / 2]);
-        let sin = self.sin.narrow(0, 0, t).view([1, t, 1, hd / 2]);
+        let max = self.cos.size()[0];
+        anyhow::ensure!(
+            pos + t <= max,
+            "positions {pos}..{} are beyond the rotary cache of {max} (model.block_size)",
+            pos + t
+        );
+        let cos = self.cos.narrow(0, pos, t).view([1, t, 1, hd / 2]);
+        let sin = self.sin.narrow(0, pos, t).view([1, t, 1, hd / 2]);
         let pairs = x.to_kind(Kind::Float).view([b, t, h, hd / 2, 2]);
         let (a, bb) = (pairs.select(-1, 0), pairs.select(-1, 1));
         let rotated = Tensor::stack(&[&a * &cos - &bb * &sin, &bb * &cos + &a * &sin], -1);
@@ -70,22 +81,75 @@ pub struct BlockWeights {
     pub mlp_proj: Tensor,
 }
 
+/// Keys and values of one attention layer for the tokens seen so far, [B, H, T, hd] each, in the
+/// compute dtype, RoPE already applied to the keys.
+pub struct Kv {
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+impl Kv {
+    pub fn shallow_clone(&self) -> Kv {
+        Kv {
+            k: self.k.shallow_clone(),
+            v: self.v.shallow_clone(),
+        }
+    }
+
+    pub fn len(&self) -> i64 {
+        self.k.size()[2]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `self` followed by `more` along the sequence.
+    pub fn cat(&self, more: &Kv) -> Kv {
+        Kv {
+            k: Tensor::cat(&[&self.k, &more.k], 2),
+            v: Tensor::cat(&[&self.v, &more.v], 2),
+        }
+    }
+}
+
 impl BlockWeights {
     /// x [B, T, d] → [B, T, d].
     ///   x ← norm_2(x + Attn(norm_1(x)));  x ← norm_4(x + MLP(norm_3(x)))
     pub fn forward(&self, x: &Tensor, rope: &Rope, n_heads: i64, eps: f64) -> Result<Tensor> {
-        let [n1, n2, n3, n4] = &self.norms;
-        let x = rms_norm(
-            &(self.attention(&rms_norm(x, n1, eps), rope, n_heads)? + x),
-            n2,
-            eps,
-        );
-        Ok(rms_norm(&(self.mlp(&rms_norm(&x, n3, eps)) + &x), n4, eps))
+        Ok(self.forward_kv(x, rope, n_heads, eps, None)?.0)
     }
 
-    fn attention(&self, x: &Tensor, rope: &Rope, n_heads: i64) -> Result<Tensor> {
+    /// As [`BlockWeights::forward`] for T new tokens that follow the `past` ones (decoding): they
+    /// attend to `past` and causally to each other. Also returns the new tokens' keys and values;
+    /// the caller decides whether they join the cache.
+    pub fn forward_kv(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        n_heads: i64,
+        eps: f64,
+        past: Option<&Kv>,
+    ) -> Result<(Tensor, Kv)> {
+        let [n1, n2, n3, n4] = &self.norms;
+        let (a, kv) = self.attention(&rms_norm(x, n1, eps), rope, n_heads, past)?;
+        let x = rms_norm(&(a + x), n2, eps);
+        Ok((
+            rms_norm(&(self.mlp(&rms_norm(&x, n3, eps)) + &x), n4, eps),
+            kv,
+        ))
+    }
+
+    fn attention(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        n_heads: i64,
+        past: Option<&Kv>,
+    ) -> Result<(Tensor, Kv)> {
         let (b, t, d) = x.size3()?;
         let hd = d / n_heads;
+        let p = past.map_or(0, Kv::len);
         let qkv = linear(x, &self.wqkv); // [B, T, 3d]
         let compute = qkv.kind();
         let split = |i: i64| qkv.narrow(2, i * d, d).view([b, t, n_heads, hd]); // [B, T, H, hd]
@@ -94,22 +158,38 @@ impl BlockWeights {
             q = (q + bias.get(0)).to_kind(compute);
             k = (k + bias.get(1)).to_kind(compute);
         }
-        let q = rope.apply(&q)?.transpose(1, 2); // [B, H, T, hd]
-        let k = rope.apply(&k)?.transpose(1, 2);
-        let v = v.transpose(1, 2);
+        let q = rope.apply_at(&q, p)?.transpose(1, 2); // [B, H, T, hd]
+        let new = Kv {
+            k: rope.apply_at(&k, p)?.transpose(1, 2),
+            v: v.transpose(1, 2),
+        };
+        let all = match past {
+            Some(past) if p > 0 => past.cat(&new),
+            _ => new.shallow_clone(),
+        };
+        // SDPA's `is_causal` aligns the triangle top-left, which is only right without a past; one new
+        // token sees everything, several need the triangle shifted by the past length.
+        let (mask, causal) = match (p, t) {
+            (0, _) => (None, true),
+            (_, 1) => (None, false),
+            _ => (
+                Some(Tensor::ones([t, p + t], (Kind::Bool, x.device())).tril(p)),
+                false,
+            ),
+        };
         let y = Tensor::scaled_dot_product_attention(
             &q,
-            &k,
-            &v,
-            None::<&Tensor>,
+            &all.k,
+            &all.v,
+            mask.as_ref(),
             0.0,
-            true,
+            causal,
             None,
             false,
-        );
-        Ok(linear(
-            &y.transpose(1, 2).reshape([b, t, d]),
-            &self.attn_proj,
+        ); // [B, H, T, hd]
+        Ok((
+            linear(&y.transpose(1, 2).reshape([b, t, d]), &self.attn_proj),
+            new,
         ))
     }
 

@@ -78,14 +78,14 @@ pub struct Forward {
 
 /// The weights one forward pass computes with: views of the flat fp32 parameters, matmul weights
 /// cast to the compute dtype once.
-struct Weights {
-    wte: Tensor,
-    head: Tensor,
-    prelude: Vec<BlockWeights>,
-    adapter: Tensor,
-    core: Vec<BlockWeights>,
-    coda: Vec<BlockWeights>,
-    ln_f: Tensor,
+pub(crate) struct Weights {
+    pub(crate) wte: Tensor,
+    pub(crate) head: Tensor,
+    pub(crate) prelude: Vec<BlockWeights>,
+    pub(crate) adapter: Tensor,
+    pub(crate) core: Vec<BlockWeights>,
+    pub(crate) coda: Vec<BlockWeights>,
+    pub(crate) ln_f: Tensor,
 }
 
 pub struct Huginn {
@@ -139,7 +139,7 @@ impl Huginn {
         self.params.device()
     }
 
-    fn weights(&self) -> Weights {
+    pub(crate) fn weights(&self) -> Weights {
         let mut views: std::collections::HashMap<&str, Tensor> =
             self.params.views().into_iter().collect();
         let cast = |t: Tensor| match self.precision {
@@ -362,6 +362,20 @@ pub struct Telemetry {
 }
 
 impl Huginn {
+    /// The latent states s_0, s_1, …, s_r of a no-grad forward, each [B, T, d] fp32 (diagnostics).
+    pub fn trajectory(&self, ids: &Tensor, r: i64, init: &InitState) -> Result<Vec<Tensor>> {
+        tch::no_grad(|| {
+            let w = self.weights();
+            let e = self.prelude(&w, ids)?;
+            let mut states = vec![self.initial_state(&e, init)?];
+            for i in 0..r as usize {
+                let next = self.core_step(&w, &states[i], &e)?;
+                states.push(next);
+            }
+            Ok(states)
+        })
+    }
+
     pub fn telemetry(&self, ids: &Tensor, r: i64, init: &InitState) -> Result<Telemetry> {
         ensure!(r >= 1, "telemetry needs at least one iteration");
         tch::no_grad(|| {

@@ -6,6 +6,8 @@
 pub mod block;
 pub mod checkpoint;
 pub mod config;
+pub mod decode;
+pub mod exit;
 pub mod flops;
 pub mod hf;
 pub mod huginn;
@@ -13,6 +15,7 @@ pub mod params;
 pub mod st;
 
 pub use config::{HuginnConfig, StateInit};
+pub use exit::ExitCriterion;
 pub use huginn::{
     cross_entropy, Depth, Forward, GradStage, Huginn, InitState, Precision, Telemetry,
 };

@@ -4,6 +4,7 @@
 pub mod ckpt;
 pub mod config;
 pub mod dist;
+pub mod eval;
 pub mod metrics;
 pub mod optim;
 pub mod sampler;

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use muninn_data::{loader, Batch, Loader, TokenDataset, TokenizerInfo};
 use muninn_model::flops::train_flops_per_token;
-use muninn_model::{Depth, Huginn, InitState};
+use muninn_model::{Huginn, InitState};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
@@ -18,6 +18,7 @@ use tch::{Device, Kind, Tensor};
 use crate::ckpt::{self, TrainerState};
 use crate::config::RunConfig;
 use crate::dist::{gather_full, Comm, GradSync, Layout, Op};
+use crate::eval::{depth_losses, seed_torch, ValBatch};
 use crate::metrics::Metrics;
 use crate::optim::{clip_to_norm, FlatOptimizer};
 
@@ -51,44 +52,6 @@ fn to_tensors(b: &Batch, device: Device) -> (Tensor, Tensor) {
         Tensor::from_slice(&b.inputs).view(shape).to_device(device),
         Tensor::from_slice(&b.targets).view(shape).to_device(device),
     )
-}
-
-/// Seeds torch's RNG (s0 draws) from (seed, step, purpose): a resumed run draws the same states.
-fn seed_torch(seed: u64, step: u64, purpose: u64) {
-    let mut h = Sha256::new();
-    h.update(seed.to_le_bytes());
-    h.update(step.to_le_bytes());
-    h.update(purpose.to_le_bytes());
-    let d = h.finalize();
-    tch::manual_seed(i64::from_le_bytes(d[..8].try_into().expect("8 bytes")) & i64::MAX);
-}
-
-/// Mean validation loss at each depth over every rank's share of the validation rows, all
-/// iterations without a graph. Each batch draws its s0 from its own seed, the same at every depth,
-/// evaluation and world size. `val` holds this rank's (global batch index, inputs, targets) on the
-/// model's device, built once per run.
-fn validate(
-    model: &Huginn,
-    val: &[(usize, Tensor, Tensor)],
-    depths: &[i64],
-    seed: u64,
-    comm: &Comm,
-) -> Result<Vec<(i64, f64)>> {
-    let rows: i64 = val.iter().map(|(_, x, _)| x.size()[0]).sum();
-    depths
-        .iter()
-        .map(|&r| {
-            let mut sums = [0.0, rows as f64];
-            for (i, x, y) in val {
-                seed_torch(seed, *i as u64, 0xE7A1);
-                let out = tch::no_grad(|| model.forward(x, Depth::eval(r), &InitState::Config))?;
-                sums[0] += muninn_model::cross_entropy(&out.logits, y)?.double_value(&[])
-                    * x.size()[0] as f64;
-            }
-            comm.sum_f64(&mut sums, "validation loss")?;
-            Ok((r, sums[0] / sums[1]))
-        })
-        .collect()
 }
 
 /// The device of this rank: `cuda` (or `auto` with GPUs) means the GPU of its local rank.
@@ -138,14 +101,11 @@ pub fn train(
         train_ds.block_size(),
         cfg.model.block_size
     );
-    let val_batches: Vec<(usize, Tensor, Tensor)> =
+    let val_batches: Vec<ValBatch> =
         loader::val_batches(&val_ds, t.micro_batch_size, raw.eval.max_rows, rank, world)
             .iter()
             .enumerate()
-            .map(|(j, b)| {
-                let (x, y) = to_tensors(b, device);
-                (j * world + rank, x, y)
-            })
+            .map(|(j, b)| ValBatch::new(j * world + rank, b, device))
             .collect();
 
     // Model (the same weights on every rank: rank 0's), optimizer over this rank's shard, loader.
@@ -404,7 +364,13 @@ pub fn train(
                 rec["rel_residual"] = json!(v[2] / world as f64);
             }
             if raw.eval.interval > 0 && step % raw.eval.interval == 0 || last {
-                for (r, v) in validate(&model, &val_batches, &raw.eval.depths, t.seed, comm)? {
+                for (r, v) in depth_losses(
+                    &model,
+                    &val_batches,
+                    &raw.eval.depths,
+                    t.seed,
+                    &mut |sums| comm.sum_f64(sums, "validation loss"),
+                )? {
                     rec[format!("val_loss_r{r}")] = json!(v);
                 }
             }

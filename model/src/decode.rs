@@ -1,0 +1,339 @@
+//! Decoding behind a KV cache, with a per-token number of core iterations (reference §2.5).
+//!
+//! Each call to [`Decoder::step`] runs a chunk of new tokens (the prompt, then one token at a time)
+//! through the prelude, up to `max_steps` core iterations with an optional exit check after each,
+//! and the coda. Keys and values are cached per prelude layer, per (core iteration, core layer) and
+//! per coda layer, as in the reference's `HuginnDynamicCache`; iteration i of a new token attends to
+//! iteration i of the earlier ones.
+
+use anyhow::{ensure, Result};
+use tch::{Kind, Tensor};
+
+use crate::block::{linear, rms_norm, BlockWeights, Kv};
+use crate::exit::ExitCriterion;
+use crate::huginn::{Huginn, InitState, Weights};
+
+/// How many iterations a chunk may run.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// The most iterations (the fixed depth when `exit` is `None`).
+    pub max_steps: i64,
+    /// Never exit before this many iterations.
+    pub min_steps: i64,
+    pub exit: Option<ExitCriterion>,
+}
+
+impl Budget {
+    pub fn fixed(depth: i64) -> Self {
+        Budget {
+            max_steps: depth,
+            min_steps: 0,
+            exit: None,
+        }
+    }
+}
+
+/// The outcome of one chunk.
+pub struct Chunk {
+    /// [1, T, V], fp32.
+    pub logits: Tensor,
+    /// The final latent state, [1, T, d], fp32.
+    pub state: Tensor,
+    /// Core iterations the chunk ran.
+    pub iterations: i64,
+    /// The exit criterion's value after each iteration (empty without a criterion).
+    pub exit_values: Vec<f64>,
+}
+
+/// Cached keys and values of the tokens decoded so far.
+#[derive(Default)]
+struct KvCache {
+    prelude: Vec<Kv>,
+    /// [iteration][core layer]. A token that exited after m iterations has its last iteration's keys
+    /// and values in every deeper slot (the reference's `available-m4` lookup), so a later token that
+    /// iterates longer attends to its final keys there.
+    core: Vec<Vec<Kv>>,
+    coda: Vec<Kv>,
+    len: i64,
+}
+
+/// Appends a layer's new keys and values to its slot (creating the slot on the first chunk).
+fn append(slots: &mut Vec<Kv>, layer: usize, new: Kv) {
+    match slots.get_mut(layer) {
+        Some(slot) => *slot = slot.cat(&new),
+        None => slots.push(new),
+    }
+}
+
+pub struct Decoder<'m> {
+    model: &'m Huginn,
+    w: Weights,
+    cache: KvCache,
+}
+
+impl<'m> Decoder<'m> {
+    pub fn new(model: &'m Huginn) -> Self {
+        Decoder {
+            model,
+            w: model.weights(),
+            cache: KvCache::default(),
+        }
+    }
+
+    /// Tokens decoded so far.
+    pub fn len(&self) -> i64 {
+        self.cache.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.len == 0
+    }
+
+    fn block(&self, b: &BlockWeights, x: &Tensor, past: Option<&Kv>) -> Result<(Tensor, Kv)> {
+        let cfg = self.model.config();
+        b.forward_kv(x, self.model.rope(), cfg.n_heads, cfg.norm_eps, past)
+    }
+
+    /// s [1, T, d] → (logits [1, T, V] fp32, the coda's new keys and values, not yet cached).
+    fn coda(&self, s: &Tensor) -> Result<(Tensor, Vec<Kv>)> {
+        let eps = self.model.config().norm_eps;
+        let mut x = rms_norm(s, &self.w.ln_f, eps);
+        let mut kvs = Vec::with_capacity(self.w.coda.len());
+        for (j, b) in self.w.coda.iter().enumerate() {
+            let (y, kv) = self.block(b, &x, self.cache.coda.get(j))?;
+            kvs.push(kv);
+            x = y;
+        }
+        let x = rms_norm(&x, &self.w.ln_f, eps);
+        Ok((linear(&x, &self.w.head).to_kind(Kind::Float), kvs))
+    }
+
+    /// Runs new tokens `ids` [1, T] from the initial state `init`. After an error the decoder's cache
+    /// is incomplete; start a new one.
+    pub fn step(&mut self, ids: &Tensor, init: &InitState, budget: &Budget) -> Result<Chunk> {
+        tch::no_grad(|| self.step_inner(ids, init, budget))
+    }
+
+    fn step_inner(&mut self, ids: &Tensor, init: &InitState, budget: &Budget) -> Result<Chunk> {
+        let cfg = self.model.config();
+        let (b, t) = ids.size2()?;
+        ensure!(
+            b == 1,
+            "the decoder runs one sequence at a time, got a batch of {b}"
+        );
+        ensure!(
+            budget.max_steps >= 1,
+            "decoding needs at least one core iteration"
+        );
+        ensure!(
+            self.cache.len + t <= cfg.block_size,
+            "{} tokens would exceed model.block_size = {}",
+            self.cache.len + t,
+            cfg.block_size
+        );
+
+        // Prelude: e [1, T, d].
+        let mut x = Tensor::embedding(&self.w.wte, ids, -1, false, false) * cfg.embed_scale();
+        for (j, b) in self.w.prelude.iter().enumerate() {
+            let (y, kv) = self.block(b, &x, self.cache.prelude.get(j))?;
+            append(&mut self.cache.prelude, j, kv);
+            x = y;
+        }
+        let e = x;
+
+        // Core: iterate until the budget or the criterion says stop.
+        let mut s = self.model.initial_state(&e, init)?;
+        let mut tracker = budget.exit.map(|c| c.tracker(&s));
+        let old = std::mem::take(&mut self.cache.core);
+        let mut fresh: Vec<Vec<Kv>> = Vec::with_capacity(old.len().max(budget.max_steps as usize));
+        let mut newest: Vec<Kv> = Vec::new();
+        let mut exit_values = Vec::new();
+        let mut peeked = None;
+        let mut steps = 0;
+        while steps < budget.max_steps {
+            // Past tokens that never reached this iteration are represented by their deepest one.
+            let past = old.get(steps as usize).or(old.last());
+            let mut x = linear(&Tensor::cat(&[&s, &e], -1), &self.w.adapter);
+            newest.clear();
+            let mut slot = Vec::with_capacity(self.w.core.len());
+            for (j, b) in self.w.core.iter().enumerate() {
+                let (y, kv) = self.block(b, &x, past.map(|p| &p[j]))?;
+                slot.push(past.map_or_else(|| kv.shallow_clone(), |p| p[j].cat(&kv)));
+                newest.push(kv);
+                x = y;
+            }
+            fresh.push(slot);
+            s = x;
+            steps += 1;
+            let Some(tracker) = tracker.as_mut() else {
+                continue;
+            };
+            let peek = match budget.exit.is_some_and(|c| c.needs_logits()) {
+                true => Some(self.coda(&s)?),
+                false => None,
+            };
+            let last = peek.as_ref().map(|(l, _)| l.get(0).get(t - 1));
+            let check = tracker.observe(&s, last.as_ref())?;
+            exit_values.push(check.value);
+            peeked = peek;
+            if check.exit && steps >= budget.min_steps {
+                break;
+            }
+        }
+        for deeper in old.iter().skip(steps as usize) {
+            fresh.push(deeper.iter().zip(&newest).map(|(p, n)| p.cat(n)).collect());
+        }
+        self.cache.core = fresh;
+
+        // Coda on the final state (already computed if the last check peeked at it).
+        let (logits, kvs) = match peeked {
+            Some(done) => done,
+            None => self.coda(&s)?,
+        };
+        for (j, kv) in kvs.into_iter().enumerate() {
+            append(&mut self.cache.coda, j, kv);
+        }
+        self.cache.len += t;
+        Ok(Chunk {
+            logits,
+            state: s,
+            iterations: steps,
+            exit_values,
+        })
+    }
+}
+
+/// Temperature and nucleus sampling; temperature 0 is greedy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    pub temperature: f64,
+    pub top_p: f64,
+}
+
+impl Sampling {
+    pub const GREEDY: Sampling = Sampling {
+        temperature: 0.0,
+        top_p: 1.0,
+    };
+
+    /// logits [V] → a token id, drawn from torch's RNG.
+    pub fn sample(&self, logits: &Tensor) -> Result<i64> {
+        ensure!(
+            logits.dim() == 1,
+            "sampling expects logits [V], got {:?}",
+            logits.size()
+        );
+        if self.temperature <= 0.0 {
+            return Ok(logits.argmax(-1, false).int64_value(&[]));
+        }
+        let probs = (logits.to_kind(Kind::Float) / self.temperature).softmax(-1, Kind::Float);
+        if self.top_p >= 1.0 {
+            return Ok(probs.multinomial(1, false).int64_value(&[0]));
+        }
+        // Keep the smallest set of most likely tokens whose mass reaches top_p (always the first).
+        let (sorted, order) = probs.sort(-1, true);
+        let before = sorted.cumsum(-1, Kind::Float) - &sorted;
+        let kept = sorted * before.lt(self.top_p).to_kind(Kind::Float);
+        let pick = kept.multinomial(1, false);
+        Ok(order.gather(-1, &pick, false).int64_value(&[0]))
+    }
+}
+
+/// Where each generated token's recurrence starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The model config's `state_init` (random like-init for Huginn).
+    Config,
+    Zero,
+    Random,
+}
+
+impl Start {
+    fn state(self) -> InitState {
+        match self {
+            Start::Config => InitState::Config,
+            Start::Zero => InitState::Zero,
+            Start::Random => InitState::Random,
+        }
+    }
+}
+
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub budget: Budget,
+    pub sampling: Sampling,
+    pub start: Start,
+    /// Continuous compute: each new token starts from the previous token's final state.
+    pub continuous: bool,
+    /// Stop after this token (end of text).
+    pub stop_token: Option<i64>,
+}
+
+pub struct Generation {
+    pub tokens: Vec<i64>,
+    /// Core iterations that produced each generated token (the first: the prompt's).
+    pub iterations: Vec<i64>,
+}
+
+impl Generation {
+    pub fn mean_iterations(&self) -> f64 {
+        let n = self.iterations.len().max(1) as f64;
+        self.iterations.iter().sum::<i64>() as f64 / n
+    }
+}
+
+/// Generates up to `max_tokens` after `prompt` behind the KV cache.
+pub fn generate(model: &Huginn, prompt: &[i64], opts: &GenerateOptions) -> Result<Generation> {
+    ensure!(!prompt.is_empty(), "the prompt has no tokens");
+    let device = model.device();
+    let ids = |t: &[i64]| Tensor::from_slice(t).view([1, -1]).to_device(device);
+    let mut dec = Decoder::new(model);
+    let mut out = Generation {
+        tokens: Vec::new(),
+        iterations: Vec::new(),
+    };
+    let mut chunk = dec.step(&ids(prompt), &opts.start.state(), &opts.budget)?;
+    loop {
+        let t = chunk.logits.size()[1];
+        let next = opts.sampling.sample(&chunk.logits.get(0).get(t - 1))?;
+        out.tokens.push(next);
+        out.iterations.push(chunk.iterations);
+        let full = dec.len() >= model.config().block_size;
+        if out.tokens.len() >= opts.max_tokens || Some(next) == opts.stop_token || full {
+            return Ok(out);
+        }
+        let start = match opts.continuous {
+            true => InitState::Given(chunk.state.narrow(1, t - 1, 1)),
+            false => opts.start.state(),
+        };
+        chunk = dec.step(&ids(&[next]), &start, &opts.budget)?;
+    }
+}
+
+/// Greedy decoding at a fixed depth without a cache: every token recomputes the whole sequence from
+/// a zero state. Slow; the reference that cached decoding must match.
+pub fn generate_uncached(
+    model: &Huginn,
+    prompt: &[i64],
+    max_tokens: usize,
+    depth: i64,
+    stop_token: Option<i64>,
+) -> Result<Vec<i64>> {
+    ensure!(!prompt.is_empty(), "the prompt has no tokens");
+    let mut seq = prompt.to_vec();
+    let mut out = Vec::new();
+    loop {
+        let ids = Tensor::from_slice(&seq)
+            .view([1, -1])
+            .to_device(model.device());
+        let f = tch::no_grad(|| model.forward(&ids, crate::Depth::eval(depth), &InitState::Zero))?;
+        let last = f.logits.get(0).get(seq.len() as i64 - 1);
+        let next = last.argmax(-1, false).int64_value(&[]);
+        out.push(next);
+        let full = seq.len() as i64 >= model.config().block_size;
+        if out.len() >= max_tokens || Some(next) == stop_token || full {
+            return Ok(out);
+        }
+        seq.push(next);
+    }
+}

@@ -1,0 +1,617 @@
+//! Test-time scaling: `muninn eval` (validation loss by depth), `muninn generate` (KV-cached
+//! sampling with adaptive exit) and `muninn latents` (how the latent state converges).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Args, ValueEnum};
+use muninn_data::{loader, TokenDataset, TokenizerInfo};
+use muninn_model::decode::{self, Budget, GenerateOptions, Sampling, Start};
+use muninn_model::{checkpoint, ExitCriterion, Huginn, InitState, Precision};
+use muninn_trainer::config::RunConfig;
+use muninn_trainer::eval::{depth_losses, ValBatch};
+use serde_json::json;
+use tch::{Kind, Tensor};
+
+use crate::plot::{self, Heatmap, Panel, Series};
+
+/// Options every command here shares: where the model runs.
+#[derive(Args)]
+pub struct RunOn {
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// f32 or bf16-mixed.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+    /// libtorch CPU threads (0: libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+}
+
+impl RunOn {
+    fn load(&self, checkpoint: &Path) -> Result<Huginn> {
+        if self.threads > 0 {
+            tch::set_num_threads(self.threads);
+        }
+        let device = muninn_trainer::parse_device(&self.device)?;
+        checkpoint::load(checkpoint, device, self.precision)
+    }
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    checkpoint: PathBuf,
+    /// A prepared dataset directory; its `val` split is evaluated [default: the data of the run that
+    /// wrote the checkpoint].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Test-time depths r (core iterations).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+    depths: Vec<i64>,
+    /// Validation rows, from the start of the split [default: the run's eval.max_rows, else 256].
+    #[arg(long)]
+    max_rows: Option<u64>,
+    /// Rows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Seed of the random initial states [default: the run's train.seed, as its validation].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Output directory for eval.json and eval.png [default: RUN/eval/<checkpoint name>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    on: RunOn,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum StartArg {
+    /// The model's `state_init` (Huginn: random like-init), seeded by --seed.
+    Config,
+    Zero,
+    Random,
+}
+
+impl From<StartArg> for Start {
+    fn from(s: StartArg) -> Start {
+        match s {
+            StartArg::Config => Start::Config,
+            StartArg::Zero => Start::Zero,
+            StartArg::Random => Start::Random,
+        }
+    }
+}
+
+/// A prompt and the tokenizer that reads it.
+#[derive(Args)]
+pub struct PromptArgs {
+    /// Text; encoded as <|begin_text|> followed by the text.
+    #[arg(long)]
+    prompt: String,
+    /// tokenizer.json [default: the tokenizer of the run that wrote the checkpoint].
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Where each token's recurrence starts.
+    #[arg(long, value_enum, default_value = "config")]
+    init_state: StartArg,
+    /// Seed of torch's RNG (initial states and sampling).
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// Core iterations per token; with --exit, the most [default: the model's mean_recurrence].
+    #[arg(long)]
+    depth: Option<i64>,
+    /// Per-token adaptive exit: kl[:1e-3], latent-diff[:0.03], entropy-diff[:1e-3] or argmax[:5].
+    #[arg(long)]
+    exit: Option<ExitCriterion>,
+    /// With --exit: never stop a token before this many iterations.
+    #[arg(long, default_value_t = 0)]
+    min_steps: i64,
+    /// Tokens to generate (fewer if the model emits <|end_text|> or fills its block_size).
+    #[arg(long, default_value_t = 48)]
+    max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Continuous compute: each token's recurrence starts from the previous token's final state.
+    #[arg(long)]
+    continuous: bool,
+    /// Recompute the whole sequence for every token (greedy, fixed depth, no cache): the slow
+    /// reference that cached decoding must match with --init-state zero.
+    #[arg(long)]
+    no_kv_cache: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    on: RunOn,
+}
+
+#[derive(Args)]
+pub struct LatentsArgs {
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// Core iterations.
+    #[arg(long)]
+    depth: i64,
+    /// Token positions (0 is <|begin_text|>) whose trajectories the PCA plot shows [default: four
+    /// spread over the prompt].
+    #[arg(long, value_delimiter = ',')]
+    pca_tokens: Vec<usize>,
+    /// Output directory for convergence.png, pca.png and latents.json.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    on: RunOn,
+}
+
+/// The run that wrote a checkpoint at `RUN/checkpoints/step-N/`, from its resolved `config.toml`.
+fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RunConfig)>> {
+    let parent = checkpoint.parent();
+    if parent.and_then(Path::file_name) != Some("checkpoints".as_ref()) {
+        return Ok(None);
+    }
+    let Some(run_dir) = parent.and_then(Path::parent) else {
+        return Ok(None);
+    };
+    let path = run_dir.join("config.toml");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let cfg = RunConfig::load(&path, &[]).with_context(|| {
+        format!(
+            "reading {}, the config of the run that wrote {}",
+            path.display(),
+            checkpoint.display()
+        )
+    })?;
+    Ok(Some((run_dir.to_path_buf(), cfg)))
+}
+
+/// Writes `bytes` to `path` through a temporary sibling, so a reader never sees half a file.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
+}
+
+/// A PNG drawn to a temporary sibling and renamed into place.
+fn write_png(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = path.with_extension("tmp.png");
+    draw(&tmp)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    ensure!(!a.depths.is_empty(), "--depths is empty");
+    if let Some(bad) = a.depths.iter().find(|&&r| r < 1) {
+        bail!("--depths: {bad} is not a depth (at least one core iteration)");
+    }
+    ensure!(a.batch_size >= 1, "--batch-size must be at least 1");
+    let model = a.on.load(&a.checkpoint)?;
+    let cfg = model.config().clone();
+    let run = run_of(&a.checkpoint)?;
+    let data = match (&a.data, &run) {
+        (Some(d), _) => d.clone(),
+        (None, Some((_, rc))) => rc.raw.data.dir.clone(),
+        (None, None) => bail!(
+            "{} is not inside a run directory (RUN/checkpoints/step-N with RUN/config.toml): pass --data DIR",
+            a.checkpoint.display()
+        ),
+    };
+    let ds = TokenDataset::open(&data, "val", None)
+        .with_context(|| format!("opening the validation split of {}", data.display()))?;
+    ensure!(
+        ds.index.vocab_size as i64 <= cfg.vocab_size,
+        "{} holds ids of a {}-id tokenizer, more than the model's vocab_size {}",
+        data.display(),
+        ds.index.vocab_size,
+        cfg.vocab_size
+    );
+    ensure!(
+        ds.block_size() as i64 <= cfg.block_size,
+        "{} holds {}-token rows, longer than the model's block_size {}",
+        data.display(),
+        ds.block_size(),
+        cfg.block_size
+    );
+    let max_rows = a
+        .max_rows
+        .or(run.as_ref().map(|(_, rc)| rc.raw.eval.max_rows))
+        .unwrap_or(256);
+    let seed = a
+        .seed
+        .or(run.as_ref().map(|(_, rc)| rc.raw.train.seed))
+        .unwrap_or(0);
+    let out = match (&a.out, &run) {
+        (Some(o), _) => o.clone(),
+        (None, Some((dir, _))) => dir.join("eval").join(
+            a.checkpoint
+                .file_name()
+                .context("the checkpoint path has no name")?,
+        ),
+        (None, None) => bail!("pass --out DIR for the report"),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+
+    let batches: Vec<ValBatch> = loader::val_batches(&ds, a.batch_size, max_rows, 0, 1)
+        .iter()
+        .enumerate()
+        .map(|(i, b)| ValBatch::new(i, b, model.device()))
+        .collect();
+    let rows: i64 = batches.iter().map(ValBatch::rows).sum();
+    println!(
+        "eval {}: {} validation rows of {} tokens from {}, s0 seed {seed}, trained at mean depth {}",
+        a.checkpoint.display(),
+        rows,
+        ds.block_size(),
+        data.display(),
+        cfg.mean_recurrence
+    );
+    println!("{:>6}  {:>9}  {:>10}", "depth", "val loss", "perplexity");
+    let mut results = Vec::new();
+    for &r in &a.depths {
+        let [(_, loss)] = depth_losses(&model, &batches, &[r], seed, &mut |_| Ok(()))?[..] else {
+            unreachable!("one depth in, one loss out")
+        };
+        ensure!(
+            loss.is_finite(),
+            "the validation loss at depth {r} is not finite"
+        );
+        let mark = match r == cfg.mean_recurrence {
+            true => "  <- training mean depth",
+            false => "",
+        };
+        println!("{r:>6}  {loss:>9.4}  {:>10.2}{mark}", loss.exp());
+        results.push((r, loss));
+    }
+
+    let report = json!({
+        "checkpoint": a.checkpoint,
+        "data": data,
+        "split": "val",
+        "rows": rows,
+        "tokens_per_row": ds.block_size(),
+        "seed": seed,
+        "mean_recurrence": cfg.mean_recurrence,
+        "mean_backprop_depth": cfg.mean_backprop_depth,
+        "depths": results.iter().map(|(r, l)| json!({"depth": r, "loss": l, "ppl": l.exp()})).collect::<Vec<_>>(),
+    });
+    let json_path = out.join("eval.json");
+    write_file(
+        &json_path,
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    let png = out.join("eval.png");
+    let (lo, hi) = results
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &(_, l)| {
+            (a.min(l), b.max(l))
+        });
+    let mut series = vec![Series {
+        label: "validation loss".into(),
+        points: results.iter().map(|&(r, l)| (r as f64, l)).collect(),
+    }];
+    let r_bar = cfg.mean_recurrence as f64;
+    let (first, last) = (a.depths[0] as f64, *a.depths.last().unwrap_or(&1) as f64);
+    if (first.min(last)..=first.max(last)).contains(&r_bar) {
+        series.push(Series {
+            label: format!("training mean depth {}", cfg.mean_recurrence),
+            points: vec![(r_bar, lo), (r_bar, hi)],
+        });
+    }
+    write_png(&png, |p| {
+        plot::line_panels(
+            p,
+            &[Panel {
+                title: format!(
+                    "{}: validation loss by test-time depth",
+                    a.checkpoint
+                        .file_name()
+                        .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+                ),
+                x_label: "core iterations r (log scale)".into(),
+                y_label: "validation loss (nats/token)".into(),
+                log2_x: true,
+                series,
+            }],
+            900,
+            560,
+        )
+    })?;
+    println!("wrote {} and {}", json_path.display(), png.display());
+    Ok(())
+}
+
+/// The model, tokenizer and prompt ids of `generate` and `latents`.
+fn prompt_ids(
+    p: &PromptArgs,
+    checkpoint: &Path,
+    model: &Huginn,
+) -> Result<(TokenizerInfo, Vec<i64>)> {
+    let path = match (&p.tokenizer, run_of(checkpoint)?) {
+        (Some(t), _) => t.clone(),
+        (None, Some((_, rc))) => rc.raw.data.tokenizer.clone(),
+        (None, None) => bail!(
+            "{} is not inside a run directory: pass --tokenizer FILE",
+            checkpoint.display()
+        ),
+    };
+    let tok = TokenizerInfo::load(&path)?;
+    ensure!(
+        tok.vocab_size as i64 <= model.config().vocab_size,
+        "{} has {} ids, more than the model's vocab_size {}",
+        path.display(),
+        tok.vocab_size,
+        model.config().vocab_size
+    );
+    let mut ids = vec![i64::from(tok.specials.bos)];
+    ids.extend(tok.encode(&p.prompt)?.into_iter().map(i64::from));
+    ensure!(
+        ids.len() as i64 <= model.config().block_size,
+        "the prompt is {} tokens, more than the model's block_size {}",
+        ids.len(),
+        model.config().block_size
+    );
+    tch::manual_seed(p.seed);
+    Ok((tok, ids))
+}
+
+fn decode_text(tok: &TokenizerInfo, ids: &[i64]) -> Result<String> {
+    let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
+    tok.tokenizer
+        .decode(&ids, true)
+        .map_err(|e| anyhow::anyhow!("decoding tokens: {e}"))
+}
+
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    let model = a.on.load(&a.checkpoint)?;
+    let (tok, prompt) = prompt_ids(&a.prompt, &a.checkpoint, &model)?;
+    let depth = a.depth.unwrap_or(model.config().mean_recurrence);
+    ensure!(depth >= 1, "--depth must be at least 1");
+    ensure!(a.max_tokens >= 1, "--max-tokens must be at least 1");
+    ensure!(
+        a.min_steps <= depth,
+        "--min-steps {} is more than --depth {depth}",
+        a.min_steps
+    );
+    ensure!(
+        a.temperature >= 0.0 && a.temperature.is_finite(),
+        "--temperature must be >= 0"
+    );
+    ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
+    let stop = Some(i64::from(tok.specials.eos));
+    let (tokens, iterations) = if a.no_kv_cache {
+        ensure!(
+            a.exit.is_none() && !a.continuous && a.temperature == 0.0,
+            "--no-kv-cache decodes greedily at a fixed depth: drop --exit, --continuous and --temperature"
+        );
+        let t = decode::generate_uncached(&model, &prompt, a.max_tokens, depth, stop)?;
+        let n = t.len();
+        (t, vec![depth; n])
+    } else {
+        let g = decode::generate(
+            &model,
+            &prompt,
+            &GenerateOptions {
+                max_tokens: a.max_tokens,
+                budget: Budget {
+                    max_steps: depth,
+                    min_steps: a.min_steps,
+                    exit: a.exit,
+                },
+                sampling: Sampling {
+                    temperature: a.temperature,
+                    top_p: a.top_p,
+                },
+                start: a.prompt.init_state.into(),
+                continuous: a.continuous,
+                stop_token: stop,
+            },
+        )?;
+        (g.tokens, g.iterations)
+    };
+    let mean = iterations.iter().sum::<i64>() as f64 / iterations.len().max(1) as f64;
+    let text = decode_text(&tok, &tokens)?;
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "prompt": a.prompt.prompt,
+                "prompt_tokens": prompt,
+                "tokens": tokens,
+                "text": text,
+                "iterations": iterations,
+                "mean_iterations": mean,
+                "max_depth": depth,
+                "exit": a.exit.map(|e| e.to_string()),
+            })
+        );
+        return Ok(());
+    }
+    println!("{}{text}", a.prompt.prompt);
+    let (lo, hi) = (
+        iterations.iter().min().copied().unwrap_or(0),
+        iterations.iter().max().copied().unwrap_or(0),
+    );
+    println!(
+        "-- {} tokens; core iterations per token: mean {mean:.2} (min {lo}, max {hi}) of at most {depth}{}",
+        tokens.len(),
+        a.exit.map_or(String::new(), |e| format!(", exit {e}"))
+    );
+    Ok(())
+}
+
+/// The first principal components of `x` [N, d]: (coordinates [N, k], explained variance ratios).
+fn pca(x: &Tensor, k: i64) -> Result<(Tensor, Vec<f64>)> {
+    let centred = x - x.mean_dim(0, true, Kind::Float);
+    let (_, s, v) = centred.svd(true, true); // v [d, min(N, d)]
+    let k = k.min(v.size()[1]);
+    let coords = centred.matmul(&v.narrow(1, 0, k));
+    let var = s.square();
+    let ratio = (var.narrow(0, 0, k) / var.sum(Kind::Float).clamp_min(1e-30)).to_kind(Kind::Double);
+    Ok((coords, Vec::<f64>::try_from(ratio)?))
+}
+
+pub fn latents(a: LatentsArgs) -> Result<()> {
+    let model = a.on.load(&a.checkpoint)?;
+    let (tok, ids) = prompt_ids(&a.prompt, &a.checkpoint, &model)?;
+    ensure!(a.depth >= 1, "--depth must be at least 1");
+    let t = ids.len();
+    if let Some(bad) = a.pca_tokens.iter().find(|&&p| p >= t) {
+        bail!(
+            "--pca-tokens: position {bad} is outside the prompt's {t} tokens (0..{})",
+            t - 1
+        );
+    }
+    let chosen = match a.pca_tokens.is_empty() {
+        false => a.pca_tokens.clone(),
+        true => {
+            let mut c: Vec<usize> = (1..=4).map(|i| i * (t - 1) / 4).collect();
+            c.dedup();
+            c
+        }
+    };
+    let start = match a.prompt.init_state {
+        StartArg::Config => InitState::Config,
+        StartArg::Zero => InitState::Zero,
+        StartArg::Random => InitState::Random,
+    };
+    let input = Tensor::from_slice(&ids)
+        .view([1, -1])
+        .to_device(model.device());
+    // s_0..s_R, each [T, d].
+    let states: Vec<Tensor> = model
+        .trajectory(&input, a.depth, &start)?
+        .into_iter()
+        .map(|s| s.get(0).to_device(tch::Device::Cpu))
+        .collect();
+    // convergence[t][i] = ‖s_{i+1} − s_i‖ / ‖s_{i+1}‖ at token t.
+    let per_iter: Vec<Vec<f64>> = states
+        .windows(2)
+        .map(|w| {
+            let v = (&w[1] - &w[0]).norm_scalaropt_dim(2.0, [-1], false)
+                / w[1].norm_scalaropt_dim(2.0, [-1], false).clamp_min(1e-30);
+            Vec::<f64>::try_from(v.to_kind(Kind::Double)).map_err(anyhow::Error::from)
+        })
+        .collect::<Result<_>>()?;
+    let convergence: Vec<Vec<f64>> = (0..t)
+        .map(|p| per_iter.iter().map(|it| it[p]).collect())
+        .collect();
+    let pieces: Vec<String> = ids
+        .iter()
+        .map(|&id| {
+            let s = tok.tokenizer.id_to_token(id as u32).unwrap_or_default();
+            s.replace('Ġ', " ").replace('Ċ', "\\n")
+        })
+        .collect();
+    let label = |p: usize| {
+        let s: String = pieces[p].chars().take(14).collect();
+        format!("{p}: {s:?}")
+    };
+
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let heat = a.out.join("convergence.png");
+    write_png(&heat, |path| {
+        plot::heatmap(
+            path,
+            &Heatmap {
+                title: format!("‖s_i − s_(i−1)‖ / ‖s_i‖ per token, depth {}", a.depth),
+                x_label: "core iteration i".into(),
+                y_label: "prompt token".into(),
+                x_first: 1,
+                row_labels: (0..t).map(label).collect(),
+                values: convergence.clone(),
+                value_label: "relative change".into(),
+            },
+            (260 + 22 * a.depth.min(64) as u32).max(700),
+            (120 + 22 * t as u32).max(360),
+        )
+    })?;
+
+    // PCA over every chosen token's states s_0..s_R together, so trajectories share axes.
+    let stacked = Tensor::cat(
+        &chosen
+            .iter()
+            .map(|&p| {
+                Tensor::stack(
+                    &states.iter().map(|s| s.get(p as i64)).collect::<Vec<_>>(),
+                    0,
+                )
+            })
+            .collect::<Vec<_>>(),
+        0,
+    ); // [k·(R+1), d]
+    let (coords, ratio) = pca(&stacked.to_kind(Kind::Double), 2)?;
+    ensure!(
+        coords.size()[1] == 2,
+        "PCA needs a latent width of at least 2"
+    );
+    let n = a.depth + 1;
+    let mut series = Vec::new();
+    let mut trajectories = Vec::new();
+    for (j, &p) in chosen.iter().enumerate() {
+        let c = coords.narrow(0, j as i64 * n, n);
+        let pts: Vec<(f64, f64)> = (0..n)
+            .map(|i| (c.double_value(&[i, 0]), c.double_value(&[i, 1])))
+            .collect();
+        trajectories.push(json!({"position": p, "token": pieces[p], "points": pts}));
+        series.push(Series {
+            label: label(p),
+            points: pts,
+        });
+    }
+    let pca_png = a.out.join("pca.png");
+    write_png(&pca_png, |path| {
+        plot::line_panels(
+            path,
+            &[Panel {
+                title: format!("latent trajectories s_0 … s_{} (PCA)", a.depth),
+                x_label: format!("PC1 ({:.0}% of variance)", 100.0 * ratio[0]),
+                y_label: format!("PC2 ({:.0}% of variance)", 100.0 * ratio[1]),
+                log2_x: false,
+                series,
+            }],
+            760,
+            620,
+        )
+    })?;
+    let report = json!({
+        "checkpoint": a.checkpoint,
+        "prompt": a.prompt.prompt,
+        "tokens": ids,
+        "pieces": pieces,
+        "depth": a.depth,
+        "convergence": convergence,
+        "pca": {"explained_variance_ratio": ratio, "trajectories": trajectories},
+    });
+    let json_path = a.out.join("latents.json");
+    write_file(
+        &json_path,
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    let final_change: Vec<f64> = convergence.iter().map(|r| r[r.len() - 1]).collect();
+    let mean_final = final_change.iter().sum::<f64>() / t as f64;
+    println!(
+        "{} tokens, depth {}: mean relative change at the last iteration {mean_final:.2e}",
+        t, a.depth
+    );
+    println!(
+        "wrote {}, {} and {}",
+        heat.display(),
+        pca_png.display(),
+        json_path.display()
+    );
+    Ok(())
+}

@@ -315,17 +315,9 @@ fn a_local_sweep_over_k_trains_every_point_and_compare_reads_them() {
         assert!(s["peak_mem_gib"].as_f64().unwrap() > 0.0, "{s}");
     }
     // A real PNG of two 640x480 panels.
-    let png = std::fs::read(p.join("cmp.png")).unwrap();
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    assert_eq!(&png[12..16], b"IHDR");
-    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
-    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    let (width, height, colours) = decode_png(&p.join("cmp.png"));
     assert_eq!((width, height), (1280, 480));
-    assert!(
-        png.len() > 5_000,
-        "an empty-looking plot: {} bytes",
-        png.len()
-    );
+    assert!(colours > 10, "an empty-looking plot: {colours} colours");
 }
 
 #[test]

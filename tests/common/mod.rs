@@ -162,3 +162,19 @@ max_rows = 8
     std::fs::write(dir.join(&file), text).unwrap();
     file
 }
+
+/// Decodes a PNG completely (header, checksums, pixel data); returns (width, height, distinct
+/// colours), so a test can tell a real chart from a blank image.
+pub fn decode_png(path: &Path) -> (u32, u32, usize) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(file)
+        .read_info()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader
+        .next_frame(&mut buf)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let px = info.color_type.samples();
+    let colours: std::collections::HashSet<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
+    (info.width, info.height, colours.len())
+}

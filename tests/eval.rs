@@ -1,0 +1,260 @@
+//! Test-time scaling end to end on a micro checkpoint: `muninn eval`, `generate` and `latents`.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// A micro model trained for 4 steps on the GSM8K fixture; returns its final checkpoint.
+fn trained(p: &Path) -> PathBuf {
+    prepare_gsm8k(p);
+    let cfg = micro_config(p, "tts", 4, "");
+    muninn_ok(&["train", &cfg], p);
+    p.join("runs/tts/checkpoints/step-00000004")
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn eval_reports_one_loss_per_depth_and_agrees_with_training_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let ckpt = trained(p);
+    let ckpt = ckpt.to_str().unwrap();
+    // The training run validated its first 8 rows in batches of 4 at depths 1 and 4, at the end.
+    let stdout = muninn_ok(
+        &["eval", ckpt, "--depths", "1,2,4,8", "--batch-size", "4"],
+        p,
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with(char::is_numeric))
+            .count(),
+        4,
+        "{stdout}"
+    );
+    let out = p.join("runs/tts/eval/step-00000004");
+    let report = json(&std::fs::read_to_string(out.join("eval.json")).unwrap());
+    let rows = report["depths"].as_array().unwrap();
+    let depths: Vec<i64> = rows.iter().map(|r| r["depth"].as_i64().unwrap()).collect();
+    assert_eq!(depths, [1, 2, 4, 8]);
+    for r in rows {
+        let (loss, ppl) = (r["loss"].as_f64().unwrap(), r["ppl"].as_f64().unwrap());
+        assert!(loss.is_finite() && loss > 0.0, "{r}");
+        assert!((ppl - loss.exp()).abs() < 1e-9 * ppl, "{r}");
+    }
+    assert_eq!(report["rows"], 8);
+    let last = metrics(p, "tts").pop().unwrap();
+    for (i, d) in [(0, "r1"), (2, "r4")] {
+        let trained = last[format!("val_loss_{d}")].as_f64().unwrap();
+        let evaluated = rows[i]["loss"].as_f64().unwrap();
+        assert!(
+            (trained - evaluated).abs() < 1e-5,
+            "{d}: training validated {trained}, eval says {evaluated}"
+        );
+    }
+    let (w, h, colours) = decode_png(&out.join("eval.png"));
+    assert_eq!((w, h), (900, 560));
+    assert!(colours > 10, "a blank plot");
+
+    // Elsewhere, with an explicit data directory and output.
+    let copy = p.join("copied");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["model.safetensors", "config.toml"] {
+        std::fs::copy(Path::new(ckpt).join(f), copy.join(f)).unwrap();
+    }
+    let err = muninn_err(&["eval", "copied", "--depths", "1"], p);
+    assert!(err.contains("--data"), "{err}");
+    muninn_ok(
+        &[
+            "eval", "copied", "--data", "ds", "--depths", "3", "--out", "rep",
+        ],
+        p,
+    );
+    assert_eq!(
+        json(&std::fs::read_to_string(p.join("rep/eval.json")).unwrap())["depths"][0]["depth"],
+        3
+    );
+    let err = muninn_err(&["eval", ckpt, "--depths", "0,4"], p);
+    assert!(err.contains("--depths: 0"), "{err}");
+    let err = muninn_err(&["eval", ckpt, "--data", "nowhere"], p);
+    assert!(err.contains("nowhere"), "{err}");
+}
+
+#[test]
+fn generate_with_the_cache_matches_recomputation_and_exits_adaptively() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let ckpt = trained(p);
+    let ckpt = ckpt.to_str().unwrap();
+    let prompt = "Natalia sold clips to";
+    let base = [
+        "generate",
+        ckpt,
+        "--prompt",
+        prompt,
+        "--init-state",
+        "zero",
+        "--max-tokens",
+        "16",
+        "--json",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        json(&muninn_ok(&args, p))
+    };
+    let cached = run(&["--depth", "3"]);
+    let uncached = run(&["--depth", "3", "--no-kv-cache"]);
+    assert!(!cached["tokens"].as_array().unwrap().is_empty());
+    assert_eq!(cached["tokens"], uncached["tokens"]);
+    assert_eq!(cached["mean_iterations"], 3.0);
+
+    let adaptive = run(&[
+        "--depth",
+        "12",
+        "--exit",
+        "latent-diff:0.2",
+        "--min-steps",
+        "2",
+    ]);
+    let its: Vec<i64> = adaptive["iterations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(its.len(), adaptive["tokens"].as_array().unwrap().len());
+    assert!(its.iter().all(|&i| (2..=12).contains(&i)), "{its:?}");
+    let mean = its.iter().sum::<i64>() as f64 / its.len() as f64;
+    assert!((adaptive["mean_iterations"].as_f64().unwrap() - mean).abs() < 1e-12);
+
+    for exit in ["kl", "entropy-diff:1e-2", "argmax:2"] {
+        let g = run(&[
+            "--depth",
+            "6",
+            "--exit",
+            exit,
+            "--continuous",
+            "--temperature",
+            "0.7",
+            "--top-p",
+            "0.9",
+        ]);
+        assert!(
+            g["iterations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|v| (1..=6).contains(&v.as_i64().unwrap())),
+            "{exit}: {g}"
+        );
+    }
+    // Plain text mode names the mean.
+    let text = muninn_ok(
+        &["generate", ckpt, "--prompt", prompt, "--max-tokens", "4"],
+        p,
+    );
+    assert!(text.contains("mean"), "{text}");
+
+    let out = muninn(
+        &["generate", ckpt, "--prompt", prompt, "--exit", "cosine"],
+        p,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown exit criterion"));
+    let err = muninn_err(
+        &[
+            "generate",
+            ckpt,
+            "--prompt",
+            prompt,
+            "--depth",
+            "2",
+            "--min-steps",
+            "5",
+        ],
+        p,
+    );
+    assert!(err.contains("--min-steps"), "{err}");
+    let err = muninn_err(
+        &[
+            "generate",
+            ckpt,
+            "--prompt",
+            prompt,
+            "--exit",
+            "kl",
+            "--no-kv-cache",
+        ],
+        p,
+    );
+    assert!(err.contains("--no-kv-cache"), "{err}");
+}
+
+#[test]
+fn latents_draws_a_convergence_heatmap_and_pca_trajectories() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let ckpt = trained(p);
+    let ckpt = ckpt.to_str().unwrap();
+    let prompt = "Weng earns 12 an hour for babysitting";
+    let stdout = muninn_ok(
+        &[
+            "latents", ckpt, "--prompt", prompt, "--depth", "6", "--out", "lat",
+        ],
+        p,
+    );
+    assert!(stdout.contains("convergence.png"), "{stdout}");
+    let report = json(&std::fs::read_to_string(p.join("lat/latents.json")).unwrap());
+    let t = report["tokens"].as_array().unwrap().len();
+    let conv = report["convergence"].as_array().unwrap();
+    assert_eq!(conv.len(), t);
+    for row in conv {
+        let row = row.as_array().unwrap();
+        assert_eq!(row.len(), 6);
+        assert!(row
+            .iter()
+            .all(|v| v.as_f64().unwrap().is_finite() && v.as_f64().unwrap() >= 0.0));
+    }
+    let traj = report["pca"]["trajectories"].as_array().unwrap();
+    assert!((1..=4).contains(&traj.len()));
+    assert!(traj
+        .iter()
+        .all(|tr| tr["points"].as_array().unwrap().len() == 7));
+    let ratio: Vec<f64> = report["pca"]["explained_variance_ratio"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(
+        ratio[0] >= ratio[1] && ratio[0] + ratio[1] <= 1.0 + 1e-9,
+        "{ratio:?}"
+    );
+    for png in ["convergence.png", "pca.png"] {
+        let (w, h, colours) = decode_png(&p.join("lat").join(png));
+        assert!(w >= 360 && h >= 360, "{png}: {w}x{h}");
+        assert!(colours > 10, "{png}: a blank plot");
+    }
+    let err = muninn_err(
+        &[
+            "latents",
+            ckpt,
+            "--prompt",
+            prompt,
+            "--depth",
+            "2",
+            "--pca-tokens",
+            "99",
+            "--out",
+            "x",
+        ],
+        p,
+    );
+    assert!(err.contains("--pca-tokens"), "{err}");
+}

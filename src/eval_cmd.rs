@@ -540,25 +540,29 @@ pub fn latents(a: LatentsArgs) -> Result<()> {
         )
     })?;
 
-    // PCA over every chosen token's states s_0..s_R together, so trajectories share axes.
+    // PCA over every chosen token's states s_1..s_R together, so trajectories share axes. s_0 is
+    // left out: its random like-init noise would take the first components.
     let stacked = Tensor::cat(
         &chosen
             .iter()
             .map(|&p| {
                 Tensor::stack(
-                    &states.iter().map(|s| s.get(p as i64)).collect::<Vec<_>>(),
+                    &states[1..]
+                        .iter()
+                        .map(|s| s.get(p as i64))
+                        .collect::<Vec<_>>(),
                     0,
                 )
             })
             .collect::<Vec<_>>(),
         0,
-    ); // [k·(R+1), d]
+    ); // [k·R, d]
     let (coords, ratio) = pca(&stacked.to_kind(Kind::Double), 2)?;
     ensure!(
         coords.size()[1] == 2,
         "PCA needs a latent width of at least 2"
     );
-    let n = a.depth + 1;
+    let n = a.depth;
     let mut series = Vec::new();
     let mut trajectories = Vec::new();
     for (j, &p) in chosen.iter().enumerate() {
@@ -577,7 +581,7 @@ pub fn latents(a: LatentsArgs) -> Result<()> {
         plot::line_panels(
             path,
             &[Panel {
-                title: format!("latent trajectories s_0 … s_{} (PCA)", a.depth),
+                title: format!("latent trajectories s_1 … s_{} (PCA)", a.depth),
                 x_label: format!("PC1 ({:.0}% of variance)", 100.0 * ratio[0]),
                 y_label: format!("PC2 ({:.0}% of variance)", 100.0 * ratio[1]),
                 log2_x: false,

@@ -177,7 +177,11 @@ pub fn heatmap(path: &Path, h: &Heatmap, width: u32, height: u32) -> Result<()> 
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(140)
-        .build_cartesian_2d((0..cols).into_segmented(), (0..rows).into_segmented())
+        // A segmented range a..b has the segments a..=b.
+        .build_cartesian_2d(
+            (0..cols - 1).into_segmented(),
+            (0..rows - 1).into_segmented(),
+        )
         .map_err(|e| err(&e))?;
     let x_first = h.x_first;
     let x_fmt = move |v: &SegmentValue<i32>| match v {

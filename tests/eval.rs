@@ -225,7 +225,7 @@ fn latents_draws_a_convergence_heatmap_and_pca_trajectories() {
     assert!((1..=4).contains(&traj.len()));
     assert!(traj
         .iter()
-        .all(|tr| tr["points"].as_array().unwrap().len() == 7));
+        .all(|tr| tr["points"].as_array().unwrap().len() == 6));
     let ratio: Vec<f64> = report["pca"]["explained_variance_ratio"]
         .as_array()
         .unwrap()

@@ -124,6 +124,65 @@ fn absolute(p: &Path) -> Result<PathBuf> {
         .join(p))
 }
 
+/// A run a job trains: its directory, its resolved config and the step it trains to.
+struct RunPlan {
+    dir: PathBuf,
+    toml: String,
+    max_steps: u64,
+}
+
+impl RunPlan {
+    fn of(cfg: &RunConfig) -> Self {
+        RunPlan {
+            dir: cfg.run_dir(),
+            toml: cfg.to_toml(),
+            max_steps: cfg.raw.train.max_steps,
+        }
+    }
+}
+
+/// Refuses runs that would share a directory, and handles runs that already finished: the job
+/// script skips a run with a `FINISHED` marker, so a run whose `train.max_steps` was raised since
+/// has its marker removed here (the trainer would remove it too, but never gets to start), and one
+/// that would have nothing to do is refused.
+fn check_runs(runs: &[RunPlan], dry_run: bool) -> Result<()> {
+    for (i, a) in runs.iter().enumerate() {
+        if let Some(j) = runs[..i].iter().position(|b| b.dir == a.dir) {
+            bail!(
+                "sweep points {j} and {i} would share the run directory {}: give the swept keys distinct values",
+                a.dir.display()
+            );
+        }
+        let marker = a.dir.join(muninn_trainer::train::FINISHED);
+        let Ok(text) = std::fs::read_to_string(&marker) else {
+            continue;
+        };
+        let step = text
+            .trim()
+            .strip_prefix("step ")
+            .and_then(|n| n.parse::<u64>().ok())
+            .with_context(|| format!("{}: expected `step N`, found {text:?}", marker.display()))?;
+        ensure!(
+            step < a.max_steps,
+            "{} already finished at step {step} (train.max_steps = {}): raise train.max_steps \
+             (--set train.max_steps=N) to train it further",
+            a.dir.display(),
+            a.max_steps
+        );
+        if dry_run {
+            println!(
+                "{} finished at step {step}; submitting would continue it to step {}",
+                a.dir.display(),
+                a.max_steps
+            );
+        } else {
+            std::fs::remove_file(&marker)
+                .with_context(|| format!("removing {}", marker.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Renders, records and (unless --dry-run) submits or runs the job.
 fn launch_job(
     cluster: Cluster,
@@ -131,18 +190,19 @@ fn launch_job(
     args: &JobArgs,
     name: String,
     base: &Path,
-    points: Vec<(PathBuf, String)>,
+    points: Vec<RunPlan>,
     extra: Vec<(String, String)>,
 ) -> Result<()> {
+    check_runs(&points, args.dry_run)?;
     let dir = absolute(&muninn_launch::next_launch_dir(base)?)?;
     let binary = std::env::current_exe().context("finding the muninn binary")?;
     let workdir = std::env::current_dir().context("reading the current directory")?;
     let job_points: Vec<Point> = points
         .iter()
         .enumerate()
-        .map(|(i, (run_dir, _))| Point {
+        .map(|(i, run)| Point {
             config: dir.join(config_name(i, points.len())),
-            run_dir: run_dir.clone(),
+            run_dir: run.dir.clone(),
         })
         .collect();
     let job = Job::new(
@@ -183,8 +243,8 @@ fn launch_job(
         .into_iter()
         .map(|(n, t)| (n.to_string(), t))
         .collect();
-    for (i, (_, toml)) in points.iter().enumerate() {
-        files.push((config_name(i, points.len()), toml.clone()));
+    for (i, run) in points.iter().enumerate() {
+        files.push((config_name(i, points.len()), run.toml.clone()));
     }
     files.push(("cluster.toml".into(), job.cluster.text.clone()));
     files.push((
@@ -230,7 +290,7 @@ pub fn launch(a: LaunchArgs) -> Result<()> {
         &a.job,
         name,
         &cfg.run_dir(),
-        vec![(cfg.run_dir(), cfg.to_toml())],
+        vec![RunPlan::of(&cfg)],
         vec![],
     )
 }
@@ -262,7 +322,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
             "run_dir": cfg.run_dir(),
             "seed": cfg.raw.train.seed,
         }));
-        runs.push((cfg.run_dir(), cfg.to_toml()));
+        runs.push(RunPlan::of(&cfg));
     }
     let sweep_name = format!("{}-sweep", base.raw.run.name);
     let record = json!({

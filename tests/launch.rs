@@ -191,6 +191,50 @@ fn a_budget_of_three_walltimes_submits_three_chained_segments() {
             .unwrap()
             .contains("--resume auto")
     );
+
+    // The first segment's trainer crashes (not a time limit): the segment cancels the two queued
+    // behind it instead of letting each crash in turn. Stand-ins: `module` loads nothing, `srun`
+    // fails for the ranks, `scancel` records its arguments.
+    std::fs::write(bin.join("module"), "#!/bin/bash\nexit 0\n").unwrap();
+    std::fs::write(
+        bin.join("srun"),
+        "#!/bin/bash\ncase \"$*\" in *runner.sh*) exit 3;; *) exit 0;; esac\n",
+    )
+    .unwrap();
+    std::fs::write(
+        bin.join("scancel"),
+        "#!/bin/bash\necho \"$*\" >> \"$SCANCEL_LOG\"\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .args([
+            "+x",
+            bin.join("module").to_str().unwrap(),
+            bin.join("srun").to_str().unwrap(),
+            bin.join("scancel").to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    let cancelled = p.join("scancel.log");
+    let out = Command::new("bash")
+        .arg(p.join("runs/golden/launch/1/job.sbatch"))
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("SLURM_JOB_ID", "1001")
+        .env("SCANCEL_LOG", &cancelled)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("failed (exit 3)"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(&cancelled).unwrap(), "1002\n1003\n");
 }
 
 /// A local profile with a short save warning, so that a segment of a few seconds is possible.
@@ -430,6 +474,21 @@ fn bad_launch_inputs_are_refused_before_anything_is_written() {
         "{err}"
     );
     nothing_written(p);
+    // Repeated values would put two points in one run directory.
+    let err = muninn_err(
+        &[
+            "sweep",
+            &cfg,
+            "--cluster",
+            "local",
+            "--grid",
+            "train.seed=3,3",
+            "--dry-run",
+        ],
+        p,
+    );
+    assert!(err.contains("sweep points 0 and 1 would share"), "{err}");
+    nothing_written(p);
     // compare on something that is not a run directory.
     let err = muninn_err(&["compare", "ds"], p);
     assert!(err.contains("is ds a run directory?"), "{err}");
@@ -479,4 +538,35 @@ fn a_frontier_sweep_is_one_throttled_job_array() {
         assert!(point.contains(&format!("name = \"{name}\"")), "{point}");
         assert!(sbatch.contains(&format!("runs/{name}")), "{sbatch}");
     }
+}
+
+/// The job script skips a run with a FINISHED marker: launching one is refused, unless max_steps
+/// was raised, in which case the marker goes (after a dry run says so, and only when submitting).
+#[test]
+fn a_finished_run_is_refused_or_continued_with_more_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let cfg = launch_config(p); // max_steps 1000
+    let run = p.join("runs/golden");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("FINISHED"), "step 1000\n").unwrap();
+    let err = muninn_err(&["launch", &cfg, "--cluster", "local", "--dry-run"], p);
+    assert!(err.contains("already finished at step 1000"), "{err}");
+    assert!(!run.join("launch").exists());
+    let more = [
+        "launch",
+        &cfg,
+        "--cluster",
+        "local",
+        "--set",
+        "train.max_steps=1200",
+    ];
+    let dry: Vec<&str> = more.iter().copied().chain(["--dry-run"]).collect();
+    let out = muninn_ok(&dry, p);
+    assert!(out.contains("would continue it to step 1200"), "{out}");
+    assert!(run.join("FINISHED").exists(), "a dry run changes nothing");
+    // Submitting removes the marker; the real (local) job then fails at once on the fake data,
+    // which does not matter here.
+    let _ = muninn(&more, p);
+    assert!(!run.join("FINISHED").exists());
 }

@@ -281,7 +281,10 @@ mkdir -p "$launch_dir/segments"
         );
         let pattern = crate::provenance::ENV_PREFIXES.join("|");
         let _ = writeln!(s, "  env | grep -E '^({pattern})' | sort");
-        s.push_str("} > \"$launch_dir/segments/$job-$point.txt\" 2>&1\n\n");
+        // A requeued job keeps its id: the restart count keeps its records apart.
+        s.push_str(
+            "} > \"$launch_dir/segments/$job-$point-${SLURM_RESTART_COUNT:-0}.txt\" 2>&1\n\n",
+        );
         let launcher = match (slurm, self.ranks()) {
             (false, 1) => String::new(),
             _ => self.fill(&p.launcher) + " ",
@@ -306,20 +309,38 @@ trap 'forward TERM' TERM
 # A signal that came while the ranks were starting.
 [ "$signalled" -eq 1 ] && kill -USR1 "$pid" 2>/dev/null
 wait "$pid"; rc=$?
-# A trapped signal interrupts `wait`; wait again for the trainer's own exit status.
+# A trapped signal interrupts `wait` (status > 128); wait again for the trainer's own exit status,
+# which bash also keeps when the trainer exited in between.
 while kill -0 "$pid" 2>/dev/null; do wait "$pid"; rc=$?; done
+if [ "$signalled" -eq 1 ] && [ "$rc" -gt 128 ]; then
+  wait "$pid"; r=$?
+  [ "$r" -ne 127 ] && rc=$r
+fi
 
-if [ -e "$run_dir/FINISHED" ]; then
-  echo "muninn job: $run_dir finished"
 "#,
         );
         if slurm {
             let cancel = if array { "\"${j}_$point\"" } else { "\"$j\"" };
             let _ = writeln!(
                 s,
-                "  # Later segments of this run have nothing left to do.\n  \
+                "# The later segments of this run, still queued behind this one.\n\
+                 cancel_later() {{\n  \
                  for j in $(awk -v me=\"$job\" 'found {{print $1}} $1 == me {{found = 1}}' \"$launch_dir/jobs.txt\" 2>/dev/null); do\n    \
-                 scancel {cancel} 2>/dev/null\n  done"
+                 scancel {cancel} 2>/dev/null\n  done\n}}\n"
+            );
+        }
+        s.push_str(
+            r#"if [ -e "$run_dir/FINISHED" ]; then
+  echo "muninn job: $run_dir finished"
+"#,
+        );
+        if slurm {
+            s.push_str("  cancel_later\n");
+            // A crash would only crash again in every later segment: stop the chain instead.
+            s.push_str(
+                "elif [ \"$rc\" -ne 0 ] && [ \"$signalled\" -eq 0 ]; then\n  \
+                 echo \"muninn job: the trainer failed (exit $rc) without a time-limit signal; cancelling the later segments\"\n  \
+                 cancel_later\n",
             );
             if self.requeue {
                 s.push_str(

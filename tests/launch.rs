@@ -370,7 +370,7 @@ fn bad_launch_inputs_are_refused_before_anything_is_written() {
     let p = dir.path();
     let cfg = launch_config(p);
     let base = ["launch", cfg.as_str()];
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 10] = [
         (
             &["--cluster", "nowhere", "--dry-run"],
             "unknown cluster `nowhere`: expected one of frontier, slurm-cuda, local",
@@ -418,6 +418,17 @@ fn bad_launch_inputs_are_refused_before_anything_is_written() {
                 "--dry-run",
             ],
             "unknown field `bogus`",
+        ),
+        (
+            &[
+                "--cluster",
+                "slurm-cuda",
+                "--budget-hours",
+                "48",
+                "--requeue",
+                "--dry-run",
+            ],
+            "use one or the other",
         ),
         // Submitting needs SLURM, which this machine does not have.
         (&["--cluster", "frontier"], "sbatch not found"),

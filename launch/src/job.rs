@@ -102,6 +102,11 @@ impl Job {
             !req.requeue || p.scheduler == Scheduler::Slurm,
             "--requeue needs a SLURM cluster; `{name}` runs locally"
         );
+        ensure!(
+            !req.requeue || segments == 1,
+            "--requeue continues a run by requeueing its job until it finishes, and --budget-hours \
+             would also chain {segments} segments: use one or the other"
+        );
         Ok(Plan {
             nodes: req.nodes,
             ranks_per_node,
@@ -294,8 +299,10 @@ mkdir -p "$launch_dir/segments"
 # checkpoint and exits 0, and the next segment resumes from it.
 pid=
 signalled=0
+signal=
 forward() {
   signalled=1
+  signal=$1
   echo "muninn job: $1 received; the trainer saves and stops"
   [ -n "$pid" ] && kill -USR1 "$pid" 2>/dev/null
 }
@@ -344,7 +351,7 @@ fi
             );
             if self.requeue {
                 s.push_str(
-                    "elif [ \"$rc\" -eq 0 ] && [ \"$signalled\" -eq 1 ]; then\n  \
+                    "elif [ \"$rc\" -eq 0 ] && [ \"$signal\" = USR1 ]; then\n  \
                      echo \"muninn job: requeueing $SLURM_JOB_ID\"\n  \
                      scontrol requeue \"$SLURM_JOB_ID\"\n",
                 );

@@ -78,7 +78,7 @@ impl Job {
         };
         if let Some(h) = hours {
             ensure!(
-                h > 0.0 && h * 3600.0 > 2.0 * f64::from(p.signal_s),
+                p.fits_signal(h),
                 "--hours {h}: a segment must last more than twice the {} s save warning of cluster `{name}`",
                 p.signal_s
             );

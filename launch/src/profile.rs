@@ -182,7 +182,7 @@ impl ClusterProfile {
                 bin.max_nodes
             );
             ensure!(
-                bin.hours > 0.0 && bin.hours * 3600.0 > 2.0 * f64::from(self.signal_s),
+                self.fits_signal(bin.hours),
                 "walltime bin up to {} nodes: {} h leaves no time before the {} s save warning",
                 bin.max_nodes,
                 bin.hours,
@@ -202,6 +202,11 @@ impl ClusterProfile {
             ),
         }
         Ok(())
+    }
+
+    /// Whether a segment of `hours` leaves time to work before the save warning (twice the warning).
+    pub fn fits_signal(&self, hours: f64) -> bool {
+        hours > 0.0 && hours * 3600.0 > 2.0 * f64::from(self.signal_s)
     }
 
     /// The longest walltime a job of `nodes` nodes may ask for (None: no limit).

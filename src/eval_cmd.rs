@@ -483,6 +483,10 @@ pub fn latents(a: LatentsArgs) -> Result<()> {
             c
         }
     };
+    ensure!(
+        chosen.len() as i64 * a.depth >= 2,
+        "the PCA plot needs at least two states: choose more --pca-tokens or a --depth of 2 or more"
+    );
     let start = match a.prompt.init_state {
         StartArg::Config => InitState::Config,
         StartArg::Zero => InitState::Zero,
@@ -560,7 +564,7 @@ pub fn latents(a: LatentsArgs) -> Result<()> {
     let (coords, ratio) = pca(&stacked.to_kind(Kind::Double), 2)?;
     ensure!(
         coords.size()[1] == 2,
-        "PCA needs a latent width of at least 2"
+        "the PCA plot needs at least two states: choose more --pca-tokens or a --depth of 2 or more"
     );
     let n = a.depth;
     let mut series = Vec::new();

@@ -52,9 +52,10 @@ pub struct EvalArgs {
     /// Validation rows, from the start of the split [default: the run's eval.max_rows, else 256].
     #[arg(long)]
     max_rows: Option<u64>,
-    /// Rows per forward pass.
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
+    /// Rows per forward pass; each batch's s0 is seeded by its index [default: the run's
+    /// train.micro_batch_size, as its validation, else 8].
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Seed of the random initial states [default: the run's train.seed, as its validation].
     #[arg(long)]
     seed: Option<u64>,
@@ -198,7 +199,6 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if let Some(bad) = a.depths.iter().find(|&&r| r < 1) {
         bail!("--depths: {bad} is not a depth (at least one core iteration)");
     }
-    ensure!(a.batch_size >= 1, "--batch-size must be at least 1");
     let model = a.on.load(&a.checkpoint)?;
     let cfg = model.config().clone();
     let run = run_of(&a.checkpoint)?;
@@ -245,7 +245,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
-    let batches: Vec<ValBatch> = loader::val_batches(&ds, a.batch_size, max_rows, 0, 1)
+    let batch_size = a
+        .batch_size
+        .or(run.as_ref().map(|(_, rc)| rc.raw.train.micro_batch_size))
+        .unwrap_or(8);
+    ensure!(batch_size >= 1, "--batch-size must be at least 1");
+    ensure!(max_rows >= 1, "--max-rows must be at least 1");
+    let batches: Vec<ValBatch> = loader::val_batches(&ds, batch_size, max_rows, 0, 1)
         .iter()
         .enumerate()
         .map(|(i, b)| ValBatch::new(i, b, model.device()))
@@ -303,9 +309,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         label: "validation loss".into(),
         points: results.iter().map(|&(r, l)| (r as f64, l)).collect(),
     }];
-    let r_bar = cfg.mean_recurrence as f64;
-    let (first, last) = (a.depths[0] as f64, *a.depths.last().unwrap_or(&1) as f64);
-    if (first.min(last)..=first.max(last)).contains(&r_bar) {
+    let r_bar = cfg.mean_recurrence;
+    let (first, last) = (
+        a.depths.iter().min().copied().unwrap_or(1),
+        a.depths.iter().max().copied().unwrap_or(1),
+    );
+    if (first..=last).contains(&r_bar) {
+        let r_bar = r_bar as f64;
         series.push(Series {
             label: format!("training mean depth {}", cfg.mean_recurrence),
             points: vec![(r_bar, lo), (r_bar, hi)],
@@ -391,11 +401,19 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         "--temperature must be >= 0"
     );
     ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
+    ensure!(
+        a.min_steps == 0 || a.exit.is_some(),
+        "--min-steps only applies with --exit"
+    );
     let stop = Some(i64::from(tok.specials.eos));
     let (tokens, iterations) = if a.no_kv_cache {
         ensure!(
-            a.exit.is_none() && !a.continuous && a.temperature == 0.0,
-            "--no-kv-cache decodes greedily at a fixed depth: drop --exit, --continuous and --temperature"
+            a.exit.is_none() && !a.continuous && a.temperature == 0.0 && a.top_p == 1.0,
+            "--no-kv-cache decodes greedily at a fixed depth: drop --exit, --continuous, --temperature and --top-p"
+        );
+        ensure!(
+            matches!(a.prompt.init_state, StartArg::Zero),
+            "--no-kv-cache starts every token from a zero state: add --init-state zero"
         );
         let t = decode::generate_uncached(&model, &prompt, a.max_tokens, depth, stop)?;
         let n = t.len();
@@ -540,7 +558,8 @@ pub fn latents(a: LatentsArgs) -> Result<()> {
                 value_label: "relative change".into(),
             },
             (260 + 22 * a.depth.min(64) as u32).max(700),
-            (120 + 22 * t as u32).max(360),
+            // Rows get thinner beyond ~100 tokens rather than the picture taller.
+            (120 + 22 * t as u32).clamp(360, 2400),
         )
     })?;
 

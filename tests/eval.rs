@@ -24,11 +24,9 @@ fn eval_reports_one_loss_per_depth_and_agrees_with_training_validation() {
     let p = dir.path();
     let ckpt = trained(p);
     let ckpt = ckpt.to_str().unwrap();
-    // The training run validated its first 8 rows in batches of 4 at depths 1 and 4, at the end.
-    let stdout = muninn_ok(
-        &["eval", ckpt, "--depths", "1,2,4,8", "--batch-size", "4"],
-        p,
-    );
+    // The training run validated its first 8 rows in batches of 4 at depths 1 and 4, at the end;
+    // eval takes the rows, the batch size and the seed from the run.
+    let stdout = muninn_ok(&["eval", ckpt, "--depths", "1,2,4,8"], p);
     assert_eq!(
         stdout
             .lines()
@@ -114,6 +112,24 @@ fn generate_with_the_cache_matches_recomputation_and_exits_adaptively() {
     assert_eq!(cached["tokens"], uncached["tokens"]);
     assert_eq!(cached["mean_iterations"], 3.0);
 
+    // A threshold every iteration meets: each token stops exactly at --min-steps.
+    let eager = run(&[
+        "--depth",
+        "12",
+        "--exit",
+        "latent-diff:10",
+        "--min-steps",
+        "2",
+    ]);
+    assert!(
+        eager["iterations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v == 2),
+        "{eager}"
+    );
+    assert_eq!(eager["mean_iterations"], 2.0);
     let adaptive = run(&[
         "--depth",
         "12",
@@ -194,6 +210,18 @@ fn generate_with_the_cache_matches_recomputation_and_exits_adaptively() {
         p,
     );
     assert!(err.contains("--no-kv-cache"), "{err}");
+    let err = muninn_err(&["generate", ckpt, "--prompt", prompt, "--no-kv-cache"], p);
+    assert!(err.contains("--init-state zero"), "{err}");
+    for (bad, want) in [
+        (&["--top-p", "0"][..], "--top-p"),
+        (&["--temperature=-1"][..], "--temperature"),
+        (&["--min-steps", "2"][..], "only applies with --exit"),
+    ] {
+        let mut args = vec!["generate", ckpt, "--prompt", prompt];
+        args.extend_from_slice(bad);
+        let err = muninn_err(&args, p);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
 }
 
 #[test]
@@ -257,4 +285,13 @@ fn latents_draws_a_convergence_heatmap_and_pca_trajectories() {
         p,
     );
     assert!(err.contains("--pca-tokens"), "{err}");
+    // One state has no principal components: refused before anything is written.
+    let err = muninn_err(
+        &[
+            "latents", ckpt, "--prompt", "", "--depth", "1", "--out", "one",
+        ],
+        p,
+    );
+    assert!(err.contains("at least two states"), "{err}");
+    assert!(!p.join("one").exists());
 }

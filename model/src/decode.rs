@@ -145,7 +145,7 @@ impl<'m> Decoder<'m> {
         let mut s = self.model.initial_state(&e, init)?;
         let mut tracker = budget.exit.map(|c| c.tracker(&s));
         let old = std::mem::take(&mut self.cache.core);
-        let mut fresh: Vec<Vec<Kv>> = Vec::with_capacity(old.len().max(budget.max_steps as usize));
+        let mut fresh: Vec<Vec<Kv>> = Vec::with_capacity(old.len());
         let mut newest: Vec<Kv> = Vec::new();
         let mut exit_values = Vec::new();
         let mut peeked = None;
@@ -226,16 +226,23 @@ impl Sampling {
         if self.temperature <= 0.0 {
             return Ok(logits.argmax(-1, false).int64_value(&[]));
         }
-        let probs = (logits.to_kind(Kind::Float) / self.temperature).softmax(-1, Kind::Float);
+        // In f64 and shifted by the maximum, so that a tiny temperature cannot overflow.
+        let l = logits.to_kind(Kind::Double);
+        let probs = ((&l - l.max()) / self.temperature).softmax(-1, Kind::Double);
+        let draw = |p: &Tensor| -> Result<Tensor> {
+            p.f_multinomial(1, false)
+                .map_err(|e| anyhow::anyhow!("sampling failed (non-finite logits?): {e}"))
+        };
         if self.top_p >= 1.0 {
-            return Ok(probs.multinomial(1, false).int64_value(&[0]));
+            return Ok(draw(&probs)?.int64_value(&[0]));
         }
-        // Keep the smallest set of most likely tokens whose mass reaches top_p (always the first).
+        // The smallest set of most likely tokens whose mass reaches top_p, the token that crosses it
+        // included (Holtzman et al., and Hugging Face's TopPLogitsWarper; the reference's sampler
+        // drops that token). The first is always kept.
         let (sorted, order) = probs.sort(-1, true);
-        let before = sorted.cumsum(-1, Kind::Float) - &sorted;
-        let kept = sorted * before.lt(self.top_p).to_kind(Kind::Float);
-        let pick = kept.multinomial(1, false);
-        Ok(order.gather(-1, &pick, false).int64_value(&[0]))
+        let before = sorted.cumsum(-1, Kind::Double) - &sorted;
+        let kept = sorted * before.lt(self.top_p).to_kind(Kind::Double);
+        Ok(order.gather(-1, &draw(&kept)?, false).int64_value(&[0]))
     }
 }
 
@@ -335,5 +342,145 @@ pub fn generate_uncached(
             return Ok(out);
         }
         seq.push(next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{HuginnConfig, Precision};
+    use tch::Device;
+
+    /// One chunk as the plain reference keeps it: keys and values per prelude layer, per
+    /// [iteration][core layer] for the iterations it ran, and per coda layer.
+    struct Plain {
+        prelude: Vec<Kv>,
+        core: Vec<Vec<Kv>>,
+        coda: Vec<Kv>,
+    }
+
+    fn cat(parts: Vec<&Kv>) -> Option<Kv> {
+        (!parts.is_empty()).then(|| Kv {
+            k: Tensor::cat(&parts.iter().map(|p| &p.k).collect::<Vec<_>>(), 2),
+            v: Tensor::cat(&parts.iter().map(|p| &p.v).collect::<Vec<_>>(), 2),
+        })
+    }
+
+    /// The cache rule written out directly: at core iteration i an earlier chunk that ran d
+    /// iterations is seen through its iteration min(i, d − 1).
+    fn plain_step(
+        m: &Huginn,
+        w: &Weights,
+        done: &mut Vec<Plain>,
+        ids: &Tensor,
+        depth: i64,
+    ) -> Tensor {
+        let cfg = m.config();
+        let blk = |b: &BlockWeights, x: &Tensor, past: Option<Kv>| {
+            b.forward_kv(x, m.rope(), cfg.n_heads, cfg.norm_eps, past.as_ref())
+                .unwrap()
+        };
+        let mut x = Tensor::embedding(&w.wte, ids, -1, false, false) * cfg.embed_scale();
+        let mut prelude = Vec::new();
+        for (j, b) in w.prelude.iter().enumerate() {
+            let (y, kv) = blk(b, &x, cat(done.iter().map(|c| &c.prelude[j]).collect()));
+            prelude.push(kv);
+            x = y;
+        }
+        let e = x;
+        let mut s = e.zeros_like();
+        let mut core = Vec::new();
+        for i in 0..depth as usize {
+            let mut x = linear(&Tensor::cat(&[&s, &e], -1), &w.adapter);
+            let mut layers = Vec::new();
+            for (j, b) in w.core.iter().enumerate() {
+                let past = done
+                    .iter()
+                    .map(|c| &c.core[i.min(c.core.len() - 1)][j])
+                    .collect();
+                let (y, kv) = blk(b, &x, cat(past));
+                layers.push(kv);
+                x = y;
+            }
+            core.push(layers);
+            s = x;
+        }
+        let mut x = rms_norm(&s, &w.ln_f, cfg.norm_eps);
+        let mut coda = Vec::new();
+        for (j, b) in w.coda.iter().enumerate() {
+            let (y, kv) = blk(b, &x, cat(done.iter().map(|c| &c.coda[j]).collect()));
+            coda.push(kv);
+            x = y;
+        }
+        done.push(Plain {
+            prelude,
+            core,
+            coda,
+        });
+        linear(&rms_norm(&x, &w.ln_f, cfg.norm_eps), &w.head)
+    }
+
+    #[test]
+    fn tokens_of_different_depths_see_each_others_last_iteration() {
+        tch::set_num_threads(1);
+        let m = Huginn::new(
+            HuginnConfig::preset("micro").unwrap(),
+            Device::Cpu,
+            Precision::F32,
+        )
+        .unwrap();
+        m.init(5);
+        let w = m.weights();
+        let mut dec = Decoder::new(&m);
+        let mut done = Vec::new();
+        // A prompt at depth 2; a token deeper than all before it; a shallower one (the deeper slots
+        // are filled for it); one in between.
+        for (ids, depth) in [
+            (vec![5, 9, 200], 2),
+            (vec![17], 4),
+            (vec![3], 1),
+            (vec![77], 3),
+        ] {
+            let t = Tensor::from_slice(&ids).view([1, -1]);
+            let got = dec
+                .step(&t, &InitState::Zero, &Budget::fixed(depth))
+                .unwrap();
+            assert_eq!(got.iterations, depth);
+            let want = tch::no_grad(|| plain_step(&m, &w, &mut done, &t, depth));
+            let diff = (&got.logits - &want).abs().max().double_value(&[]);
+            assert!(
+                diff < 1e-5,
+                "chunk at depth {depth}: logits differ by {diff}"
+            );
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_nucleus_and_temperature_zero_is_greedy() {
+        tch::manual_seed(0);
+        let logits = Tensor::from_slice(&[0.0f32, 1.0, 5.0, 4.0]);
+        // p ≈ (.005, .013, .72, .26): top_p 0.5 keeps only token 2; 0.9 keeps 2 and 3.
+        let nucleus = |top_p| Sampling {
+            temperature: 1.0,
+            top_p,
+        };
+        let draws = |s: Sampling, n: usize| -> Vec<i64> {
+            (0..n).map(|_| s.sample(&logits).unwrap()).collect()
+        };
+        assert!(draws(nucleus(0.5), 200).iter().all(|&t| t == 2));
+        let two = draws(nucleus(0.9), 200);
+        assert!(
+            two.iter().all(|&t| t == 2 || t == 3) && two.contains(&3),
+            "{two:?}"
+        );
+        // Tokens 0 and 1 hold 1.8 % together: 2000 draws miss them with probability 1e-16.
+        assert!(draws(nucleus(1.0), 2000).iter().any(|&t| t < 2));
+        assert!(draws(Sampling::GREEDY, 20).iter().all(|&t| t == 2));
+        // A vanishing temperature is greedy too, not a NaN.
+        let cold = Sampling {
+            temperature: 1e-30,
+            top_p: 1.0,
+        };
+        assert!(draws(cold, 20).iter().all(|&t| t == 2));
     }
 }

@@ -364,6 +364,7 @@ pub struct Telemetry {
 impl Huginn {
     /// The latent states s_0, s_1, …, s_r of a no-grad forward, each [B, T, d] fp32 (diagnostics).
     pub fn trajectory(&self, ids: &Tensor, r: i64, init: &InitState) -> Result<Vec<Tensor>> {
+        ensure!(r >= 0, "a trajectory of {r} iterations");
         tch::no_grad(|| {
             let w = self.weights();
             let e = self.prelude(&w, ids)?;

@@ -31,6 +31,32 @@ fn span(lo: f64, hi: f64, pad: f64) -> (f64, f64) {
     }
 }
 
+/// The corner of the plot whose legend-sized box covers the fewest points.
+fn legend_corner(pts: &[(f64, f64)], x: (f64, f64), y: (f64, f64)) -> SeriesLabelPosition {
+    let (fx, fy) = (
+        |v: f64| (v - x.0) / (x.1 - x.0),
+        |v: f64| (v - y.0) / (y.1 - y.0),
+    );
+    let covered = |left: bool, top: bool| {
+        pts.iter()
+            .filter(|&&(px, py)| {
+                let (u, v) = (fx(px), fy(py));
+                (if left { u < 0.4 } else { u > 0.6 }) && (if top { v > 0.65 } else { v < 0.35 })
+            })
+            .count()
+    };
+    [
+        (SeriesLabelPosition::UpperRight, false, true),
+        (SeriesLabelPosition::UpperLeft, true, true),
+        (SeriesLabelPosition::LowerRight, false, false),
+        (SeriesLabelPosition::LowerLeft, true, false),
+    ]
+    .into_iter()
+    .min_by_key(|&(_, left, top)| covered(left, top))
+    .map(|(pos, _, _)| pos)
+    .unwrap_or(SeriesLabelPosition::UpperRight)
+}
+
 /// Draws `panels` left to right into a `width`·panels × `height` PNG at `path`.
 pub fn line_panels(path: &Path, panels: &[Panel], width: u32, height: u32) -> Result<()> {
     ensure!(!panels.is_empty(), "nothing to plot");
@@ -103,19 +129,25 @@ pub fn line_panels(path: &Path, panels: &[Panel], width: u32, height: u32) -> Re
         for (i, s) in panel.series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             let line: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (tx(x), y)).collect();
+            // Segment by segment: plotters joins a wide polyline with miters, which spike off the
+            // chart where a trajectory turns back on itself.
             chart
-                .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
+                .draw_series(
+                    line.windows(2)
+                        .map(|w| PathElement::new(vec![w[0], w[1]], color.stroke_width(2))),
+                )
+                .map_err(|e| err(&e))?;
+            chart
+                .draw_series(line.into_iter().map(|p| Circle::new(p, 4, color.filled())))
                 .map_err(|e| err(&e))?
                 .label(s.label.as_str())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });
-            chart
-                .draw_series(line.into_iter().map(|p| Circle::new(p, 4, color.filled())))
-                .map_err(|e| err(&e))?;
         }
         chart
             .configure_series_labels()
+            .position(legend_corner(&pts, (x0, x1), (y0, y1)))
             .label_font(("sans-serif", 14))
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)

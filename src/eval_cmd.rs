@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use muninn_data::{loader, TokenDataset, TokenizerInfo};
-use muninn_model::decode::{self, Budget, GenerateOptions, Sampling, Start};
-use muninn_model::{checkpoint, ExitCriterion, Huginn, InitState, Precision};
+use muninn_model::decode::{self, Budget, GenerateOptions, Generation, Sampling, Start};
+use muninn_model::{checkpoint, ExitCriterion, Huginn, Precision};
 use muninn_trainer::config::RunConfig;
 use muninn_trainer::eval::{depth_losses, ValBatch};
 use serde_json::json;
@@ -366,8 +366,7 @@ fn prompt_ids(
         tok.vocab_size,
         model.config().vocab_size
     );
-    let mut ids = vec![i64::from(tok.specials.bos)];
-    ids.extend(tok.encode(&p.prompt)?.into_iter().map(i64::from));
+    let ids = encode_prompt(&tok, &p.prompt)?;
     ensure!(
         ids.len() as i64 <= model.config().block_size,
         "the prompt is {} tokens, more than the model's block_size {}",
@@ -376,6 +375,13 @@ fn prompt_ids(
     );
     tch::manual_seed(p.seed);
     Ok((tok, ids))
+}
+
+/// `<|begin_text|>` followed by the text's tokens: how every command reads a text prompt.
+pub fn encode_prompt(tok: &TokenizerInfo, text: &str) -> Result<Vec<i64>> {
+    let mut ids = vec![i64::from(tok.specials.bos)];
+    ids.extend(tok.encode(text)?.into_iter().map(i64::from));
+    Ok(ids)
 }
 
 fn decode_text(tok: &TokenizerInfo, ids: &[i64]) -> Result<String> {
@@ -406,7 +412,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         "--min-steps only applies with --exit"
     );
     let stop = Some(i64::from(tok.specials.eos));
-    let (tokens, iterations) = if a.no_kv_cache {
+    let generation = if a.no_kv_cache {
         ensure!(
             a.exit.is_none() && !a.continuous && a.temperature == 0.0 && a.top_p == 1.0,
             "--no-kv-cache decodes greedily at a fixed depth: drop --exit, --continuous, --temperature and --top-p"
@@ -417,9 +423,12 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         );
         let t = decode::generate_uncached(&model, &prompt, a.max_tokens, depth, stop)?;
         let n = t.len();
-        (t, vec![depth; n])
+        Generation {
+            tokens: t,
+            iterations: vec![depth; n],
+        }
     } else {
-        let g = decode::generate(
+        decode::generate(
             &model,
             &prompt,
             &GenerateOptions {
@@ -437,10 +446,10 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
                 continuous: a.continuous,
                 stop_token: stop,
             },
-        )?;
-        (g.tokens, g.iterations)
+        )?
     };
-    let mean = iterations.iter().sum::<i64>() as f64 / iterations.len().max(1) as f64;
+    let mean = generation.mean_iterations();
+    let Generation { tokens, iterations } = generation;
     let text = decode_text(&tok, &tokens)?;
     if a.json {
         println!(
@@ -505,11 +514,7 @@ pub fn latents(a: LatentsArgs) -> Result<()> {
         chosen.len() as i64 * a.depth >= 2,
         "the PCA plot needs at least two states: choose more --pca-tokens or a --depth of 2 or more"
     );
-    let start = match a.prompt.init_state {
-        StartArg::Config => InitState::Config,
-        StartArg::Zero => InitState::Zero,
-        StartArg::Random => InitState::Random,
-    };
+    let start = Start::from(a.prompt.init_state).state();
     let input = Tensor::from_slice(&ids)
         .view([1, -1])
         .to_device(model.device());

@@ -343,10 +343,7 @@ fn forward(a: ForwardArgs) -> Result<()> {
     ensure!(depth >= 0, "--depth must be >= 0");
     let tokens = match (&a.text, &a.tokenizer) {
         (Some(text), Some(path)) => {
-            let tok = muninn_data::TokenizerInfo::load(path)?;
-            let mut ids = vec![i64::from(tok.specials.bos)];
-            ids.extend(tok.encode(text)?.into_iter().map(i64::from));
-            ids
+            eval_cmd::encode_prompt(&muninn_data::TokenizerInfo::load(path)?, text)?
         }
         _ => a.tokens.clone(),
     };

@@ -31,6 +31,12 @@ fn span(lo: f64, hi: f64, pad: f64) -> (f64, f64) {
     }
 }
 
+/// Makes the built-in font plotters' "sans-serif". Registering again replaces the same font.
+fn register_font() -> Result<()> {
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+        .map_err(|_| anyhow!("the built-in font could not be read"))
+}
+
 /// The corner of the plot whose legend-sized box covers the fewest points.
 fn legend_corner(pts: &[(f64, f64)], x: (f64, f64), y: (f64, f64)) -> SeriesLabelPosition {
     let (fx, fy) = (
@@ -60,9 +66,7 @@ fn legend_corner(pts: &[(f64, f64)], x: (f64, f64), y: (f64, f64)) -> SeriesLabe
 /// Draws `panels` left to right into a `width`·panels × `height` PNG at `path`.
 pub fn line_panels(path: &Path, panels: &[Panel], width: u32, height: u32) -> Result<()> {
     ensure!(!panels.is_empty(), "nothing to plot");
-    // Registering again replaces the same font; plotters keeps the table.
-    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
-        .map_err(|_| anyhow!("the built-in font could not be read"))?;
+    register_font()?;
     let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
     let root = BitMapBackend::new(path, (width * panels.len() as u32, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -180,8 +184,7 @@ pub fn heatmap(path: &Path, h: &Heatmap, width: u32, height: u32) -> Result<()> 
         h.values.iter().all(|r| r.len() == cols as usize) && h.row_labels.len() == rows as usize,
         "heatmap rows differ in length"
     );
-    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
-        .map_err(|_| anyhow!("the built-in font could not be read"))?;
+    register_font()?;
     let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
     let logs: Vec<Vec<f64>> = h
         .values

@@ -256,7 +256,7 @@ pub enum Start {
 }
 
 impl Start {
-    fn state(self) -> InitState {
+    pub fn state(self) -> InitState {
         match self {
             Start::Config => InitState::Config,
             Start::Zero => InitState::Zero,

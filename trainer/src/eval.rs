@@ -24,13 +24,22 @@ pub struct ValBatch {
     pub targets: Tensor,
 }
 
+/// A batch's (inputs, targets) as [rows, block] i64 tensors on `device`.
+pub fn to_tensors(b: &Batch, device: Device) -> (Tensor, Tensor) {
+    let shape = [b.rows as i64, b.block as i64];
+    (
+        Tensor::from_slice(&b.inputs).view(shape).to_device(device),
+        Tensor::from_slice(&b.targets).view(shape).to_device(device),
+    )
+}
+
 impl ValBatch {
     pub fn new(index: usize, b: &Batch, device: Device) -> Self {
-        let shape = [b.rows as i64, b.block as i64];
+        let (inputs, targets) = to_tensors(b, device);
         ValBatch {
             index,
-            inputs: Tensor::from_slice(&b.inputs).view(shape).to_device(device),
-            targets: Tensor::from_slice(&b.targets).view(shape).to_device(device),
+            inputs,
+            targets,
         }
     }
 

@@ -8,17 +8,17 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use muninn_data::{loader, Batch, Loader, TokenDataset, TokenizerInfo};
+use muninn_data::{loader, Loader, TokenDataset, TokenizerInfo};
 use muninn_model::flops::train_flops_per_token;
 use muninn_model::{Huginn, InitState};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 use crate::ckpt::{self, TrainerState};
 use crate::config::RunConfig;
 use crate::dist::{gather_full, Comm, GradSync, Layout, Op};
-use crate::eval::{depth_losses, seed_torch, ValBatch};
+use crate::eval::{depth_losses, seed_torch, to_tensors, ValBatch};
 use crate::metrics::Metrics;
 use crate::optim::{clip_to_norm, FlatOptimizer};
 
@@ -44,14 +44,6 @@ pub struct Outcome {
     pub step: u64,
     pub stop: Stop,
     pub last_loss: f64,
-}
-
-fn to_tensors(b: &Batch, device: Device) -> (Tensor, Tensor) {
-    let shape = [b.rows as i64, b.block as i64];
-    (
-        Tensor::from_slice(&b.inputs).view(shape).to_device(device),
-        Tensor::from_slice(&b.targets).view(shape).to_device(device),
-    )
 }
 
 /// The device of this rank: `cuda` (or `auto` with GPUs) means the GPU of its local rank.

@@ -5,10 +5,46 @@ use common::*;
 
 use muninn_model::st::StFile;
 
+/// Runs muninn to the end; returns its stdout and the peak resident memory of that one process
+/// (wait4's rusage: other tests' children do not count).
+fn muninn_peak_rss(args: &[&str], cwd: &std::path::Path) -> (String, u64) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_muninn"))
+        .args(args)
+        .current_dir(cwd)
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let mut status = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: the pid is our own unreaped child; wait4 fills `status` and `usage`.
+    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, usage.as_mut_ptr()) };
+    assert_eq!(rc, child.id() as i32, "wait4 failed");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "muninn {args:?} failed: {status}"
+    );
+    // SAFETY: filled by the successful wait4 above. ru_maxrss is in KiB on Linux.
+    let kib = unsafe { usage.assume_init() }.ru_maxrss as u64;
+    (stdout, kib * 1024)
+}
+
 #[test]
 fn model_info_answers_the_3_5b_shape_without_allocating() {
     let dir = tempfile::tempdir().unwrap();
-    let out = muninn_ok(&["model", "info", "nebel-raven-3.5b"], dir.path());
+    let (out, peak) = muninn_peak_rss(&["model", "info", "nebel-raven-3.5b"], dir.path());
+    // Its weights alone are 14 GB in fp32 (7 GB in bf16); loading libtorch is a few hundred MB.
+    let gib = peak as f64 / (1u64 << 30) as f64;
+    eprintln!("model info nebel-raven-3.5b: peak RSS {gib:.3} GiB");
+    assert!(gib < 1.5, "peak RSS {gib:.2} GiB: the shape was allocated");
     assert!(out.contains("3,564,976,800"), "{out}");
     assert!(out.contains("1,581,592,320"), "{out}");
     assert!(out.contains("52,594,338,720"), "{out}");
@@ -94,6 +130,39 @@ fn export_then_import_reproduces_the_checkpoint() {
     let a = std::fs::read(dir.path().join("ck/model.safetensors")).unwrap();
     let b = std::fs::read(dir.path().join("back/model.safetensors")).unwrap();
     assert_eq!(a, b, "import(export(ck)) is not byte-identical");
+    // A swap or transpose done the same way both ways survives the round trip; the export itself
+    // must hold each tensor under the reference's key and shape (micro: d 64, I 256, V 256).
+    let ours = StFile::open(&dir.path().join("ck/model.safetensors")).unwrap();
+    let hf = StFile::open(&dir.path().join("hf/model.safetensors")).unwrap();
+    for (muninn_key, hf_key, shape) in [
+        ("wte.weight", "transformer.wte.weight", [256, 64]),
+        ("wte.weight", "lm_head.weight", [256, 64]),
+        ("adapter.weight", "transformer.adapter.weight", [64, 128]),
+        (
+            "prelude.0.mlp.fc.weight",
+            "transformer.prelude.0.mlp.fc.weight",
+            [512, 64],
+        ),
+        (
+            "core.0.attn.proj.weight",
+            "transformer.core_block.0.attn.proj.weight",
+            [64, 64],
+        ),
+        (
+            "core.1.attn.Wqkv.weight",
+            "transformer.core_block.1.attn.Wqkv.weight",
+            [192, 64],
+        ),
+        (
+            "coda.0.mlp.proj.weight",
+            "transformer.coda.0.mlp.proj.weight",
+            [64, 256],
+        ),
+    ] {
+        let (x, y) = (ours.get(muninn_key).unwrap(), hf.get(hf_key).unwrap());
+        assert_eq!(y.size(), shape, "{hf_key}");
+        assert!(x.equal(&y), "{hf_key} does not hold {muninn_key}");
+    }
 }
 
 #[test]

@@ -55,9 +55,55 @@ fn eval_reports_one_loss_per_depth_and_agrees_with_training_validation() {
             "{d}: training validated {trained}, eval says {evaluated}"
         );
     }
-    let (w, h, colours) = decode_png(&out.join("eval.png"));
+    // One depth recomputed here from the parts: the checkpoint's weights, the validation split's
+    // first 8 rows read straight from the shards in the run's batches of 4, each batch's s0 drawn
+    // from the run's seed as training validation draws it, and a cross-entropy written out.
+    tch::set_num_threads(1);
+    let model = muninn_model::checkpoint::load(
+        Path::new(ckpt),
+        tch::Device::Cpu,
+        muninn_model::Precision::F32,
+    )
+    .unwrap();
+    let val = muninn_data::TokenDataset::open(&p.join("ds"), "val", None).unwrap();
+    let block = val.block_size() as i64;
+    let mut row = Vec::new();
+    let mut nll = 0.0;
+    for batch in 0..2u64 {
+        let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+        for i in batch * 4..batch * 4 + 4 {
+            val.row(i, &mut row);
+            inputs.extend(row[..block as usize].iter().map(|&t| t as i64));
+            targets.extend(row[1..].iter().map(|&t| t as i64));
+        }
+        let inputs = tch::Tensor::from_slice(&inputs).view([4, block]);
+        let targets = tch::Tensor::from_slice(&targets).view([4, block, 1]);
+        muninn_trainer::eval::seed_torch(7, batch, 0xE7A1);
+        let logits = tch::no_grad(|| {
+            model.forward(
+                &inputs,
+                muninn_model::Depth::eval(4),
+                &muninn_model::InitState::Config,
+            )
+        })
+        .unwrap()
+        .logits;
+        let logp = logits
+            .log_softmax(-1, tch::Kind::Double)
+            .gather(-1, &targets, false);
+        nll -= logp.sum(tch::Kind::Double).double_value(&[]);
+    }
+    let recomputed = nll / (8 * block) as f64;
+    let trained = last["val_loss_r4"].as_f64().unwrap();
+    assert!(
+        (recomputed - trained).abs() < 1e-5,
+        "depth 4: recomputed {recomputed}, training validated {trained}"
+    );
+
+    let png = out.join("eval.png");
+    let (w, h, _) = decode_png(&png);
     assert_eq!((w, h), (900, 560));
-    assert!(colours > 10, "a blank plot");
+    assert_series_drawn(&png, 1);
 
     // Elsewhere, with an explicit data directory and output.
     let copy = p.join("copied");
@@ -233,7 +279,16 @@ fn latents_draws_a_convergence_heatmap_and_pca_trajectories() {
     let prompt = "Weng earns 12 an hour for babysitting";
     let stdout = muninn_ok(
         &[
-            "latents", ckpt, "--prompt", prompt, "--depth", "6", "--out", "lat",
+            "latents",
+            ckpt,
+            "--prompt",
+            prompt,
+            "--depth",
+            "6",
+            "--init-state",
+            "zero",
+            "--out",
+            "lat",
         ],
         p,
     );
@@ -249,6 +304,65 @@ fn latents_draws_a_convergence_heatmap_and_pca_trajectories() {
             .iter()
             .all(|v| v.as_f64().unwrap().is_finite() && v.as_f64().unwrap() >= 0.0));
     }
+    // The rows against s_1..s_6 from `muninn forward` at each depth (same tokens, s_0 = 0):
+    // convergence[t][i−1] = ‖s_i − s_{i−1}‖/‖s_i‖, so the first column is exactly 1.
+    let tokens: Vec<String> = report["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap().to_string())
+        .collect();
+    let tokens = tokens.join(",");
+    let mut states = vec![tch::Tensor::zeros([t as i64, 64], tch::kind::FLOAT_CPU)];
+    for depth in 1..=6 {
+        let out = format!("s{depth}.safetensors");
+        let d = depth.to_string();
+        muninn_ok(
+            &[
+                "forward",
+                ckpt,
+                "--tokens",
+                &tokens,
+                "--depth",
+                &d,
+                "--init-state",
+                "zero",
+                "--out",
+                &out,
+            ],
+            p,
+        );
+        let s = muninn_model::st::StFile::open(&p.join(&out))
+            .unwrap()
+            .get("state")
+            .unwrap();
+        states.push(s.get(0));
+    }
+    for (pos, row) in conv.iter().enumerate() {
+        for (i, got) in row.as_array().unwrap().iter().enumerate() {
+            let (s, prev) = (states[i + 1].get(pos as i64), states[i].get(pos as i64));
+            let want = (&s - &prev).norm().double_value(&[]) / s.norm().double_value(&[]);
+            let got = got.as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-4 * want.max(1e-3),
+                "token {pos}, iteration {}: latents says {got}, the states give {want}",
+                i + 1
+            );
+        }
+    }
+    assert_heatmap_cells(
+        &p.join("lat/convergence.png"),
+        &conv
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect()
+            })
+            .collect::<Vec<Vec<f64>>>(),
+    );
     let traj = report["pca"]["trajectories"].as_array().unwrap();
     assert!((1..=4).contains(&traj.len()));
     assert!(traj
@@ -265,10 +379,10 @@ fn latents_draws_a_convergence_heatmap_and_pca_trajectories() {
         "{ratio:?}"
     );
     for png in ["convergence.png", "pca.png"] {
-        let (w, h, colours) = decode_png(&p.join("lat").join(png));
+        let (w, h, _) = decode_png(&p.join("lat").join(png));
         assert!(w >= 360 && h >= 360, "{png}: {w}x{h}");
-        assert!(colours > 10, "{png}: a blank plot");
     }
+    assert_series_drawn(&p.join("lat/pca.png"), traj.len());
     let err = muninn_err(
         &[
             "latents",

@@ -1,9 +1,9 @@
 //! Muninn's forward against Huginn's own modeling file (`raven_modeling_minimal.py`, loaded through
 //! `transformers` with trust_remote_code, as users load huginn-0125): same weights, tokens, depth and
-//! initial state must give the same logits.
+//! initial state must give the same logits and the same final latent state.
 //!
 //! Needs a Python with torch and transformers: `.venv/bin/python` (installed by scripts/setup.sh) or
-//! `MUNINN_REFERENCE_PYTHON`. Without one the test says so and passes, except under CI, where it fails.
+//! `MUNINN_REFERENCE_PYTHON`. Without one the test fails, unless `MUNINN_SKIP=python` (outside CI).
 
 mod common;
 use common::*;
@@ -40,6 +40,13 @@ fn exported_weights_give_the_reference_logits() {
         model.params().set(&name, &moved).unwrap();
     }
     checkpoint::save_new(&model, &dir.path().join("ck")).unwrap();
+    let cfg_eps = model.config().norm_eps;
+    let (_, ln_f) = model
+        .params()
+        .named_detached()
+        .into_iter()
+        .find(|(n, _)| n == "ln_f.weight")
+        .expect("an ln_f weight");
     let p = dir.path();
     muninn_ok(&["export", "ck", "--format", "huginn-hf", "--out", "hf"], p);
     let tokens = "3,250,17,99,0,255,128,64,1,200";
@@ -78,20 +85,31 @@ fn exported_weights_give_the_reference_logits() {
             .status()
             .unwrap();
         assert!(status.success(), "the reference script failed");
-        let ours = muninn_model::st::StFile::open(&p.join("ours.safetensors"))
-            .unwrap()
-            .get("logits")
-            .unwrap();
-        let theirs = muninn_model::st::StFile::open(&p.join("ref.safetensors"))
-            .unwrap()
-            .get("logits")
-            .unwrap();
-        assert_eq!(ours.size(), theirs.size());
-        let diff = (&ours - &theirs).abs().max().double_value(&[]);
-        let scale = theirs.abs().max().double_value(&[]);
-        assert!(
-            diff <= 1e-5 * scale.max(1.0),
-            "depth {depth}: logits differ by {diff} (max |logit| {scale})"
+        let ours = muninn_model::st::StFile::open(&p.join("ours.safetensors")).unwrap();
+        let theirs = muninn_model::st::StFile::open(&p.join("ref.safetensors")).unwrap();
+        let close = |what: &str, a: &Tensor, b: &Tensor| {
+            assert_eq!(a.size(), b.size(), "depth {depth}: {what}");
+            let diff = (a - b).abs().max().double_value(&[]);
+            let scale = b.abs().max().double_value(&[]);
+            assert!(
+                diff <= 1e-5 * scale.max(1.0),
+                "depth {depth}: {what} differs by {diff} (max |value| {scale})"
+            );
+        };
+        close(
+            "logits",
+            &ours.get("logits").unwrap(),
+            &theirs.get("logits").unwrap(),
+        );
+        // The reference's latent_states is ln_f(s_R); ours is s_R itself, so apply the exported
+        // ln_f here, written out as the reference's RMSNorm.
+        let state = ours.get("state").unwrap();
+        let normed =
+            &state * (state.square().mean_dim(-1, true, Kind::Float) + cfg_eps).rsqrt() * &ln_f;
+        close(
+            "the final latent state",
+            &normed,
+            &theirs.get("latent_ln_f").unwrap(),
         );
     }
 }

@@ -142,22 +142,44 @@ fn tiny_config_loss_falls_on_real_text() {
         last < first - 1.0,
         "loss fell only from {first:.3} to {last:.3}"
     );
-    let rec = metrics(p, "learn").pop().unwrap();
-    for key in [
-        "lr",
-        "grad_norm",
-        "n",
-        "k",
-        "tokens_per_s",
-        "mfu",
-        "hfu",
-        "val_loss_r1",
-        "val_loss_r4",
-        "recurrent_state_norm",
-        "recurrent_state_token_corr",
-        "rel_residual",
-    ] {
-        assert!(rec.get(key).is_some(), "metrics.jsonl lacks `{key}`: {rec}");
+    // Every record carries these as finite numbers (JSON null is not a number); mfu/hfu are
+    // there because log.peak_flops is set, and validation and telemetry at the last step.
+    let records = metrics(p, "learn");
+    let number = |rec: &serde_json::Value, key: &str| {
+        let v = rec.get(key).and_then(serde_json::Value::as_f64);
+        assert!(
+            v.is_some_and(f64::is_finite),
+            "metrics.jsonl: `{key}` is not a finite number: {rec}"
+        );
+        v.unwrap()
+    };
+    for rec in &records {
+        for key in [
+            "loss",
+            "lr",
+            "grad_norm",
+            "n",
+            "k",
+            "tokens_per_s",
+            "tokens_seen",
+            "nonfinite_total",
+            "flops_per_token",
+            "peak_mem_gib",
+            "mfu",
+            "hfu",
+            "recurrent_state_norm",
+            "recurrent_state_token_corr",
+            "rel_residual",
+        ] {
+            number(rec, key);
+        }
+        let (mfu, hfu) = (number(rec, "mfu"), number(rec, "hfu"));
+        assert!(mfu > 0.0 && hfu >= mfu, "mfu {mfu}, hfu {hfu}: {rec}");
+    }
+    let last = records.last().unwrap();
+    for depth in [1, 2, 4, 8] {
+        let v = number(last, &format!("val_loss_r{depth}"));
+        assert!(v > 0.0, "val_loss_r{depth} = {v}");
     }
     assert!(p.join("runs/learn/config.toml").exists());
     let tb: Vec<_> = std::fs::read_dir(p.join("runs/learn/tb"))
@@ -258,12 +280,26 @@ fn a_checkpoint_of_another_shape_is_refused() {
     assert!(e.contains("different model shape"), "{e}");
 }
 
+/// Every tensor of a checkpoint's model, by name.
+fn model_tensors(ckpt: &Path) -> Vec<(String, tch::Tensor)> {
+    let f = muninn_model::st::StFile::open(&ckpt.join("model.safetensors")).unwrap();
+    f.shapes()
+        .into_iter()
+        .map(|(name, _)| {
+            let t = f.get(&name).unwrap();
+            (name, t)
+        })
+        .collect()
+}
+
 #[test]
 fn non_finite_steps_are_skipped_counted_and_abort_without_saving_bad_weights() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     prepare_gsm8k(p);
-    // An absurd learning rate turns the weights non-finite after the first updates.
+    // An absurd learning rate: step 1 is finite and its update makes the weights ~1e30, so every
+    // later step overflows. With a limit of 3, steps 2 and 3 are skipped (and still saved: a
+    // skipped step leaves the weights as they were) and step 4 aborts before any save.
     let cfg = micro_config(p, "nan", 50, "");
     let e = muninn_err(
         &[
@@ -279,24 +315,73 @@ fn non_finite_steps_are_skipped_counted_and_abort_without_saving_bad_weights() {
             "train.max_consecutive_nonfinite=3",
             "--set",
             "checkpoint.interval=1",
+            "--set",
+            "checkpoint.keep=50",
         ],
         p,
     );
-    assert!(e.contains("non-finite"), "{e}");
-    for (step, path) in std::fs::read_dir(p.join("runs/nan/checkpoints"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .enumerate()
-    {
-        let f = muninn_model::st::StFile::open(&path.join("model.safetensors")).unwrap();
-        for (name, _) in f.shapes() {
-            let t = f.get(&name).unwrap();
+    let skipped: Vec<u64> = e
+        .lines()
+        .filter(|l| l.ends_with("update skipped"))
+        .map(|l| {
+            l.strip_prefix("step ")
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(skipped, [2, 3, 4], "{e}");
+    assert!(
+        e.contains("3 non-finite steps in a row (train.max_consecutive_nonfinite)"),
+        "{e}"
+    );
+    // The metrics count them: 0 at the good step, then 1, 2; step 4 never got logged.
+    let counted: Vec<(u64, u64)> = metrics(p, "nan")
+        .iter()
+        .map(|r| {
+            (
+                r["step"].as_u64().unwrap(),
+                r["nonfinite_total"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(counted, [(1, 0), (2, 1), (3, 2)]);
+    let ckpts = muninn_trainer::ckpt::list(&p.join("runs/nan")).unwrap();
+    assert_eq!(
+        ckpts.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "the aborting step saves nothing"
+    );
+    for (step, path) in &ckpts {
+        for (name, t) in model_tensors(path) {
             assert!(
                 t.isfinite().all().int64_value(&[]) == 1,
                 "checkpoint {step} holds non-finite `{name}`"
             );
         }
     }
+    // The newest checkpoint holds the last good step's weights, and its counters.
+    let good = model_tensors(&ckpts[0].1);
+    let newest = model_tensors(&ckpts[2].1);
+    assert_eq!(good.len(), newest.len());
+    for ((n1, a), (n2, b)) in good.iter().zip(&newest) {
+        assert!(
+            n1 == n2 && a.equal(b),
+            "`{n1}` changed after the last good step"
+        );
+    }
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ckpts[2].1.join("trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (&state["nonfinite_total"], &state["consecutive_nonfinite"]),
+        (&serde_json::json!(2), &serde_json::json!(2)),
+        "{state}"
+    );
 }
 
 #[test]

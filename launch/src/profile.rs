@@ -241,9 +241,30 @@ mod tests {
 
     #[test]
     fn built_in_profiles_are_valid() {
-        for (name, _) in BUILT_IN {
+        // Each name finds its own built-in file (the shipped configs/clusters/NAME.toml), not
+        // another's: the node shapes differ.
+        for (name, scheduler, gpus, ranks, max_nodes) in [
+            ("frontier", Scheduler::Slurm, 8, 8, 9408),
+            ("slurm-cuda", Scheduler::Slurm, 8, 8, 1024),
+            ("local", Scheduler::Local, 0, 1, 1),
+        ] {
             let c = Cluster::find(name).unwrap();
-            assert_eq!(c.name, name);
+            assert!(c.path.is_none(), "{name}: built in, not read from a file");
+            let shipped = std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join(format!("../configs/clusters/{name}.toml")),
+            )
+            .unwrap();
+            assert_eq!(
+                c.text, shipped,
+                "{name}: built-in text is not the shipped file"
+            );
+            let p = &c.profile;
+            assert_eq!(
+                (p.scheduler, p.gpus_per_node, p.ranks_per_node, p.max_nodes),
+                (scheduler, gpus, ranks, max_nodes),
+                "{name}"
+            );
         }
         let f = Cluster::find("frontier").unwrap().profile;
         assert_eq!(f.max_hours(2), Some(2.0));
@@ -254,5 +275,54 @@ mod tests {
             "srun -N 2 -n 16 -c7 --gpus-per-task=1 --gpu-bind=closest"
         );
         assert_eq!(fill("${SLURM_JOB_ID}", 2, 8, &f), "${SLURM_JOB_ID}");
+    }
+
+    #[test]
+    fn broken_copies_of_a_profile_are_refused_by_field() {
+        let frontier = BUILT_IN[0].1;
+        let local = BUILT_IN[2].1;
+        for (text, edit, want) in [
+            (
+                frontier,
+                ("max_nodes = 9408\ngpus", "max_nodes = 9999\ngpus"),
+                "add a [[walltime]] bin",
+            ),
+            (
+                frontier,
+                ("max_nodes = 91\n", "max_nodes = 200\n"),
+                "increasing max_nodes order",
+            ),
+            (
+                frontier,
+                ("cores_per_node = 56", "cores_per_node = 4"),
+                "is fewer than ranks_per_node",
+            ),
+            (
+                local,
+                ("max_nodes = 1", "max_nodes = 2"),
+                "max_nodes must be 1",
+            ),
+            (
+                local,
+                (
+                    "launcher = \"mpirun -np {ranks} --oversubscribe\"",
+                    "launcher = \" \"",
+                ),
+                "launcher is empty",
+            ),
+            (
+                local,
+                ("max_nodes = 1", "max_nodes = 1\nwaltime = []"),
+                "unknown field `waltime`",
+            ),
+        ] {
+            assert!(text.contains(edit.0), "{edit:?} no longer applies");
+            let broken = text.replacen(edit.0, edit.1, 1);
+            let err = toml::from_str::<ClusterProfile>(&broken)
+                .map_err(anyhow::Error::from)
+                .and_then(|p| p.validate());
+            let msg = format!("{:#}", err.expect_err(want));
+            assert!(msg.contains(want), "{edit:?}: {msg}");
+        }
     }
 }

@@ -60,6 +60,35 @@ fn hf_export_import_round_trip_is_exact() {
     }
     let back = hf::import(&out).unwrap();
     assert!(flat(&back).equal(&flat(&m)), "import(export(m)) != m");
+    // The round trip alone passes a key swap or transpose made the same way both ways: the file
+    // must hold each weight under the reference's own key, untransposed.
+    let file = st::StFile::open(&out.join("model.safetensors")).unwrap();
+    let named: std::collections::BTreeMap<String, Tensor> =
+        m.params().named_detached().into_iter().collect();
+    for (ours, theirs) in [
+        (
+            "core.0.attn.proj.weight",
+            "transformer.core_block.0.attn.proj.weight",
+        ),
+        (
+            "core.1.attn.proj.weight",
+            "transformer.core_block.1.attn.proj.weight",
+        ),
+        (
+            "core.1.mlp.fc.weight",
+            "transformer.core_block.1.mlp.fc.weight",
+        ),
+        (
+            "prelude.0.attn.Wqkv.weight",
+            "transformer.prelude.0.attn.Wqkv.weight",
+        ),
+        ("wte.weight", "lm_head.weight"),
+    ] {
+        assert!(
+            file.get(theirs).unwrap().equal(&named[ours]),
+            "`{theirs}` does not hold Muninn's `{ours}`"
+        );
+    }
     assert_eq!(back.config().n_embd, m.config().n_embd);
     assert_eq!(back.config().mean_recurrence, m.config().mean_recurrence);
 }

@@ -157,11 +157,28 @@ fn continuous_compute_and_adaptive_exit_decode_to_the_end() {
     assert_eq!(g.tokens.len(), 12);
     assert!(g.tokens.iter().all(|&t| (0..256).contains(&t)));
     assert!(g.iterations.iter().all(|&i| (2..=16).contains(&i)));
+    let depths = |g: &decode::Generation| {
+        g.iterations
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    assert!(
+        depths(&g) > 1,
+        "every token exited at one depth: {:?}",
+        g.iterations
+    );
     // Tokens that exit at different depths share the cache: the deeper slots still line up.
     opts.budget.exit = Some("latent-diff:0.05".parse().unwrap());
     opts.continuous = false;
     let g = decode::generate(&m, &[7, 8, 9], &opts).unwrap();
     assert_eq!(g.tokens.len(), 12);
+    assert!(g.iterations.iter().all(|&i| (2..=16).contains(&i)));
+    assert!(
+        depths(&g) > 1,
+        "every token exited at one depth: {:?}",
+        g.iterations
+    );
 }
 
 // ---- exit criteria on hand-built sequences, against values computed here in f64 ----

@@ -41,9 +41,29 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Decides for a test whose real component `what` (`mpirun`, `python`) is missing: under CI (`CI`
+/// set) the test fails; a developer may skip it only by saying so, `MUNINN_SKIP=mpirun,python` (or
+/// `all`), and the test then prints `SKIPPED` and returns. Without either it fails, naming the fix, so
+/// that a machine missing a component never passes the tests that need it in silence.
+pub fn skip_without(what: &str, fix: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI needs {what} ({fix}); MUNINN_SKIP does not apply under CI"
+    );
+    let skip = std::env::var("MUNINN_SKIP").unwrap_or_default();
+    let allowed = skip
+        .split(',')
+        .any(|s| s.trim() == what || s.trim() == "all");
+    assert!(
+        allowed,
+        "this test needs {what}: {fix}, or set MUNINN_SKIP={what} to skip the tests that need it"
+    );
+    eprintln!("SKIPPED: no {what} (MUNINN_SKIP={skip})");
+}
+
 /// A Python that imports `modules`: `MUNINN_REFERENCE_PYTHON`, else `.venv/bin/python` (scripts/setup.sh
-/// installs torch, transformers and tensorboard there). Without one the calling test reports itself
-/// skipped, except under CI (`CI` set), where it fails.
+/// installs torch, transformers and tensorboard there). Without one the calling test fails, unless
+/// `MUNINN_SKIP` names `python` outside CI (see [`skip_without`]), where it returns None.
 pub fn reference_python(modules: &str) -> Option<PathBuf> {
     let candidates = std::env::var_os("MUNINN_REFERENCE_PYTHON")
         .map(PathBuf::from)
@@ -57,11 +77,10 @@ pub fn reference_python(modules: &str) -> Option<PathBuf> {
             return Some(py);
         }
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI needs a Python with {modules}: run scripts/setup.sh"
+    skip_without(
+        "python",
+        &format!("a Python with {modules} (run scripts/setup.sh, or point MUNINN_REFERENCE_PYTHON at one)"),
     );
-    eprintln!("SKIPPED: no Python with {modules} (run scripts/setup.sh)");
     None
 }
 
@@ -177,4 +196,64 @@ pub fn decode_png(path: &Path) -> (u32, u32, usize) {
     let px = info.color_type.samples();
     let colours: std::collections::HashSet<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
     (info.width, info.height, colours.len())
+}
+
+/// How many pixels of each RGB colour a PNG has.
+pub fn colour_counts(path: &Path) -> std::collections::HashMap<[u8; 3], usize> {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(file).read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let px = info.color_type.samples();
+    assert!(px >= 3, "{}: not an RGB image", path.display());
+    let mut counts = std::collections::HashMap::new();
+    for p in buf[..info.buffer_size()].chunks(px) {
+        *counts.entry([p[0], p[1], p[2]]).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Each of a line chart's first `series` series (drawn in `Palette99::pick(i)`, src/plot.rs) covers
+/// more pixels than its legend swatch and markers alone could: axes, text and an empty frame
+/// never reach it.
+pub fn assert_series_drawn(path: &Path, series: usize) {
+    use plotters::style::{Color, Palette, Palette99};
+    let counts = colour_counts(path);
+    for i in 0..series {
+        let c = Palette99::pick(i).to_rgba();
+        let n = counts.get(&[c.0, c.1, c.2]).copied().unwrap_or(0);
+        assert!(
+            n >= 300,
+            "{}: series {i} ({c:?}) covers only {n} pixels",
+            path.display()
+        );
+    }
+}
+
+/// Every cell of a heatmap of `values` (rows × columns, coloured by log10 on the viridis map from
+/// the smallest to the largest value, src/plot.rs) is there: its colour covers at least a cell's
+/// worth of pixels.
+pub fn assert_heatmap_cells(path: &Path, values: &[Vec<f64>]) {
+    use plotters::style::colors::colormaps::ViridisRGB;
+    let logs: Vec<f64> = values
+        .iter()
+        .flatten()
+        .map(|v| v.max(1e-12).log10())
+        .collect();
+    let lo = logs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    assert!(hi - lo > 1e-9, "a heatmap of one value says nothing");
+    let counts = colour_counts(path);
+    let cols = values[0].len();
+    for (i, v) in logs.iter().enumerate() {
+        let c = ViridisRGB::get_color((v - lo) / (hi - lo));
+        let n = counts.get(&[c.0, c.1, c.2]).copied().unwrap_or(0);
+        assert!(
+            n >= 150,
+            "{}: the cell of row {}, column {} ({c:?}) covers only {n} pixels",
+            path.display(),
+            i / cols,
+            i % cols
+        );
+    }
 }

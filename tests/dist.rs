@@ -453,14 +453,14 @@ fn a_killed_rank_ends_the_job() {
     let p = dir.path();
     let recovery = ["--mca", "orte_enable_recovery", "1"];
     let (_status, err, secs) = disturb_rank_one(p, "-KILL", "killed", &recovery);
-    // (With recovery on, mpirun's own exit status is 0 whatever its ranks did; rank 0's abort
-    // code is in OpenMPI's report.)
+    // With recovery on, mpirun's own exit status is 0 whatever its ranks did (and its report of
+    // rank 0's MPI_Abort is not always printed), so Muninn's words are what the test holds to.
     assert!(
-        err.contains("rank 0: rank(s) [1] stopped answering (dead, stopped or hung)"),
+        err.contains("rank 0: rank(s) [1] stopped answering (dead, stopped or hung) during "),
         "{err}"
     );
     assert!(
-        err.contains("MPI_ABORT was invoked on rank 0") && err.contains("errorcode 3"),
+        err.contains("ending the job. The last complete checkpoint is intact."),
         "{err}"
     );
     eprintln!("job ended {secs:.1} s after SIGKILL (dist.timeout_s = {TIMEOUT_S})");

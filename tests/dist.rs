@@ -356,10 +356,13 @@ fn disturb_rank_one(
     // A bound on how long the job may go on: the timeout is what ends it, not the test's patience.
     while child.try_wait().unwrap().is_none() {
         if signalled.elapsed().as_secs_f64() > TIMEOUT_S + SLACK_S {
+            // Every rank first: a SIGKILLed mpirun cannot take its ranks down with it.
+            for pid in [find_rank(&tag, 0), Some(rank1)].into_iter().flatten() {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
             let _ = child.kill();
-            let _ = Command::new("kill")
-                .args(["-KILL", &rank1.to_string()])
-                .status();
             let _ = child.wait();
             panic!(
                 "the job still runs {} s after rank 1 got {signal} (dist.timeout_s = {TIMEOUT_S})",

@@ -12,6 +12,7 @@ pub mod flops;
 pub mod hf;
 pub mod huginn;
 pub mod params;
+pub mod shim;
 pub mod st;
 
 pub use config::{HuginnConfig, StateInit};

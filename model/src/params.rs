@@ -246,14 +246,45 @@ fn erf(x: f64) -> f64 {
     y.copysign(x)
 }
 
-/// All parameters in one flat fp32 leaf tensor; each parameter is a view into it.
+/// All parameters in one flat fp32 buffer, and their gradients in another, as Megatron-LM's
+/// contiguous buffers and DDP's `gradient_as_bucket_view`: the optimizer, ZeRO-1, the chunked
+/// all-reduce and checkpoints work on contiguous chunks, not hundreds of small tensors.
 ///
-/// One buffer means one gradient buffer: the data-parallel all-reduce and the optimizer work on
-/// contiguous chunks instead of hundreds of small tensors.
+/// Each parameter is its own autograd leaf aliasing its range of the flat storage, and its `.grad`
+/// aliases its range of the flat gradient, so autograd accumulates in place and a backward costs
+/// O(size of the parameters it reaches). (A `narrow` view of one flat leaf, the obvious layout,
+/// makes every backward call allocate, zero and add a gradient the size of the whole buffer for
+/// every view: O(tensors × parameters), and writes into ranges already handed to communication.)
 pub struct FlatParams {
+    /// [N] fp32. A leaf that requires grad only so that its `.grad` is the flat gradient buffer;
+    /// no forward computes with it.
     flat: Tensor,
+    /// One leaf per spec, sharing `flat`'s storage (not an autograd view of it: in-place updates
+    /// of `flat` keep them leaves).
+    leaves: Vec<Tensor>,
     specs: Vec<ParamSpec>,
     offsets: Vec<i64>,
+    /// Whether the gradient buffer exists and every leaf's `.grad` aliases it. Allocated on the
+    /// first forward that records a graph, so inference never pays for it.
+    grads_attached: std::sync::atomic::AtomicBool,
+}
+
+/// A tensor of `shape` over `base`'s storage from element `offset` on (contiguous), with no
+/// autograd link to `base`.
+fn alias(base: &Tensor, offset: i64, shape: &[i64]) -> Tensor {
+    let mut strides = vec![1i64; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    let base = base.detach();
+    tch::no_grad(|| {
+        Tensor::empty([0], (base.kind(), base.device())).set_source_tensor_storage_offset_(
+            &base,
+            offset,
+            shape,
+            strides.as_slice(),
+        )
+    })
 }
 
 impl FlatParams {
@@ -266,10 +297,17 @@ impl FlatParams {
             total += s.numel();
         }
         let flat = Tensor::zeros([total], (Kind::Float, device)).set_requires_grad(true);
+        let leaves = specs
+            .iter()
+            .zip(&offsets)
+            .map(|(s, &o)| alias(&flat, o, &s.shape).set_requires_grad(true))
+            .collect();
         FlatParams {
             flat,
+            leaves,
             specs,
             offsets,
+            grads_attached: false.into(),
         }
     }
 
@@ -314,7 +352,8 @@ impl FlatParams {
         self.flat.device()
     }
 
-    /// The flat leaf (requires grad). Its `.grad()` is the flat gradient buffer.
+    /// The flat weights (update them in place under `no_grad`). Its `.grad()` is the flat gradient
+    /// buffer, once a forward has recorded a graph.
     pub fn flat(&self) -> &Tensor {
         &self.flat
     }
@@ -324,12 +363,32 @@ impl FlatParams {
             .view(spec.shape.as_slice())
     }
 
-    /// Views that carry the autograd link to the flat leaf; built once per forward.
+    /// Allocates the flat gradient (zeros) and points every leaf's `.grad` at its range; once.
+    fn attach_grads(&self) {
+        use std::sync::atomic::Ordering;
+        if self.grads_attached.load(Ordering::Acquire) {
+            return;
+        }
+        let grad = Tensor::zeros([self.numel()], (Kind::Float, self.device()));
+        // Shapes, dtypes and devices match by construction: a failure is a bug.
+        crate::shim::set_grad(&self.flat, &grad).expect("flat gradient");
+        for ((leaf, spec), &o) in self.leaves.iter().zip(&self.specs).zip(&self.offsets) {
+            crate::shim::set_grad(leaf, &alias(&grad, o, &spec.shape))
+                .unwrap_or_else(|e| panic!("gradient of {}: {e}", spec.name));
+        }
+        self.grads_attached.store(true, Ordering::Release);
+    }
+
+    /// The parameters as autograd leaves, for a forward pass. When autograd is recording, their
+    /// gradients accumulate into the flat gradient buffer.
     pub fn views(&self) -> Vec<(&str, Tensor)> {
+        if crate::shim::grad_mode_enabled() {
+            self.attach_grads();
+        }
         self.specs
             .iter()
-            .zip(&self.offsets)
-            .map(|(s, &o)| (s.name.as_str(), Self::view_of(&self.flat, s, o)))
+            .zip(&self.leaves)
+            .map(|(s, l)| (s.name.as_str(), l.shallow_clone()))
             .collect()
     }
 

@@ -1,0 +1,109 @@
+// The few libtorch calls Muninn needs that tch 0.24 does not expose. Plain C entry points over tch's
+// `at::Tensor*` handles; errors come back as malloc'd strings (freed by the caller), never as
+// exceptions across the FFI boundary.
+#include <ATen/core/Tensor.h>
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/GradMode.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+
+namespace {
+
+char* error_string(const char* what) {
+  char* s = static_cast<char*>(std::malloc(std::strlen(what) + 1));
+  if (s) std::strcpy(s, what);
+  return s;
+}
+
+// A wrapper around libtorch's CPU allocator that counts what passes through it: current and peak
+// bytes, and allocations at least `threshold` bytes large. Installed once per process, on request.
+struct CountingAllocator final : c10::Allocator {
+  c10::Allocator* inner = nullptr;
+  std::atomic<uint64_t> current{0}, peak{0}, large{0}, threshold{UINT64_MAX};
+
+  struct Ctx {
+    c10::DataPtr inner;
+    size_t n;
+    CountingAllocator* owner;
+  };
+
+  static void free_ctx(void* p) {
+    auto* c = static_cast<Ctx*>(p);
+    c->owner->current.fetch_sub(c->n);
+    delete c;  // frees the inner allocation through its own deleter
+  }
+
+  c10::DataPtr allocate(size_t n) override {
+    c10::DataPtr d = inner->allocate(n);
+    void* data = d.get();
+    c10::Device device = d.device();
+    uint64_t now = current.fetch_add(n) + n;
+    uint64_t p = peak.load();
+    while (now > p && !peak.compare_exchange_weak(p, now)) {
+    }
+    if (n >= threshold.load()) large.fetch_add(1);
+    return c10::DataPtr(data, new Ctx{std::move(d), n, this}, &free_ctx, device);
+  }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+};
+
+CountingAllocator* counting() {
+  static CountingAllocator* a = [] {
+    auto* c = new CountingAllocator();  // lives as long as the process: tensors may outlive main
+    c->inner = c10::GetCPUAllocator();
+    c10::SetCPUAllocator(c, /*priority=*/UINT8_MAX);
+    return c;
+  }();
+  return a;
+}
+
+}  // namespace
+
+extern "C" {
+
+// t.grad = g: the gradient autograd accumulates into, in place, from now on. `g` must have t's
+// shape, dtype and device; it may be a view (of a flat gradient buffer).
+char* muninn_set_grad(at::Tensor* t, at::Tensor* g) {
+  try {
+    TORCH_CHECK(t->is_leaf() && t->requires_grad(), "set_grad: not a leaf that requires grad");
+    TORCH_CHECK(t->sizes() == g->sizes(), "set_grad: gradient shape ", g->sizes(),
+                " differs from the tensor's ", t->sizes());
+    TORCH_CHECK(t->dtype() == g->dtype() && t->device() == g->device(),
+                "set_grad: gradient dtype/device differ from the tensor's");
+    t->mutable_grad() = *g;
+    return nullptr;
+  } catch (const std::exception& e) {
+    return error_string(e.what());
+  }
+}
+
+// Whether autograd records operations on this thread (false inside tch::no_grad).
+bool muninn_grad_mode_enabled() { return c10::GradMode::is_enabled(); }
+
+// Routes libtorch's CPU allocations through the counter from now on (idempotent) and resets it:
+// peak := current, and allocations of at least `threshold` bytes are counted from zero.
+void muninn_cpu_alloc_reset(uint64_t threshold) {
+  auto* c = counting();
+  c->peak.store(c->current.load());
+  c->large.store(0);
+  c->threshold.store(threshold);
+}
+
+// {bytes allocated now, peak since the reset, allocations >= threshold since the reset}, counting
+// only memory allocated after the first reset.
+void muninn_cpu_alloc_stats(uint64_t* out) {
+  auto* c = counting();
+  out[0] = c->current.load();
+  out[1] = c->peak.load();
+  out[2] = c->large.load();
+}
+
+}  // extern "C"

@@ -2,6 +2,9 @@
 // `at::Tensor*` handles; errors come back as malloc'd strings (freed by the caller), never as
 // exceptions across the FFI boundary.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/_fused_adamw.h>
+#include <ATen/ops/full.h>
+#include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/GradMode.h>
@@ -11,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <vector>
 
 namespace {
 
@@ -104,6 +108,51 @@ void muninn_cpu_alloc_stats(uint64_t* out) {
   out[0] = c->current.load();
   out[1] = c->peak.load();
   out[2] = c->large.load();
+}
+
+// torch.optim.AdamW(fused=True)'s kernel over n tensors (one pass over p, g, m, v each; CPU and
+// CUDA): decoupled decay p *= 1 - lr·wd, moments, bias corrections at `step` (1-based), update.
+char* muninn_fused_adamw(at::Tensor** p, at::Tensor** g, at::Tensor** m, at::Tensor** v, int64_t n,
+                         double lr, double beta1, double beta2, double weight_decay, double eps,
+                         int64_t step) {
+  try {
+    std::vector<at::Tensor> ps, gs, ms, vs, steps;
+    if (n == 0) return nullptr;
+    at::Tensor t = at::full({}, static_cast<double>(step), p[0]->options().dtype(at::kFloat));
+    for (int64_t i = 0; i < n; ++i) {
+      ps.push_back(*p[i]);
+      gs.push_back(*g[i]);
+      ms.push_back(*m[i]);
+      vs.push_back(*v[i]);
+      steps.push_back(t);
+    }
+    at::_fused_adamw_(ps, gs, ms, vs, {}, steps, lr, beta1, beta2, weight_decay, eps,
+                      /*amsgrad=*/false, /*maximize=*/false);
+    return nullptr;
+  } catch (const std::exception& e) {
+    return error_string(e.what());
+  }
+}
+
+// The caching allocator of device `index` of type CUDA (ROCm builds too): {allocated now, allocated
+// peak, reserved now, reserved peak} in bytes, aggregated over pools. `reset` restarts the peaks.
+char* muninn_cuda_memory(int64_t index, bool reset, int64_t* out) {
+  try {
+    auto* a = c10::getDeviceAllocator(c10::DeviceType::CUDA);
+    auto d = static_cast<c10::DeviceIndex>(index);
+    if (reset) {
+      a->resetPeakStats(d);
+    }
+    auto stats = a->getDeviceStats(d);
+    auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    out[0] = stats.allocated_bytes[agg].current;
+    out[1] = stats.allocated_bytes[agg].peak;
+    out[2] = stats.reserved_bytes[agg].current;
+    out[3] = stats.reserved_bytes[agg].peak;
+    return nullptr;
+  } catch (const std::exception& e) {
+    return error_string(e.what());
+  }
 }
 
 }  // extern "C"

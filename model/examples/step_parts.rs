@@ -50,7 +50,8 @@ fn backward() {
             fwd = fwd.min(t0.elapsed().as_secs_f64());
             drop(out);
             let t0 = Instant::now();
-            m.loss_backward(&x, &y, depth, &InitState::Zero, false, &mut |_| {})
+            let _ = m
+                .loss_backward(&x, &y, depth, &InitState::Zero, false, &mut |_| {})
                 .expect("backward");
             total = total.min(t0.elapsed().as_secs_f64());
         }
@@ -69,12 +70,28 @@ fn memory() {
     let (x, y) = batch(4, 64);
     let m = model(shape(512, 2, 4, 2));
     // The gradient buffer is allocated by the first backward; measure from the second.
-    m.loss_backward(&x, &y, Depth::new(0, 4), &InitState::Zero, true, &mut |_| {})
+    let _ = m
+        .loss_backward(
+            &x,
+            &y,
+            Depth::new(0, 4),
+            &InitState::Zero,
+            true,
+            &mut |_| {},
+        )
         .expect("warm-up");
     for r in [4, 16, 64] {
         cpu_alloc_reset(u64::MAX);
         let base = cpu_alloc_stats().current;
-        m.loss_backward(&x, &y, Depth::new(r - 4, 4), &InitState::Zero, true, &mut |_| {})
+        let _ = m
+            .loss_backward(
+                &x,
+                &y,
+                Depth::new(r - 4, 4),
+                &InitState::Zero,
+                true,
+                &mut |_| {},
+            )
             .expect("micro-step");
         let peak = cpu_alloc_stats().peak - base;
         println!(
@@ -84,6 +101,30 @@ fn memory() {
     }
 }
 
+fn tiny() {
+    let (x, y) = batch(8, 64);
+    let m = model(shape(128, 1, 2, 1));
+    let depth = Depth::new(2, 2);
+    let mut best = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..30 {
+        let t0 = Instant::now();
+        let out = m.forward(&x, depth, &InitState::Zero).expect("forward");
+        let _ = muninn_model::cross_entropy(&out.logits, &y).expect("loss");
+        let f = t0.elapsed().as_secs_f64();
+        drop(out);
+        let t0 = Instant::now();
+        let _ = m
+            .loss_backward(&x, &y, depth, &InitState::Zero, false, &mut |_| {})
+            .expect("b");
+        best = (best.0.min(f), best.1.min(t0.elapsed().as_secs_f64()));
+    }
+    println!(
+        "tiny forward {:.1} ms, forward+backward {:.1} ms",
+        best.0 * 1e3,
+        best.1 * 1e3
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let threads: i32 = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);
@@ -91,6 +132,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("backward") => backward(),
         Some("memory") => memory(),
+        Some("tiny") => tiny(),
         _ => {
             eprintln!("usage: step_parts backward|memory THREADS");
             std::process::exit(2);

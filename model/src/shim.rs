@@ -10,14 +10,24 @@ extern "C" {
     fn muninn_grad_mode_enabled() -> bool;
     fn muninn_cpu_alloc_reset(threshold: u64);
     fn muninn_cpu_alloc_stats(out: *mut u64);
+    fn muninn_fused_adamw(
+        p: *const *mut C_tensor,
+        g: *const *mut C_tensor,
+        m: *const *mut C_tensor,
+        v: *const *mut C_tensor,
+        n: i64,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        step: i64,
+    ) -> *mut c_char;
+    fn muninn_cuda_memory(index: i64, reset: bool, out: *mut i64) -> *mut c_char;
 }
 
-/// Makes `g` the `.grad` of the leaf `t`: autograd then accumulates `t`'s gradients into `g` in
-/// place (`g` may alias a range of a larger buffer). Shape, dtype and device must match.
-pub fn set_grad(t: &Tensor, g: &Tensor) -> Result<()> {
-    // SAFETY: both are live tensors; the shim only reads `g` and rebinds `t`'s grad slot, and
-    // catches every C++ exception, returning it as a malloc'd string.
-    let err = unsafe { muninn_set_grad(t.as_ptr() as *mut C_tensor, g.as_ptr() as *mut C_tensor) };
+/// The shim's error string as a Result.
+fn check(err: *mut c_char) -> Result<()> {
     if err.is_null() {
         return Ok(());
     }
@@ -27,6 +37,78 @@ pub fn set_grad(t: &Tensor, g: &Tensor) -> Result<()> {
         .into_owned();
     unsafe { libc::free(err.cast()) };
     bail!("{msg}")
+}
+
+fn ptrs(ts: &[Tensor]) -> Vec<*mut C_tensor> {
+    ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
+}
+
+/// Makes `g` the `.grad` of the leaf `t`: autograd then accumulates `t`'s gradients into `g` in
+/// place (`g` may alias a range of a larger buffer). Shape, dtype and device must match.
+pub fn set_grad(t: &Tensor, g: &Tensor) -> Result<()> {
+    // SAFETY: both are live tensors; the shim only reads `g` and rebinds `t`'s grad slot, and
+    // catches every C++ exception, returning it as a malloc'd string.
+    check(unsafe { muninn_set_grad(t.as_ptr() as *mut C_tensor, g.as_ptr() as *mut C_tensor) })
+}
+
+/// One step of `torch.optim.AdamW(fused=True)` over the tensors `p` (updated in place, with their
+/// gradients `g` and moments `m`, `v`, all the same shapes), at 1-based step `step`.
+#[allow(clippy::too_many_arguments)]
+pub fn fused_adamw(
+    p: &[Tensor],
+    g: &[Tensor],
+    m: &[Tensor],
+    v: &[Tensor],
+    lr: f64,
+    betas: (f64, f64),
+    weight_decay: f64,
+    eps: f64,
+    step: u64,
+) -> Result<()> {
+    anyhow::ensure!(
+        p.len() == g.len() && p.len() == m.len() && p.len() == v.len(),
+        "fused_adamw: lists of different lengths"
+    );
+    let (pp, gp, mp, vp) = (ptrs(p), ptrs(g), ptrs(m), ptrs(v));
+    // SAFETY: four arrays of p.len() live tensor handles; the kernel writes p, m, v in place.
+    check(unsafe {
+        muninn_fused_adamw(
+            pp.as_ptr(),
+            gp.as_ptr(),
+            mp.as_ptr(),
+            vp.as_ptr(),
+            p.len() as i64,
+            lr,
+            betas.0,
+            betas.1,
+            weight_decay,
+            eps,
+            step as i64,
+        )
+    })
+}
+
+/// A GPU's caching-allocator memory, bytes (aggregated over its pools).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    pub allocated: i64,
+    pub peak_allocated: i64,
+    pub reserved: i64,
+    pub peak_reserved: i64,
+}
+
+/// libtorch's CUDA (or ROCm) caching-allocator statistics of GPU `index`; `reset_peak` restarts the
+/// peaks from now. An error where libtorch has no CUDA allocator (a CPU build).
+pub fn cuda_memory(index: usize, reset_peak: bool) -> Result<DeviceMemory> {
+    let mut out = [0i64; 4];
+    // SAFETY: the shim writes four i64 and catches C++ exceptions.
+    check(unsafe { muninn_cuda_memory(index as i64, reset_peak, out.as_mut_ptr()) })?;
+    Ok(DeviceMemory {
+        allocated: out[0],
+        peak_allocated: out[1],
+        reserved: out[2],
+        peak_reserved: out[3],
+    })
 }
 
 /// Whether autograd records operations on this thread (false inside `tch::no_grad`).

@@ -170,6 +170,9 @@ pub struct LogSection {
     /// 0 leaves MFU out.
     pub peak_flops: f64,
     pub tensorboard: bool,
+    /// Time each step's phases (data, forward + backward, gradient reduction, optimizer) and log
+    /// them as `time_*_ms`. On a GPU every phase boundary then waits for the device.
+    pub profile: bool,
 }
 
 impl Default for LogSection {
@@ -178,6 +181,7 @@ impl Default for LogSection {
             interval: 10,
             peak_flops: 0.0,
             tensorboard: true,
+            profile: false,
         }
     }
 }

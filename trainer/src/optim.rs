@@ -208,7 +208,7 @@ impl FlatOptimizer {
                         let _ = v.g_add_(&(&g * &g * (1.0 - c.beta2)));
                         if c.update_clipping {
                             let _ = v.clamp_min_(c.eps * c.eps); // persistent, as in the reference
-                            partial.push((&g * &g / &v).sum(Kind::Double));
+                            partial.push(g.square().g_div_(&v).sum(Kind::Double));
                         }
                     }
                     // η per tensor: lr / max(RMS(g/√v), 1) / bc1, from sums over every shard.
@@ -233,26 +233,38 @@ impl FlatOptimizer {
                             }
                             false => lr_t / bc1,
                         };
-                        let wd = if seg.decay { c.weight_decay } else { 0.0 };
-                        let _ = p.g_mul_scalar_(1.0 - (lr_t / c.lr) * wd);
-                        let update = m.atan2(&(v.sqrt() / bc2.sqrt()));
-                        let _ = p.g_sub_(&(update * eta));
+                        if seg.decay && c.weight_decay > 0.0 {
+                            let _ = p.g_mul_scalar_(1.0 - (lr_t / c.lr) * c.weight_decay);
+                        }
+                        let mut update = m.atan2(&v.sqrt().g_div_scalar_(bc2.sqrt()));
+                        let _ = p.g_sub_(&update.g_mul_scalar_(eta));
                     }
                 }
                 OptimizerKind::Adamw => {
+                    // torch.optim.AdamW(fused=True)'s kernel: one pass over (p, g, m, v) per
+                    // weight-decay group, every run of the shard in one call.
+                    let mut groups: [[Vec<Tensor>; 4]; 2] = Default::default();
                     for r in &self.runs {
-                        let (mut p, g, mut m, mut v) = slices(r);
-                        let wd = if self.segments[r.segment].decay {
-                            c.weight_decay
-                        } else {
-                            0.0
-                        };
-                        let _ = m.lerp_(&g, 1.0 - c.beta1);
-                        let _ = v.g_mul_scalar_(c.beta2);
-                        let _ = v.g_add_(&(&g * &g * (1.0 - c.beta2)));
-                        let _ = p.g_mul_scalar_(1.0 - lr_t * wd);
-                        let denom = (&v / bc2).sqrt() + c.eps;
-                        let _ = p.g_sub_(&(&m / denom * (lr_t / bc1)));
+                        let (p, g, m, v) = slices(r);
+                        let group = &mut groups[self.segments[r.segment].decay as usize];
+                        for (list, t) in group.iter_mut().zip([p, g, m, v]) {
+                            list.push(t);
+                        }
+                    }
+                    for (decay, [p, g, m, v]) in groups.iter().enumerate() {
+                        let wd = if decay == 1 { c.weight_decay } else { 0.0 };
+                        let step = self.steps + 1;
+                        muninn_model::shim::fused_adamw(
+                            p,
+                            g,
+                            m,
+                            v,
+                            lr_t,
+                            (c.beta1, c.beta2),
+                            wd,
+                            c.eps,
+                            step,
+                        )?;
                     }
                 }
             }

@@ -13,7 +13,7 @@ use muninn_model::flops::train_flops_per_token;
 use muninn_model::{Huginn, InitState};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use crate::ckpt::{self, TrainerState};
 use crate::config::RunConfig;
@@ -201,6 +201,8 @@ pub fn train(
     // Since the last log line: (start, tokens, model FLOPs, hardware FLOPs), from each step's (n, k).
     let mut window = (Instant::now(), 0u64, 0.0f64, 0.0f64);
     let grad_scale = 1.0 / t.grad_accum as f64;
+    // With log.profile: seconds spent in each phase since the last log line.
+    let mut phases = Phases::new(raw.log.profile, device);
 
     while state.step < t.max_steps {
         state.step += 1;
@@ -209,14 +211,17 @@ pub fn train(
 
         // Forward and backward over the micro-batches; gradients accumulate in the flat buffer and
         // are reduced over ranks once, during the last micro-batch's backward.
-        let mut loss_sum = 0.0;
+        // The micro-batches' losses stay on the device until the vote: no host sync per micro-batch.
+        let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
         let mut last_x = None;
         let mut comm_err = Ok(());
+        phases.start();
         for i in 0..t.grad_accum {
             // Micro-batch i of rank r is global micro-batch i·W + r, with its own s0: W ranks with
             // one micro-batch each draw what one rank with W accumulation steps would.
             seed_torch(t.seed, step, 0x50 + (i * world + rank) as u64);
             let (x, y) = to_tensors(&loader.next_batch(rank, world, t.micro_batch_size), device);
+            phases.lap(Phase::Data);
             last_x = Some(x.shallow_clone());
             let reduce_here = i + 1 == t.grad_accum;
             let mut on_grads = |stage| {
@@ -233,7 +238,8 @@ pub fn train(
                 raw.recurrence.activation_checkpointing,
                 &mut on_grads,
             )?;
-            loss_sum += loss.double_value(&[]);
+            loss_sum += loss.to_kind(Kind::Double);
+            phases.lap(Phase::ForwardBackward);
         }
         comm_err?;
         let grad = model.params().flat().grad();
@@ -249,9 +255,10 @@ pub fn train(
 
         // One vote: mean loss, global gradient norm (‖g‖² of each shard under ZeRO-1; every rank
         // holds the whole gradient otherwise), and whether any rank was signalled.
-        let local_sq = grad.square().sum(Kind::Double).double_value(&[]);
+        // One fused reduction, no temporary (CPU accumulates in double).
+        let local_sq = grad.norm().double_value(&[]).powi(2);
         let mut vote = [
-            loss_sum / t.grad_accum as f64,
+            loss_sum.double_value(&[]) / t.grad_accum as f64,
             if zero1 { local_sq } else { 0.0 },
             stop_signal.load(Ordering::SeqCst) as u8 as f64,
         ];
@@ -259,6 +266,7 @@ pub fn train(
         let loss = vote[0] / world as f64;
         let grad_norm = if zero1 { vote[1] } else { local_sq }.sqrt();
         let signalled = vote[2] > 0.0;
+        phases.lap(Phase::Reduce);
         clip_to_norm(&grad, grad_norm, raw.optimizer.grad_clip);
         let lr = cfg.schedule.at(step);
         let finite = loss.is_finite() && grad_norm.is_finite();
@@ -299,6 +307,7 @@ pub fn train(
             }
         }
         let _ = model.params().flat().grad().zero_();
+        phases.lap(Phase::Optimizer);
         state.tokens_seen += tokens_per_step;
         state.loader = loader.state();
         last_loss = loss;
@@ -332,6 +341,7 @@ pub fn train(
                 "tokens_seen": state.tokens_seen, "nonfinite_total": state.nonfinite_total,
                 "flops_per_token": window.2 / window.1.max(1) as f64,
             });
+            phases.record(&mut rec, raw.log.interval.min(step - first_step));
             let mut peak = [peak_rss_gib()];
             comm.allreduce_f64(&mut peak, Op::Max, "peak memory")?;
             rec["peak_mem_gib"] = json!(peak[0]);
@@ -430,6 +440,80 @@ pub fn train(
         stop: Stop::Finished,
         last_loss,
     })
+}
+
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Reading the micro-batch and moving it to the device.
+    Data,
+    /// `loss_backward`, including the gradient messages started during it.
+    ForwardBackward,
+    /// Waiting for the gradient reduction, accumulation scaling, and the vote.
+    Reduce,
+    /// Clipping, the (ZeRO-1) update and zeroing the gradient.
+    Optimizer,
+}
+
+/// Per-phase wall time of the steps since the last log line (`log.profile`). Each lap waits for
+/// the device first, so that a GPU's queued work is charged to the phase that queued it.
+struct Phases {
+    on: bool,
+    device: Device,
+    last: Instant,
+    secs: [f64; 4],
+}
+
+impl Phases {
+    fn new(on: bool, device: Device) -> Self {
+        Phases {
+            on,
+            device,
+            last: Instant::now(),
+            secs: [0.0; 4],
+        }
+    }
+
+    fn sync(&self) {
+        if let Device::Cuda(i) = self.device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    }
+
+    fn start(&mut self) {
+        if self.on {
+            self.sync();
+            self.last = Instant::now();
+        }
+    }
+
+    fn lap(&mut self, phase: Phase) {
+        if self.on {
+            self.sync();
+            let now = Instant::now();
+            self.secs[phase as usize] += (now - self.last).as_secs_f64();
+            self.last = now;
+        }
+    }
+
+    /// Adds `time_{data,fwd_bwd,reduce,optimizer}_ms` (per step, over `steps` steps) and restarts.
+    fn record(&mut self, rec: &mut serde_json::Value, steps: u64) {
+        if !self.on {
+            return;
+        }
+        let per_step = 1e3 / steps.max(1) as f64;
+        for (key, s) in [
+            "time_data_ms",
+            "time_fwd_bwd_ms",
+            "time_reduce_ms",
+            "time_optimizer_ms",
+        ]
+        .iter()
+        .zip(self.secs)
+        {
+            rec[*key] = json!(s * per_step);
+        }
+        self.secs = [0.0; 4];
+    }
 }
 
 /// Written to the run directory when training reaches train.max_steps, so that job scripts can tell

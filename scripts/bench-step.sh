@@ -29,7 +29,8 @@ shapes=(
   "d512|preset = \"tiny\"\nn_embd = 512\nn_heads = 8\nintermediate_size = 2048\nvocab_size = 4096\nn_layers_in_prelude = 2\nn_layers_in_recurrent_block = 4\nn_layers_in_coda = 2|4|4|4|${STEPS:-6}"
 )
 
-# Muninn: warm-up window, then one timed window of $steps steps (the second metrics record).
+# Muninn: every step logged (a step's time excludes the logging after it); the median step time
+# after $steps warm-up steps, as the reference's.
 muninn_step() { # name model n k batch steps threads -> "ms_per_step flops_per_token time_*_ms..."
   local name=$1 model=$2 n=$3 k=$4 b=$5 steps=$6 threads=$7 cfg="$tmp/$1-$7.toml"
   printf '[run]\nname = "%s"\ndir = "%s/runs"\n[model]\n%b\n[data]\ndir = "%s/ds"\ntokenizer = "%s/tok.json"\n' \
@@ -55,7 +56,7 @@ threads = $threads
 [checkpoint]
 interval = 0
 [log]
-interval = $steps
+interval = 1
 tensorboard = false
 ${PROFILE:+profile = $PROFILE}
 [eval]
@@ -64,12 +65,13 @@ depths = [1]
 max_rows = 4
 TOML
   "$train_bin" train "$cfg" >/dev/null 2>&1
-  $py - "$tmp/runs/$name-$threads/metrics.jsonl" "$b" <<'PY'
-import json, sys
-r = [json.loads(l) for l in open(sys.argv[1])][1]
-ms = int(sys.argv[2]) * 64 / r["tokens_per_s"] * 1e3
-t = " ".join(f'{r.get(k, float("nan")):.1f}' for k in ["time_data_ms", "time_fwd_bwd_ms", "time_reduce_ms", "time_optimizer_ms"])
-print(f'{ms:.1f} {r["flops_per_token"]:.6g} {t}')
+  $py - "$tmp/runs/$name-$threads/metrics.jsonl" "$b" "$steps" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])][int(sys.argv[3]):]
+med = lambda k: statistics.median(r.get(k, float("nan")) for r in rows)
+ms = statistics.median(int(sys.argv[2]) * 64 / r["tokens_per_s"] * 1e3 for r in rows)
+t = " ".join(f"{med(k):.1f}" for k in ["time_data_ms", "time_fwd_bwd_ms", "time_reduce_ms", "time_optimizer_ms"])
+print(f'{ms:.1f} {rows[0]["flops_per_token"]:.6g} {t}')
 PY
 }
 
@@ -81,7 +83,7 @@ ref_step() { # name model n k batch steps threads -> ms_per_step
     $bin export "$tmp/ck-$name" --format huginn-hf --out "$tmp/hf-$name" >/dev/null
   fi
   HF_HUB_OFFLINE=1 HF_MODULES_CACHE="$tmp/hf_modules" $py scripts/bench/ref_step.py "$tmp/hf-$name" \
-    --n "$n" --k "$k" --batch "$b" --seq 64 --threads "$threads" --steps "$steps" 2>/dev/null |
+    --n "$n" --k "$k" --batch "$b" --seq 64 --threads "$threads" --steps "$steps" --warmup "$steps" 2>/dev/null |
     $py -c 'import json, sys; print("%.1f" % json.load(sys.stdin)["ms_per_step"])'
 }
 
@@ -93,7 +95,7 @@ out=${OUT:-bench/step.md}
   echo "Written by \`scripts/bench-step.sh\` on $(date -u +%Y-%m-%d), $(nproc --all) cores ($cpu), libtorch $($py -c 'import torch; print(torch.__version__)'),"
   echo "commit $(git rev-parse --short HEAD)${MUNINN_BIN:+ (Muninn arms: $MUNINN_BIN)}. Same shape, fixed (n, k), micro-batch × 64 tokens, fp32, AdamW + clipping,"
   echo "no activation checkpointing. Reference: \`raven_modeling_minimal.py\` in eager PyTorch (forward, backward,"
-  echo "\`clip_grad_norm_\`, \`torch.optim.AdamW\`); Muninn: \`muninn train\` (the second of two equal log windows)."
+  echo "\`clip_grad_norm_\`, \`torch.optim.AdamW\`); Muninn: \`muninn train\`. Both: the median step after as many warm-up steps."
   echo "FLOP/s use Muninn's model FLOP count (the same model for both), against a 2048² fp32 matmul at the same threads."
   echo
   echo "| shape | params | (n, k) | batch × T | threads | reference ms/step | Muninn ms/step | Muninn tokens/s | Muninn vs reference | Muninn FLOP/s / matmul | reference FLOP/s / matmul |"

@@ -342,9 +342,23 @@ pub fn train(
                 "flops_per_token": window.2 / window.1.max(1) as f64,
             });
             phases.record(&mut rec, raw.log.interval.min(step - first_step));
-            let mut peak = [peak_rss_gib()];
+            // Host RSS, and on a GPU its caching allocator's peaks; the largest over ranks.
+            let gpu = match device {
+                Device::Cuda(i) => muninn_model::shim::cuda_memory(i, false).ok(),
+                _ => None,
+            };
+            let gib = |b: i64| b as f64 / (1u64 << 30) as f64;
+            let mut peak = [
+                peak_rss_gib(),
+                gpu.map_or(0.0, |m| gib(m.peak_allocated)),
+                gpu.map_or(0.0, |m| gib(m.peak_reserved)),
+            ];
             comm.allreduce_f64(&mut peak, Op::Max, "peak memory")?;
             rec["peak_mem_gib"] = json!(peak[0]);
+            if gpu.is_some() {
+                rec["gpu_peak_allocated_gib"] = json!(peak[1]);
+                rec["gpu_peak_reserved_gib"] = json!(peak[2]);
+            }
             if let Some(sync) = sync.as_mut() {
                 // Seconds per step, the mean over ranks: issuing messages, and blocked on them.
                 let st = sync.stats;

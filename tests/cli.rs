@@ -7,6 +7,8 @@ use muninn_model::st::StFile;
 
 /// Runs muninn to the end; returns its stdout and the peak resident memory of that one process
 /// (wait4's rusage: other tests' children do not count).
+// The child is reaped by wait4 below, not by Child::wait (which would discard its rusage).
+#[allow(clippy::zombie_processes)]
 fn muninn_peak_rss(args: &[&str], cwd: &std::path::Path) -> (String, u64) {
     use std::io::Read;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_muninn"))

@@ -6,8 +6,12 @@ use muninn_model::{cross_entropy, Depth, Huginn, HuginnConfig, InitState, Precis
 use tch::{Device, Kind, Tensor};
 
 fn model(device: Device, precision: Precision) -> Huginn {
-    let m = Huginn::new(HuginnConfig::preset("micro").expect("micro"), device, precision)
-        .expect("model");
+    let m = Huginn::new(
+        HuginnConfig::preset("micro").expect("micro"),
+        device,
+        precision,
+    )
+    .expect("model");
     m.init(11);
     m
 }
@@ -18,7 +22,9 @@ fn main() {
         std::process::exit(2);
     }
     let gpu = Device::Cuda(0);
-    let ids = (Tensor::arange(2 * 33, (Kind::Int64, Device::Cpu)) * 37).remainder(256).view([2, 33]);
+    let ids = (Tensor::arange(2 * 33, (Kind::Int64, Device::Cpu)) * 37)
+        .remainder(256)
+        .view([2, 33]);
     let (x, y) = (ids.narrow(1, 0, 32), ids.narrow(1, 1, 32));
     let depth = Depth::eval(4);
     let run = |device: Device, precision: Precision| {

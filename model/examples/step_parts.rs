@@ -5,6 +5,8 @@
 //! - `memory THREADS`: peak libtorch CPU memory of one micro-step at r = 4, 16, 64 with k = 4 and
 //!   activation checkpointing (the d512 bench shape; the shim's counting allocator, weights and the
 //!   gradient buffer excluded).
+//! - `tiny THREADS`: the best forward and forward + backward of 30 on a tiny shape, for quick
+//!   before/after checks while working on the model.
 //!
 //! `cargo run --release -p muninn-model --example step_parts -- backward 1`
 

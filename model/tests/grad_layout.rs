@@ -26,26 +26,23 @@ fn a_backward_allocates_no_temporary_the_size_of_the_flat_buffer() {
     let targets = (&ids + 1).remainder(512);
     for checkpointing in [false, true] {
         let mut stages = 0;
+        let mut micro_step = |on_grads: &mut dyn FnMut(GradStage)| {
+            let depth = Depth::new(1, 3);
+            let _ = m
+                .loss_backward(
+                    &ids,
+                    &targets,
+                    depth,
+                    &InitState::Zero,
+                    checkpointing,
+                    on_grads,
+                )
+                .unwrap();
+        };
         // The first backward allocates the flat gradient buffer itself; count from the second.
-        m.loss_backward(
-            &ids,
-            &targets,
-            Depth::new(1, 3),
-            &InitState::Zero,
-            checkpointing,
-            &mut |_| {},
-        )
-        .unwrap();
+        micro_step(&mut |_| {});
         cpu_alloc_reset(flat_bytes / 2);
-        m.loss_backward(
-            &ids,
-            &targets,
-            Depth::new(1, 3),
-            &InitState::Zero,
-            checkpointing,
-            &mut |s| stages += (s != GradStage::CoreIteration) as usize,
-        )
-        .unwrap();
+        micro_step(&mut |s| stages += (s != GradStage::CoreIteration) as usize);
         let stats = cpu_alloc_stats();
         assert_eq!(stages, 3);
         assert_eq!(

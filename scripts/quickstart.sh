@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: set up; fetch the default corpus and prepare a tokenizer and shards from it (once;
-# reused afterwards); inspect the model shapes; train the tiny shape at mean depth 8 for 11-13
+# reused afterwards); inspect the model shapes; train the tiny shape at mean depth 8 for about 8
 # minutes (configs/demo.toml); measure validation loss at test-time depths 1..64 and plot it; sample
 # with per-token adaptive exit; draw how the latent state converges; run a forward pass; export the
 # model in Huginn's Hugging Face layout. Outputs go to .cache/datasets/, runs/demo/ and

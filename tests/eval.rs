@@ -101,7 +101,7 @@ fn eval_reports_one_loss_per_depth_and_agrees_with_training_validation() {
     );
 
     let png = out.join("eval.png");
-    let (w, h, _) = decode_png(&png);
+    let (w, h) = decode_png(&png);
     assert_eq!((w, h), (900, 560));
     assert_series_drawn(&png, 1);
 
@@ -295,14 +295,22 @@ fn latents_draws_a_convergence_heatmap_and_pca_trajectories() {
     assert!(stdout.contains("convergence.png"), "{stdout}");
     let report = json(&std::fs::read_to_string(p.join("lat/latents.json")).unwrap());
     let t = report["tokens"].as_array().unwrap().len();
-    let conv = report["convergence"].as_array().unwrap();
+    let conv: Vec<Vec<f64>> = report["convergence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
     assert_eq!(conv.len(), t);
-    for row in conv {
-        let row = row.as_array().unwrap();
+    for row in &conv {
         assert_eq!(row.len(), 6);
-        assert!(row
-            .iter()
-            .all(|v| v.as_f64().unwrap().is_finite() && v.as_f64().unwrap() >= 0.0));
+        assert!(row.iter().all(|v| v.is_finite() && *v >= 0.0));
     }
     // The rows against s_1..s_6 from `muninn forward` at each depth (same tokens, s_0 = 0):
     // convergence[t][i−1] = ‖s_i − s_{i−1}‖/‖s_i‖, so the first column is exactly 1.
@@ -339,10 +347,9 @@ fn latents_draws_a_convergence_heatmap_and_pca_trajectories() {
         states.push(s.get(0));
     }
     for (pos, row) in conv.iter().enumerate() {
-        for (i, got) in row.as_array().unwrap().iter().enumerate() {
+        for (i, &got) in row.iter().enumerate() {
             let (s, prev) = (states[i + 1].get(pos as i64), states[i].get(pos as i64));
             let want = (&s - &prev).norm().double_value(&[]) / s.norm().double_value(&[]);
-            let got = got.as_f64().unwrap();
             assert!(
                 (got - want).abs() <= 1e-4 * want.max(1e-3),
                 "token {pos}, iteration {}: latents says {got}, the states give {want}",
@@ -350,19 +357,7 @@ fn latents_draws_a_convergence_heatmap_and_pca_trajectories() {
             );
         }
     }
-    assert_heatmap_cells(
-        &p.join("lat/convergence.png"),
-        &conv
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap())
-                    .collect()
-            })
-            .collect::<Vec<Vec<f64>>>(),
-    );
+    assert_heatmap_cells(&p.join("lat/convergence.png"), &conv);
     let traj = report["pca"]["trajectories"].as_array().unwrap();
     assert!((1..=4).contains(&traj.len()));
     assert!(traj
@@ -379,7 +374,7 @@ fn latents_draws_a_convergence_heatmap_and_pca_trajectories() {
         "{ratio:?}"
     );
     for png in ["convergence.png", "pca.png"] {
-        let (w, h, _) = decode_png(&p.join("lat").join(png));
+        let (w, h) = decode_png(&p.join("lat").join(png));
         assert!(w >= 360 && h >= 360, "{png}: {w}x{h}");
     }
     assert_series_drawn(&p.join("lat/pca.png"), traj.len());

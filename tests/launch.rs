@@ -373,7 +373,7 @@ fn a_local_sweep_over_k_trains_every_point_and_compare_reads_them() {
         assert!(s["peak_mem_gib"].as_f64().unwrap() > 0.0, "{s}");
     }
     // A real PNG of two 640x480 panels.
-    let (width, height, _) = decode_png(&p.join("cmp.png"));
+    let (width, height) = decode_png(&p.join("cmp.png"));
     assert_eq!((width, height), (1280, 480));
     assert_series_drawn(&p.join("cmp.png"), 2);
 }

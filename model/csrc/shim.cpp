@@ -135,14 +135,11 @@ char* muninn_fused_adamw(at::Tensor** p, at::Tensor** g, at::Tensor** m, at::Ten
 }
 
 // The caching allocator of device `index` of type CUDA (ROCm builds too): {allocated now, allocated
-// peak, reserved now, reserved peak} in bytes, aggregated over pools. `reset` restarts the peaks.
-char* muninn_cuda_memory(int64_t index, bool reset, int64_t* out) {
+// peak, reserved now, reserved peak} in bytes, aggregated over pools.
+char* muninn_cuda_memory(int64_t index, int64_t* out) {
   try {
     auto* a = c10::getDeviceAllocator(c10::DeviceType::CUDA);
     auto d = static_cast<c10::DeviceIndex>(index);
-    if (reset) {
-      a->resetPeakStats(d);
-    }
     auto stats = a->getDeviceStats(d);
     auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
     out[0] = stats.allocated_bytes[agg].current;

@@ -39,24 +39,30 @@ fn model(cfg: HuginnConfig) -> Huginn {
     m
 }
 
+/// The best of `reps` (forward + loss, forward + loss + backward) wall times, seconds.
+fn best_micro_step(m: &Huginn, x: &Tensor, y: &Tensor, depth: Depth, reps: usize) -> (f64, f64) {
+    let (mut fwd, mut total) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        let out = m.forward(x, depth, &InitState::Zero).expect("forward");
+        let _ = muninn_model::cross_entropy(&out.logits, y).expect("loss");
+        fwd = fwd.min(t0.elapsed().as_secs_f64());
+        drop(out);
+        let t0 = Instant::now();
+        let _ = m
+            .loss_backward(x, y, depth, &InitState::Zero, false, &mut |_| {})
+            .expect("backward");
+        total = total.min(t0.elapsed().as_secs_f64());
+    }
+    (fwd, total)
+}
+
 fn backward() {
     let (x, y) = batch(4, 64);
     let depth = Depth::new(0, 2);
     for d in [256, 512, 768, 1024] {
         let m = model(shape(d, 1, 2, 1));
-        let (mut fwd, mut total) = (f64::INFINITY, f64::INFINITY);
-        for _ in 0..4 {
-            let t0 = Instant::now();
-            let out = m.forward(&x, depth, &InitState::Zero).expect("forward");
-            let _ = muninn_model::cross_entropy(&out.logits, &y).expect("loss");
-            fwd = fwd.min(t0.elapsed().as_secs_f64());
-            drop(out);
-            let t0 = Instant::now();
-            let _ = m
-                .loss_backward(&x, &y, depth, &InitState::Zero, false, &mut |_| {})
-                .expect("backward");
-            total = total.min(t0.elapsed().as_secs_f64());
-        }
+        let (fwd, total) = best_micro_step(&m, &x, &y, depth, 4);
         println!(
             "{{\"kind\": \"backward\", \"n_embd\": {d}, \"params\": {}, \"tensors\": {}, \
              \"forward_ms\": {:.2}, \"backward_ms\": {:.2}}}",
@@ -107,19 +113,7 @@ fn tiny() {
     let (x, y) = batch(8, 64);
     let m = model(shape(128, 1, 2, 1));
     let depth = Depth::new(2, 2);
-    let mut best = (f64::INFINITY, f64::INFINITY);
-    for _ in 0..30 {
-        let t0 = Instant::now();
-        let out = m.forward(&x, depth, &InitState::Zero).expect("forward");
-        let _ = muninn_model::cross_entropy(&out.logits, &y).expect("loss");
-        let f = t0.elapsed().as_secs_f64();
-        drop(out);
-        let t0 = Instant::now();
-        let _ = m
-            .loss_backward(&x, &y, depth, &InitState::Zero, false, &mut |_| {})
-            .expect("b");
-        best = (best.0.min(f), best.1.min(t0.elapsed().as_secs_f64()));
-    }
+    let best = best_micro_step(&m, &x, &y, depth, 30);
     println!(
         "tiny forward {:.1} ms, forward+backward {:.1} ms",
         best.0 * 1e3,

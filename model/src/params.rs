@@ -363,7 +363,8 @@ impl FlatParams {
             .view(spec.shape.as_slice())
     }
 
-    /// Allocates the flat gradient (zeros) and points every leaf's `.grad` at its range; once.
+    /// Allocates the flat gradient (zeros) and points every leaf's `.grad` at its range (a plain
+    /// view: only the leaves must not be autograd views of their buffer); once.
     fn attach_grads(&self) {
         use std::sync::atomic::Ordering;
         if self.grads_attached.load(Ordering::Acquire) {
@@ -373,7 +374,7 @@ impl FlatParams {
         // Shapes, dtypes and devices match by construction: a failure is a bug.
         crate::shim::set_grad(&self.flat, &grad).expect("flat gradient");
         for ((leaf, spec), &o) in self.leaves.iter().zip(&self.specs).zip(&self.offsets) {
-            crate::shim::set_grad(leaf, &alias(&grad, o, &spec.shape))
+            crate::shim::set_grad(leaf, &Self::view_of(&grad, spec, o))
                 .unwrap_or_else(|e| panic!("gradient of {}: {e}", spec.name));
         }
         self.grads_attached.store(true, Ordering::Release);

@@ -23,7 +23,7 @@ extern "C" {
         eps: f64,
         step: i64,
     ) -> *mut c_char;
-    fn muninn_cuda_memory(index: i64, reset: bool, out: *mut i64) -> *mut c_char;
+    fn muninn_cuda_memory(index: i64, out: *mut i64) -> *mut c_char;
 }
 
 /// The shim's error string as a Result.
@@ -97,12 +97,12 @@ pub struct DeviceMemory {
     pub peak_reserved: i64,
 }
 
-/// libtorch's CUDA (or ROCm) caching-allocator statistics of GPU `index`; `reset_peak` restarts the
-/// peaks from now. An error where libtorch has no CUDA allocator (a CPU build).
-pub fn cuda_memory(index: usize, reset_peak: bool) -> Result<DeviceMemory> {
+/// libtorch's CUDA (or ROCm) caching-allocator statistics of GPU `index` (peaks since the process
+/// started). An error where libtorch has no CUDA allocator (a CPU build).
+pub fn cuda_memory(index: usize) -> Result<DeviceMemory> {
     let mut out = [0i64; 4];
     // SAFETY: the shim writes four i64 and catches C++ exceptions.
-    check(unsafe { muninn_cuda_memory(index as i64, reset_peak, out.as_mut_ptr()) })?;
+    check(unsafe { muninn_cuda_memory(index as i64, out.as_mut_ptr()) })?;
     Ok(DeviceMemory {
         allocated: out[0],
         peak_allocated: out[1],

@@ -26,7 +26,7 @@ fn a_backward_allocates_no_temporary_the_size_of_the_flat_buffer() {
     let targets = (&ids + 1).remainder(512);
     for checkpointing in [false, true] {
         let mut stages = 0;
-        let mut micro_step = |on_grads: &mut dyn FnMut(GradStage)| {
+        let micro_step = |on_grads: &mut dyn FnMut(GradStage)| {
             let depth = Depth::new(1, 3);
             let _ = m
                 .loss_backward(

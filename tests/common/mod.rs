@@ -182,9 +182,8 @@ max_rows = 8
     file
 }
 
-/// Decodes a PNG completely (header, checksums, pixel data); returns (width, height, distinct
-/// colours), so a test can tell a real chart from a blank image.
-pub fn decode_png(path: &Path) -> (u32, u32, usize) {
+/// Decodes a PNG completely (header, checksums, pixel data): (width, height, RGB of each pixel).
+fn decode(path: &Path) -> (u32, u32, Vec<[u8; 3]>) {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut reader = png::Decoder::new(file)
         .read_info()
@@ -194,21 +193,26 @@ pub fn decode_png(path: &Path) -> (u32, u32, usize) {
         .next_frame(&mut buf)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let px = info.color_type.samples();
-    let colours: std::collections::HashSet<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
-    (info.width, info.height, colours.len())
+    assert!(px >= 3, "{}: not an RGB image", path.display());
+    let pixels = buf[..info.buffer_size()]
+        .chunks(px)
+        .map(|p| [p[0], p[1], p[2]])
+        .collect();
+    (info.width, info.height, pixels)
+}
+
+/// A PNG's (width, height), after decoding it completely; what it shows is checked by
+/// [`assert_series_drawn`] and [`assert_heatmap_cells`].
+pub fn decode_png(path: &Path) -> (u32, u32) {
+    let (w, h, _) = decode(path);
+    (w, h)
 }
 
 /// How many pixels of each RGB colour a PNG has.
 pub fn colour_counts(path: &Path) -> std::collections::HashMap<[u8; 3], usize> {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut reader = png::Decoder::new(file).read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let px = info.color_type.samples();
-    assert!(px >= 3, "{}: not an RGB image", path.display());
     let mut counts = std::collections::HashMap::new();
-    for p in buf[..info.buffer_size()].chunks(px) {
-        *counts.entry([p[0], p[1], p[2]]).or_insert(0) += 1;
+    for p in decode(path).2 {
+        *counts.entry(p).or_insert(0) += 1;
     }
     counts
 }

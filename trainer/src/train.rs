@@ -328,6 +328,8 @@ pub fn train(
         let last = step == t.max_steps;
         if step % raw.log.interval == 0 || last {
             let secs = window.0.elapsed().as_secs_f64().max(1e-9);
+            // Steps since the last log line (fewer on the first line after a resume).
+            let window_steps = raw.log.interval.min(step - first_step);
             let tokens_per_s = window.1 as f64 / secs;
             // Per device: the window's FLOPs are the whole job's.
             let utilisation = |flops: f64| match raw.log.peak_flops > 0.0 {
@@ -341,10 +343,10 @@ pub fn train(
                 "tokens_seen": state.tokens_seen, "nonfinite_total": state.nonfinite_total,
                 "flops_per_token": window.2 / window.1.max(1) as f64,
             });
-            phases.record(&mut rec, raw.log.interval.min(step - first_step));
+            phases.record(&mut rec, window_steps);
             // Host RSS, and on a GPU its caching allocator's peaks; the largest over ranks.
             let gpu = match device {
-                Device::Cuda(i) => muninn_model::shim::cuda_memory(i, false).ok(),
+                Device::Cuda(i) => muninn_model::shim::cuda_memory(i).ok(),
                 _ => None,
             };
             let gib = |b: i64| b as f64 / (1u64 << 30) as f64;
@@ -364,7 +366,7 @@ pub fn train(
                 let st = sync.stats;
                 let mut c = [st.launch_s, st.wait_s, st.elems, st.elems_done_in_backward];
                 comm.sum_f64(&mut c, "communication timings")?;
-                let per_step = (world as u64 * raw.log.interval.min(step - first_step)) as f64;
+                let per_step = (world as u64 * window_steps) as f64;
                 rec["comm_launch_s"] = json!(c[0] / per_step);
                 rec["comm_wait_s"] = json!(c[1] / per_step);
                 // Share of gradient messages already complete when backward ended.

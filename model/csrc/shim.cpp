@@ -8,6 +8,8 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <atomic>
 #include <cstdint>
@@ -89,6 +91,17 @@ char* muninn_set_grad(at::Tensor* t, at::Tensor* g) {
   }
 }
 
+// torch.autograd.backward(t, grad_tensors=g): backpropagates the vector-Jacobian product of g
+// (t's shape) through t's graph, freeing it, without a `(t * g).sum()` surrogate.
+char* muninn_backward(at::Tensor* t, at::Tensor* g) {
+  try {
+    torch::autograd::backward({*t}, {*g});
+    return nullptr;
+  } catch (const std::exception& e) {
+    return error_string(e.what());
+  }
+}
+
 // Whether autograd records operations on this thread (false inside tch::no_grad).
 bool muninn_grad_mode_enabled() { return c10::GradMode::is_enabled(); }
 
@@ -146,6 +159,35 @@ char* muninn_cuda_memory(int64_t index, int64_t* out) {
     out[1] = stats.allocated_bytes[agg].peak;
     out[2] = stats.reserved_bytes[agg].current;
     out[3] = stats.reserved_bytes[agg].peak;
+    return nullptr;
+  } catch (const std::exception& e) {
+    return error_string(e.what());
+  }
+}
+
+// libtorch's CPU profiler (what torch.profiler records): every operator call from now on, on every
+// thread, until muninn_profiler_stop.
+char* muninn_profiler_start() {
+  try {
+    using namespace torch::profiler::impl;
+    ProfilerConfig config(ProfilerState::KINETO, /*report_input_shapes=*/true,
+                          /*profile_memory=*/false, /*with_stack=*/false, /*with_flops=*/false,
+                          /*with_modules=*/false);
+    std::set<ActivityType> activities{ActivityType::CPU};
+    torch::autograd::profiler::prepareProfiler(config, activities);
+    torch::autograd::profiler::enableProfiler(config, activities);
+    return nullptr;
+  } catch (const std::exception& e) {
+    return error_string(e.what());
+  }
+}
+
+// Ends the profile started by muninn_profiler_start and writes it as a Chrome trace (Perfetto).
+char* muninn_profiler_stop(const char* path) {
+  try {
+    auto result = torch::autograd::profiler::disableProfiler();
+    TORCH_CHECK(result, "profiler_stop: no profile was running");
+    result->save(path);
     return nullptr;
   } catch (const std::exception& e) {
     return error_string(e.what());

@@ -9,7 +9,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::block::{linear, rms_norm, BlockWeights, Rope};
 use crate::config::{HuginnConfig, StateInit};
+use crate::loss::linear_cross_entropy;
 use crate::params::{self, trunc_normal_, FlatParams};
+use crate::shim;
 
 /// Number of core iterations without and with a gradient graph: (n, k).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,14 +208,18 @@ impl Huginn {
         Ok(x)
     }
 
-    /// s [B, T, d] → logits [B, T, V] fp32. `ln_f` is applied before and after the coda (§8.1).
+    /// s [B, T, d] → logits [B, T, V] fp32.
     fn coda(&self, w: &Weights, s: &Tensor) -> Result<Tensor> {
+        Ok(linear(&self.coda_hidden(w, s)?, &w.head).to_kind(Kind::Float))
+    }
+
+    /// s [B, T, d] → the head's input [B, T, d]. `ln_f` is applied before and after the coda (§8.1).
+    fn coda_hidden(&self, w: &Weights, s: &Tensor) -> Result<Tensor> {
         let mut x = rms_norm(s, &w.ln_f, self.cfg.norm_eps);
         for b in &w.coda {
             x = b.forward(&x, &self.rope, self.cfg.n_heads, self.cfg.norm_eps)?;
         }
-        let x = rms_norm(&x, &w.ln_f, self.cfg.norm_eps);
-        Ok(linear(&x, &w.head).to_kind(Kind::Float))
+        Ok(rms_norm(&x, &w.ln_f, self.cfg.norm_eps))
     }
 
     /// s0 shaped like `e`: Huginn's like-init is a ±3σ truncated normal scaled by sqrt(d) (§1.6).
@@ -310,29 +316,40 @@ impl Huginn {
                 s = self.core_step(&w, &s, &e_leaf)?;
             }
         }
-        // The coda's backward stops at s_k, a leaf.
+        // The coda's backward stops at s_k, a leaf. The loss and its gradient come fused, chunk by
+        // chunk, without the [B, T, V] logits; the head's part goes straight into wte's gradient.
         let s_k = s.detach().set_requires_grad(true);
-        let loss = cross_entropy(&self.coda(&w, &s_k)?, targets)?;
-        loss.backward();
+        let h = self.coda_hidden(&w, &s_k)?; // [B, T, d]
+        let (b, t, d) = h.size3()?;
+        ensure!(
+            targets.size() == [b, t],
+            "targets have shape {:?}, expected [{b}, {t}]",
+            targets.size()
+        );
+        let (loss, grad_h) = tch::no_grad(|| {
+            let x = h.detach().reshape([b * t, d]).to_kind(w.head.kind());
+            linear_cross_entropy(&x, &w.head, &targets.reshape([b * t]), &w.wte.grad())
+        })?;
+        shim::backward(&h, &grad_h.to_kind(h.kind()).view([b, t, d]))?;
         on_grads(GradStage::Coda);
         let mut g = s_k.grad();
         if activation_checkpointing {
             for x in inputs.iter().rev() {
                 let x = x.detach().set_requires_grad(true);
                 let y = self.core_step(&w, &x, &e_leaf)?;
-                (y * &g).sum(Kind::Float).backward();
+                shim::backward(&y, &g)?;
                 g = x.grad();
                 on_grads(GradStage::CoreIteration);
             }
         } else if depth.with_grad > 0 {
-            (s * &g).sum(Kind::Float).backward();
+            shim::backward(&s, &g)?;
         }
         on_grads(GradStage::Core);
         if depth.with_grad > 0 {
-            (e * e_leaf.grad()).sum(Kind::Float).backward();
+            shim::backward(&e, &e_leaf.grad())?;
         }
         on_grads(GradStage::Prelude);
-        Ok(loss.detach())
+        Ok(loss)
     }
 }
 
@@ -402,19 +419,4 @@ impl Huginn {
             })
         })
     }
-}
-
-/// Mean cross-entropy in fp32 over all positions. logits [B, T, V], targets [B, T] (i64).
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let (b, t, v) = logits.size3()?;
-    ensure!(
-        targets.size() == [b, t],
-        "targets have shape {:?}, logits {:?}",
-        targets.size(),
-        logits.size()
-    );
-    Ok(logits
-        .reshape([b * t, v])
-        .to_kind(Kind::Float)
-        .cross_entropy_for_logits(&targets.reshape([b * t])))
 }

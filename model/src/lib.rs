@@ -11,13 +11,13 @@ pub mod exit;
 pub mod flops;
 pub mod hf;
 pub mod huginn;
+pub mod loss;
 pub mod params;
 pub mod shim;
 pub mod st;
 
 pub use config::{HuginnConfig, StateInit};
 pub use exit::ExitCriterion;
-pub use huginn::{
-    cross_entropy, Depth, Forward, GradStage, Huginn, InitState, Precision, Telemetry,
-};
+pub use huginn::{Depth, Forward, GradStage, Huginn, InitState, Precision, Telemetry};
+pub use loss::cross_entropy;
 pub use params::{ParamCounts, Part};

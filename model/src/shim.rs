@@ -7,6 +7,7 @@ use torch_sys::C_tensor;
 
 extern "C" {
     fn muninn_set_grad(t: *mut C_tensor, g: *mut C_tensor) -> *mut c_char;
+    fn muninn_backward(t: *mut C_tensor, g: *mut C_tensor) -> *mut c_char;
     fn muninn_grad_mode_enabled() -> bool;
     fn muninn_cpu_alloc_reset(threshold: u64);
     fn muninn_cpu_alloc_stats(out: *mut u64);
@@ -24,6 +25,8 @@ extern "C" {
         step: i64,
     ) -> *mut c_char;
     fn muninn_cuda_memory(index: i64, out: *mut i64) -> *mut c_char;
+    fn muninn_profiler_start() -> *mut c_char;
+    fn muninn_profiler_stop(path: *const c_char) -> *mut c_char;
 }
 
 /// The shim's error string as a Result.
@@ -49,6 +52,13 @@ pub fn set_grad(t: &Tensor, g: &Tensor) -> Result<()> {
     // SAFETY: both are live tensors; the shim only reads `g` and rebinds `t`'s grad slot, and
     // catches every C++ exception, returning it as a malloc'd string.
     check(unsafe { muninn_set_grad(t.as_ptr() as *mut C_tensor, g.as_ptr() as *mut C_tensor) })
+}
+
+/// Backpropagates `grad` (shaped like `t`) through `t`'s graph: `torch.autograd.backward(t, grad)`,
+/// the vector-Jacobian product without a `(t * grad).sum()` surrogate and its extra passes.
+pub fn backward(t: &Tensor, grad: &Tensor) -> Result<()> {
+    // SAFETY: two live tensors; exceptions (shape mismatch, no graph) come back as a string.
+    check(unsafe { muninn_backward(t.as_ptr() as *mut C_tensor, grad.as_ptr() as *mut C_tensor) })
 }
 
 /// One step of `torch.optim.AdamW(fused=True)` over the tensors `p` (updated in place, with their
@@ -145,4 +155,17 @@ pub fn cpu_alloc_stats() -> CpuAllocStats {
         peak: out[1],
         large: out[2],
     }
+}
+
+/// Starts libtorch's operator profiler (what `torch.profiler` records on the CPU).
+pub fn profiler_start() -> Result<()> {
+    // SAFETY: no arguments; exceptions come back as a string.
+    check(unsafe { muninn_profiler_start() })
+}
+
+/// Stops the profiler and writes what it recorded to `path` as a Chrome trace (open in Perfetto).
+pub fn profiler_stop(path: &std::path::Path) -> Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    check(unsafe { muninn_profiler_stop(c.as_ptr()) })
 }

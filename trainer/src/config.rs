@@ -173,6 +173,9 @@ pub struct LogSection {
     /// Time each step's phases (data, forward + backward, gradient reduction, optimizer) and log
     /// them as `time_*_ms`. On a GPU every phase boundary then waits for the device.
     pub profile: bool,
+    /// Record libtorch's operator profile of this step (0: none) into `trace-step<N>.json` in the
+    /// run directory (rank 0; a Chrome trace, opens in Perfetto).
+    pub trace_step: u64,
 }
 
 impl Default for LogSection {
@@ -182,6 +185,7 @@ impl Default for LogSection {
             peak_flops: 0.0,
             tensorboard: true,
             profile: false,
+            trace_step: 0,
         }
     }
 }

@@ -208,6 +208,10 @@ pub fn train(
         state.step += 1;
         let step = state.step;
         let depth = cfg.sampler.draw(step);
+        let trace = root && step == raw.log.trace_step;
+        if trace {
+            muninn_model::shim::profiler_start()?;
+        }
 
         // Forward and backward over the micro-batches; gradients accumulate in the flat buffer and
         // are reduced over ranks once, during the last micro-batch's backward.
@@ -308,6 +312,11 @@ pub fn train(
         }
         let _ = model.params().flat().grad().zero_();
         phases.lap(Phase::Optimizer);
+        if trace {
+            let path = run_dir.join(format!("trace-step{step}.json"));
+            muninn_model::shim::profiler_stop(&path)
+                .with_context(|| format!("writing the profile {}", path.display()))?;
+        }
         state.tokens_seen += tokens_per_step;
         state.loader = loader.state();
         last_loss = loss;

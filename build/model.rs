@@ -1,5 +1,5 @@
 //! Build script of the model crate: the rpath (as every libtorch crate) and the small C++ shim
-//! (`model/csrc/shim.cpp`) for the libtorch calls tch does not expose, compiled against the same
+//! (`model/csrc/shim.cpp`: the libtorch calls tch does not expose; `kernels.cpp`: fused CPU kernels), compiled against the same
 //! libtorch headers and C++ ABI that tch uses.
 
 #[path = "rpath.rs"]
@@ -10,6 +10,7 @@ use std::path::PathBuf;
 fn main() {
     rpath::main();
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
+    println!("cargo:rerun-if-changed=csrc/kernels.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     // torch-sys exports libtorch's lib directory; the headers sit beside it (PyPI wheel, the
     // libtorch zip and a site's ROCm/CUDA build all lay it out so).
@@ -21,6 +22,9 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("csrc/shim.cpp")
+        .file("csrc/kernels.cpp")
+        // The fused kernels run in debug builds (the tests) too: optimise them always.
+        .opt_level(3)
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")

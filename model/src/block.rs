@@ -4,6 +4,8 @@
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
+use crate::shim;
+
 /// `x @ wᵀ` in the weight's dtype: fp32 weights give fp32 matmuls, bf16 weights bf16 matmuls.
 pub fn linear(x: &Tensor, w: &Tensor) -> Tensor {
     x.to_kind(w.kind()).linear::<Tensor>(w, None)
@@ -12,6 +14,9 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Tensor {
 /// RMSNorm_llama: normalise in fp32, cast back to x's dtype, multiply by the fp32 weight. The product
 /// promotes to fp32, which is why the residual stream and the recurrent state stay fp32 (§1.10).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
+    if shim::fused_kernels_take(x) && shim::fused_kernels_take(weight) && x.is_contiguous() {
+        return shim::rms_norm(x, weight, eps).expect("fused RMSNorm on checked inputs");
+    }
     let xf = x.to_kind(Kind::Float);
     let inv_rms = (xf.square().mean_dim(-1, true, Kind::Float) + eps).rsqrt();
     (xf * inv_rms).to_kind(x.kind()) * weight
@@ -58,8 +63,12 @@ impl Rope {
             "positions {pos}..{} are beyond the rotary cache of {max} (model.block_size)",
             pos + t
         );
-        let cos = self.cos.narrow(0, pos, t).view([1, t, 1, hd / 2]);
-        let sin = self.sin.narrow(0, pos, t).view([1, t, 1, hd / 2]);
+        let (cos, sin) = (self.cos.narrow(0, pos, t), self.sin.narrow(0, pos, t));
+        if shim::fused_kernels_take(x) && x.stride()[3] == 1 {
+            return shim::rope(x, &cos, &sin);
+        }
+        let cos = cos.view([1, t, 1, hd / 2]);
+        let sin = sin.view([1, t, 1, hd / 2]);
         let pairs = x.to_kind(Kind::Float).view([b, t, h, hd / 2, 2]);
         let (a, bb) = (pairs.select(-1, 0), pairs.select(-1, 1));
         let rotated = Tensor::stack(&[&a * &cos - &bb * &sin, &bb * &cos + &a * &sin], -1);

@@ -19,8 +19,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         .cross_entropy_for_logits(&targets.reshape([b * t])))
 }
 
-/// Logits of at most this many elements exist at once in [`linear_cross_entropy`] (16 MiB fp32).
-const CHUNK_ELEMENTS: i64 = 1 << 22;
+/// The smallest chunk of logits [`linear_cross_entropy`] makes, in elements (4 MiB fp32): large
+/// enough for efficient matmuls, small enough to stay in a CPU's cache.
+const MIN_CHUNK_ELEMENTS: i64 = 1 << 20;
 
 /// Mean cross-entropy of the logits `x · headᵀ` against `targets`, and its gradients, without ever
 /// holding all [N, V] logits or their gradient (the chunked "linear cross-entropy" of Liger-Kernel
@@ -47,7 +48,8 @@ pub fn linear_cross_entropy(
         targets.size()
     );
     let inv_n = 1.0 / n as f64;
-    let rows = (CHUNK_ELEMENTS / v).clamp(1, n.max(1));
+    // A chunk's logits are no larger than the hidden states themselves (Liger-Kernel's rule).
+    let rows = ((n * d).max(MIN_CHUNK_ELEMENTS) / v).clamp(1, n.max(1));
     let mut loss = Tensor::zeros([], (Kind::Float, x.device()));
     let grad_x = x.zeros_like();
     let mut start = 0;

@@ -26,6 +26,18 @@ extern "C" {
     ) -> *mut c_char;
     fn muninn_cuda_memory(index: i64, out: *mut i64) -> *mut c_char;
     fn muninn_profiler_start() -> *mut c_char;
+    fn muninn_rms_norm(
+        x: *mut C_tensor,
+        w: *mut C_tensor,
+        eps: f64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    fn muninn_rope(
+        x: *mut C_tensor,
+        cos: *mut C_tensor,
+        sin: *mut C_tensor,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
     fn muninn_profiler_stop(path: *const c_char) -> *mut c_char;
 }
 
@@ -168,4 +180,41 @@ pub fn profiler_stop(path: &std::path::Path) -> Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: a NUL-terminated path that outlives the call.
     check(unsafe { muninn_profiler_stop(c.as_ptr()) })
+}
+
+/// A tensor the shim created with `new at::Tensor(...)`, now owned by tch.
+fn take_out(err: *mut c_char, out: *mut C_tensor) -> Result<Tensor> {
+    check(err)?;
+    // SAFETY: on success the shim stored a fresh heap-allocated tensor handle, ours alone.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+fn raw(t: &Tensor) -> *mut C_tensor {
+    t.as_ptr() as *mut C_tensor
+}
+
+/// Whether [`rms_norm`] and [`rope`] take this tensor: fp32 on the CPU.
+pub fn fused_kernels_take(t: &Tensor) -> bool {
+    t.device() == tch::Device::Cpu && t.kind() == tch::Kind::Float
+}
+
+/// RMSNorm as one fused CPU kernel each way (`kernels.cpp`): x [..., d] contiguous fp32, w [d].
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let mut out = std::ptr::null_mut();
+    // SAFETY: live tensors in; the shim checks dtypes, devices and shapes before touching data.
+    take_out(
+        unsafe { muninn_rms_norm(raw(x), raw(w), eps, &mut out) },
+        out,
+    )
+}
+
+/// Interleaved-pair RoPE as one fused CPU kernel each way (`kernels.cpp`): x [B, T, H, hd] fp32
+/// with a contiguous last dimension, cos/sin [T, hd/2]. Returns a contiguous tensor.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let mut out = std::ptr::null_mut();
+    // SAFETY: as rms_norm.
+    take_out(
+        unsafe { muninn_rope(raw(x), raw(cos), raw(sin), &mut out) },
+        out,
+    )
 }

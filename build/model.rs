@@ -25,6 +25,8 @@ fn main() {
         .file("csrc/kernels.cpp")
         // The fused kernels run in debug builds (the tests) too: optimise them always.
         .opt_level(3)
+        // `#pragma omp simd` reductions vectorise (no OpenMP runtime is linked for it).
+        .flag_if_supported("-fopenmp-simd")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -5,7 +5,8 @@
 # shape, fixed (n, k), batch, fp32, AdamW with clipping and no activation checkpointing; then the
 # step's FLOP/s against a large fp32 matmul's, backward time against parameter count at a fixed
 # number of tensors, and peak memory at r = 4, 16, 64 with k = 4 and activation checkpointing.
-# Writes bench/step.md. About 10 minutes on 2 cores. STEPS=N changes the timed steps per arm;
+# Writes bench/step.md. About 15 minutes on 2 cores. STEPS=N changes the timed steps per arm, ROUNDS=N
+# how often the two arms alternate (3);
 # PROFILE=true adds Muninn's per-phase times; MUNINN_BIN=PATH times another build of muninn (e.g.
 # an older commit's, for a before/after comparison; it then also needs PROFILE unset) and OUT=FILE
 # writes elsewhere.
@@ -33,6 +34,7 @@ shapes=(
 # after $steps warm-up steps, as the reference's.
 muninn_step() { # name model n k batch steps threads -> "ms_per_step flops_per_token time_*_ms..."
   local name=$1 model=$2 n=$3 k=$4 b=$5 steps=$6 threads=$7 cfg="$tmp/$1-$7.toml"
+  rm -rf "$tmp/runs/$name-$threads" # the previous round's finished run
   printf '[run]\nname = "%s"\ndir = "%s/runs"\n[model]\n%b\n[data]\ndir = "%s/ds"\ntokenizer = "%s/tok.json"\n' \
     "$name-$threads" "$tmp" "$model" "$tmp" "$tmp" > "$cfg"
   cat >> "$cfg" <<TOML
@@ -95,11 +97,12 @@ out=${OUT:-bench/step.md}
   echo "Written by \`scripts/bench-step.sh\` on $(date -u +%Y-%m-%d), $(nproc --all) cores ($cpu), libtorch $($py -c 'import torch; print(torch.__version__)'),"
   echo "commit $(git rev-parse --short HEAD)${MUNINN_BIN:+ (Muninn arms: $MUNINN_BIN)}. Same shape, fixed (n, k), micro-batch × 64 tokens, fp32, AdamW + clipping,"
   echo "no activation checkpointing. Reference: \`raven_modeling_minimal.py\` in eager PyTorch (forward, backward,"
-  echo "\`clip_grad_norm_\`, \`torch.optim.AdamW\`); Muninn: \`muninn train\`. Both: the median step after as many warm-up steps."
+  echo "\`clip_grad_norm_\`, \`torch.optim.AdamW\`); Muninn: \`muninn train\`. Each arm: the median step after as many warm-up steps;"
+  echo "the two arms alternate ${ROUNDS:-3} times (rounds: reference / Muninn of each) and the table holds each arm's median."
   echo "FLOP/s use Muninn's model FLOP count (the same model for both), against a 2048² fp32 matmul at the same threads."
   echo
-  echo "| shape | params | (n, k) | batch × T | threads | reference ms/step | Muninn ms/step | Muninn tokens/s | Muninn vs reference | Muninn FLOP/s / matmul | reference FLOP/s / matmul |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| shape | params | (n, k) | batch × T | threads | reference ms/step | Muninn ms/step | Muninn tokens/s | Muninn vs reference | each round | Muninn FLOP/s / matmul | reference FLOP/s / matmul |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 } > "$out.tmp"
 profile_rows=()
 for s in "${shapes[@]}"; do
@@ -107,15 +110,23 @@ for s in "${shapes[@]}"; do
   params=$(printf '[model]\n%b\n' "$model" > "$tmp/p.toml"; $bin model info "$tmp/p.toml" | sed -n "s/.*total (tied) *\([0-9,]*\).*/\1/p" | head -1)
   for threads in 1 2; do
     mm=$($py scripts/bench/matmul.py "$threads")
-    ref=$(ref_step "$name" "$model" "$n" "$k" "$b" "$steps" "$threads")
-    read -r ms fpt t_data t_fb t_red t_opt <<< "$(muninn_step "$name" "$model" "$n" "$k" "$b" "$steps" "$threads")"
-    $py - "$name" "$params" "$n" "$k" "$b" "$threads" "$ref" "$ms" "$fpt" "$mm" >> "$out.tmp" <<'PY'
-import sys
-name, params, n, k, b, threads, ref, ms, fpt, mm = sys.argv[1:]
-b, ref, ms, fpt, mm = int(b), float(ref), float(ms), float(fpt), float(mm)
+    # The arms alternate, $ROUNDS times: a slow minute of the VM then falls on both, not on one.
+    refs=() mus=()
+    for round in $(seq "${ROUNDS:-3}"); do
+      refs+=("$(ref_step "$name" "$model" "$n" "$k" "$b" "$steps" "$threads")")
+      read -r ms fpt t_data t_fb t_red t_opt <<< "$(muninn_step "$name" "$model" "$n" "$k" "$b" "$steps" "$threads")"
+      mus+=("$ms")
+    done
+    $py - "$name" "$params" "$n" "$k" "$b" "$threads" "${refs[*]}" "${mus[*]}" "$fpt" "$mm" >> "$out.tmp" <<'PY'
+import statistics, sys
+name, params, n, k, b, threads, refs, mus, fpt, mm = sys.argv[1:]
+refs, mus = [float(x) for x in refs.split()], [float(x) for x in mus.split()]
+b, fpt, mm = int(b), float(fpt), float(mm)
+ref, ms = statistics.median(refs), statistics.median(mus)
 tok = b * 64
 f = lambda step_ms: fpt * tok / (step_ms / 1e3) / mm
-print(f"| {name} | {params} | ({n}, {k}) | {b} × 64 | {threads} | {ref:.0f} | {ms:.0f} | {tok / ms * 1e3:.0f} | **{ref / ms:.2f}×** | {f(ms):.2f} | {f(ref):.2f} |")
+rounds = ", ".join(f"{r / m:.2f}" for r, m in zip(refs, mus))
+print(f"| {name} | {params} | ({n}, {k}) | {b} × 64 | {threads} | {ref:.0f} | {ms:.0f} | {tok / ms * 1e3:.0f} | **{ref / ms:.2f}×** | {rounds} | {f(ms):.2f} | {f(ref):.2f} |")
 PY
     profile_rows+=("| $name | $threads | $t_data | $t_fb | $t_red | $t_opt |")
   done

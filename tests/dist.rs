@@ -22,17 +22,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 const TOL: f64 = 1e-5;
 
-fn mpirun_available() -> bool {
-    let found = Command::new("mpirun")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        skip_without("mpirun", "run scripts/setup.sh (it installs OpenMPI)");
-    }
-    found
-}
-
 /// What every MPI test starts with: mpirun (or an explicit MUNINN_SKIP=mpirun), the two cores to itself, and a
 /// temporary directory with the GSM8K tokenizer and shards.
 fn mpi_test() -> Option<(MutexGuard<'static, ()>, tempfile::TempDir)> {
@@ -43,25 +32,6 @@ fn mpi_test() -> Option<(MutexGuard<'static, ()>, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     prepare_gsm8k(dir.path());
     Some((serial, dir))
-}
-
-fn mpirun(np: usize, args: &[&str], cwd: &Path) -> Command {
-    mpirun_with(np, &[], args, cwd)
-}
-
-/// mpirun with extra options of its own (before the program).
-fn mpirun_with(np: usize, options: &[&str], args: &[&str], cwd: &Path) -> Command {
-    let mut c = Command::new("mpirun");
-    c.args(["-np", &np.to_string(), "--oversubscribe"])
-        .args(options)
-        .arg(env!("CARGO_BIN_EXE_muninn"))
-        .args(args)
-        .current_dir(cwd)
-        .env("OMP_NUM_THREADS", "1")
-        // Harmless when not root; OpenMPI refuses root without them.
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    c
 }
 
 fn mpirun_ok(np: usize, args: &[&str], cwd: &Path) -> String {

@@ -41,9 +41,10 @@ struct RmsNorm : torch::autograd::Function<RmsNorm> {
       for (int64_t r = begin; r < end; ++r) {
         const float* xr = px + r * d;
         float* yr = py + r * d;
-        double ss = 0.0;  // a double sum: rows of thousands of elements stay exact to fp32
-        for (int64_t j = 0; j < d; ++j) ss += static_cast<double>(xr[j]) * xr[j];
-        const float iv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(d) + eps));
+        float ss = 0.f;  // in SIMD lanes: independent partial sums, as ATen's reductions
+#pragma omp simd reduction(+ : ss)
+        for (int64_t j = 0; j < d; ++j) ss += xr[j] * xr[j];
+        const float iv = static_cast<float>(1.0 / std::sqrt(static_cast<double>(ss) / d + eps));
         pinv[r] = iv;
         for (int64_t j = 0; j < d; ++j) yr[j] = (xr[j] * iv) * pw[j];
       }
@@ -70,9 +71,11 @@ struct RmsNorm : torch::autograd::Function<RmsNorm> {
         const float *xr = px + r * d, *gr = pg + r * d;
         float* gxr = pgx + r * d;
         const float iv = pinv[r];
-        double dot = 0.0;
-        for (int64_t j = 0; j < d; ++j) dot += static_cast<double>(gr[j] * pw[j]) * xr[j];
+        float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < d; ++j) dot += gr[j] * pw[j] * xr[j];
         const float c = static_cast<float>(static_cast<double>(iv) * iv * iv * dot / d);
+#pragma omp simd
         for (int64_t j = 0; j < d; ++j) {
           gxr[j] = iv * gr[j] * pw[j] - c * xr[j];
           acc[j] += gr[j] * xr[j] * iv;

@@ -11,7 +11,7 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
 fn fused_loss_and_gradients_match_autograd_over_several_chunks() {
     tch::set_num_threads(1);
     tch::manual_seed(3);
-    // 2,100 rows of 4,096 logits: chunks of 256 rows (4 MiB), the last one short.
+    // 2,100 rows of 4,096 logits: chunks of 64 rows (1 MiB), the last one short.
     let (n, d, v) = (2100, 24, 4096);
     let opts = (Kind::Float, Device::Cpu);
     let x = Tensor::randn([n, d], opts).set_requires_grad(true);

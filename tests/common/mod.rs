@@ -261,3 +261,35 @@ pub fn assert_heatmap_cells(path: &Path, values: &[Vec<f64>]) {
         );
     }
 }
+
+/// Whether `mpirun` is here; without it the MPI tests fail (or skip under MUNINN_SKIP=mpirun).
+pub fn mpirun_available() -> bool {
+    let found = Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        skip_without("mpirun", "run scripts/setup.sh (it installs OpenMPI)");
+    }
+    found
+}
+
+/// `mpirun -np N --oversubscribe muninn ARGS` in `cwd`, one libtorch thread per rank.
+pub fn mpirun(np: usize, args: &[&str], cwd: &Path) -> Command {
+    mpirun_with(np, &[], args, cwd)
+}
+
+/// mpirun with extra options of its own (before the program).
+pub fn mpirun_with(np: usize, options: &[&str], args: &[&str], cwd: &Path) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["-np", &np.to_string(), "--oversubscribe"])
+        .args(options)
+        .arg(env!("CARGO_BIN_EXE_muninn"))
+        .args(args)
+        .current_dir(cwd)
+        .env("OMP_NUM_THREADS", "1")
+        // Harmless when not root; OpenMPI refuses root without them.
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    c
+}

@@ -51,8 +51,7 @@ fn record(dir: &Path, name: &str) -> serde_json::Value {
     let weights = dir.join(format!(
         "runs/{name}/checkpoints/step-{STEPS:08}/model.safetensors"
     ));
-    let bytes = std::fs::read(&weights)
-        .unwrap_or_else(|e| panic!("{}: {e}", weights.display()));
+    let bytes = std::fs::read(&weights).unwrap_or_else(|e| panic!("{}: {e}", weights.display()));
     serde_json::json!({
         "losses": losses,
         "sha256": format!("{:x}", Sha256::digest(&bytes)),
@@ -79,11 +78,16 @@ fn huginn_training_matches_the_recorded_losses_and_weights() {
         ],
     );
     muninn_ok(&["train", &cfg], d);
-    got.insert("checkpointed-accum2".into(), record(d, "checkpointed-accum2"));
+    got.insert(
+        "checkpointed-accum2".into(),
+        record(d, "checkpointed-accum2"),
+    );
 
     if mpirun_available() {
         let cfg = tiny_config(d, "two-ranks", &[]);
-        let out = mpirun(2, &["train", &cfg], d).output().expect("running mpirun");
+        let out = mpirun(2, &["train", &cfg], d)
+            .output()
+            .expect("running mpirun");
         assert!(
             out.status.success(),
             "mpirun -np 2 muninn train failed:\n{}",
@@ -102,14 +106,18 @@ fn huginn_training_matches_the_recorded_losses_and_weights() {
         std::fs::write(&golden, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
         return;
     }
-    let want: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&golden)
-            .unwrap_or_else(|_| panic!("{} missing: run with MUNINN_UPDATE_GOLDEN=1", golden.display())),
-    )
-    .unwrap();
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&golden).unwrap_or_else(|_| {
+            panic!(
+                "{} missing: run with MUNINN_UPDATE_GOLDEN=1",
+                golden.display()
+            )
+        }))
+        .unwrap();
     for (run, record) in got.as_object().unwrap() {
         assert_eq!(
-            record, &want[run],
+            record,
+            &want[run],
             "{run}: the losses or the weights moved from {} (MUNINN_UPDATE_GOLDEN=1 rewrites it)",
             golden.display()
         );

@@ -70,7 +70,7 @@ pub fn linear_cross_entropy(
         );
         let g = g.to_kind(x.kind());
         // The 1/N goes on the small [n_c, d] sides of the two matmuls, not on the [n_c, V] one.
-        let _ = grad_x
+        grad_x
             .narrow(0, start, len)
             .copy_(&(g.matmul(head) * inv_n));
         let xs = &xc * inv_n;

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 
 use crate::block::{linear, rms_norm, BlockWeights, Kv};
 use crate::exit::ExitCriterion;
-use crate::huginn::{Huginn, InitState, Weights};
+use crate::huginn::{Depth, Flow, Huginn, InitState, Iteration, Weights};
 
 /// How many iterations a chunk may run.
 #[derive(Debug, Clone, Copy)]
@@ -141,45 +141,56 @@ impl<'m> Decoder<'m> {
         }
         let e = x;
 
-        // Core: iterate until the budget or the criterion says stop.
-        let mut s = self.model.initial_state(&e, init)?;
-        let mut tracker = budget.exit.map(|c| c.tracker(&s));
+        // Core: the model's recurrence, each iteration's layers behind that iteration's cache slot,
+        // until the budget or the exit criterion says stop.
+        let s0 = self.model.initial_state(&e, init)?;
+        let mut tracker = budget.exit.map(|c| c.tracker(&s0));
         let old = std::mem::take(&mut self.cache.core);
         let mut fresh: Vec<Vec<Kv>> = Vec::with_capacity(old.len());
         let mut newest: Vec<Kv> = Vec::new();
         let mut exit_values = Vec::new();
         let mut peeked = None;
         let mut steps = 0;
-        while steps < budget.max_steps {
+        let mut blocks = |i: i64, j: usize, b: &BlockWeights, x: &Tensor| -> Result<Tensor> {
             // Past tokens that never reached this iteration are represented by their deepest one.
-            let past = old.get(steps as usize).or(old.last());
-            let mut x = linear(&Tensor::cat(&[&s, &e], -1), &self.w.adapter);
-            newest.clear();
-            let mut slot = Vec::with_capacity(self.w.core.len());
-            for (j, b) in self.w.core.iter().enumerate() {
-                let (y, kv) = self.block(b, &x, past.map(|p| &p[j]))?;
-                slot.push(past.map_or_else(|| kv.shallow_clone(), |p| p[j].cat(&kv)));
-                newest.push(kv);
-                x = y;
+            let past = old.get(i as usize).or(old.last());
+            if j == 0 {
+                newest.clear();
+                fresh.push(Vec::with_capacity(self.w.core.len()));
             }
-            fresh.push(slot);
-            s = x;
-            steps += 1;
+            let (y, kv) = self.block(b, x, past.map(|p| &p[j]))?;
+            let slot = fresh.last_mut().expect("pushed at layer 0");
+            slot.push(past.map_or_else(|| kv.shallow_clone(), |p| p[j].cat(&kv)));
+            newest.push(kv);
+            Ok(y)
+        };
+        let mut observe = |it: &Iteration| -> Result<Flow> {
+            steps = it.index + 1;
             let Some(tracker) = tracker.as_mut() else {
-                continue;
+                return Ok(Flow::Continue);
             };
             let peek = match budget.exit.is_some_and(|c| c.needs_logits()) {
-                true => Some(self.coda(&s)?),
+                true => Some(self.coda(it.output)?),
                 false => None,
             };
             let last = peek.as_ref().map(|(l, _)| l.get(0).get(t - 1));
-            let check = tracker.observe(&s, last.as_ref())?;
+            let check = tracker.observe(it.output, last.as_ref())?;
             exit_values.push(check.value);
             peeked = peek;
-            if check.exit && steps >= budget.min_steps {
-                break;
-            }
-        }
+            Ok(match check.exit && steps >= budget.min_steps {
+                true => Flow::Stop,
+                false => Flow::Continue,
+            })
+        };
+        let s = self.model.recur(
+            &self.w,
+            &e,
+            s0,
+            Depth::eval(budget.max_steps),
+            false,
+            &mut blocks,
+            &mut observe,
+        )?;
         for deeper in old.iter().skip(steps as usize) {
             fresh.push(deeper.iter().zip(&newest).map(|(p, n)| p.cat(n)).collect());
         }

@@ -70,6 +70,26 @@ pub enum InitState {
     Given(Tensor),
 }
 
+/// Core layer j on x in one iteration: `(j, weights, x) → y`.
+pub(crate) type CoreBlocks<'a> = dyn FnMut(usize, &BlockWeights, &Tensor) -> Result<Tensor> + 'a;
+
+/// One iteration of [`Huginn::recur`], as its observer sees it.
+pub(crate) struct Iteration<'a> {
+    /// 0-based.
+    pub index: i64,
+    pub input: &'a Tensor,
+    pub output: &'a Tensor,
+    /// One of the last k iterations, the ones gradients flow through.
+    pub grad_phase: bool,
+}
+
+/// Whether [`Huginn::recur`] goes on after an iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Continue,
+    Stop,
+}
+
 /// Logits and the final latent state.
 pub struct Forward {
     /// [B, T, V], fp32.
@@ -199,13 +219,87 @@ impl Huginn {
         Ok(x)
     }
 
-    /// One iteration: s ← Core(Adapter(cat[s, e])). State first, then e (§8.2).
-    fn core_step(&self, w: &Weights, s: &Tensor, e: &Tensor) -> Result<Tensor> {
+    /// One iteration: s ← Core(Adapter(cat[s, e])). State first, then e (§8.2). `blocks` runs core
+    /// layer j on x: plainly ([`Huginn::plain_blocks`]) or behind the decoder's KV cache.
+    pub(crate) fn iteration(
+        &self,
+        w: &Weights,
+        s: &Tensor,
+        e: &Tensor,
+        blocks: &mut CoreBlocks,
+    ) -> Result<Tensor> {
         let mut x = linear(&Tensor::cat(&[s, e], -1), &w.adapter);
-        for b in &w.core {
-            x = b.forward(&x, &self.rope, self.cfg.n_heads, self.cfg.norm_eps)?;
+        for (j, b) in w.core.iter().enumerate() {
+            x = blocks(j, b, &x)?;
         }
         Ok(x)
+    }
+
+    /// Core layers without a cache: causal attention over the sequence itself.
+    pub(crate) fn plain_blocks(
+        &self,
+    ) -> impl FnMut(usize, &BlockWeights, &Tensor) -> Result<Tensor> + '_ {
+        |_, b, x| b.forward(x, &self.rope, self.cfg.n_heads, self.cfg.norm_eps)
+    }
+
+    /// The recurrence, written once:
+    ///   s_{i+1} = Core(Adapter(cat[s_i, e])),  i = 0 .. n + k,
+    /// the first n iterations without a graph and the last k with one, or, `checkpointed`, without
+    /// one either (their inputs are the observer's to keep for the backward walk). `blocks(i, j, ..)`
+    /// runs core layer j in iteration i; `observe` hears every iteration and may end the loop early
+    /// (the decoder's exit criteria). Returns the last state.
+    pub(crate) fn recur(
+        &self,
+        w: &Weights,
+        e: &Tensor,
+        s0: Tensor,
+        depth: Depth,
+        checkpointed: bool,
+        blocks: &mut dyn FnMut(i64, usize, &BlockWeights, &Tensor) -> Result<Tensor>,
+        observe: &mut dyn FnMut(&Iteration) -> Result<Flow>,
+    ) -> Result<Tensor> {
+        let mut s = s0;
+        for i in 0..depth.total() {
+            let with_grad = i >= depth.no_grad && !checkpointed;
+            let mut layer = |j: usize, b: &BlockWeights, x: &Tensor| blocks(i, j, b, x);
+            let next = match with_grad {
+                true => self.iteration(w, &s, e, &mut layer)?,
+                false => tch::no_grad(|| self.iteration(w, &s, e, &mut layer))?,
+            };
+            let flow = observe(&Iteration {
+                index: i,
+                input: &s,
+                output: &next,
+                grad_phase: i >= depth.no_grad,
+            })?;
+            s = next;
+            if flow == Flow::Stop {
+                break;
+            }
+        }
+        Ok(s)
+    }
+
+    /// [`Huginn::recur`] with plain blocks.
+    fn recur_plain(
+        &self,
+        w: &Weights,
+        e: &Tensor,
+        s0: Tensor,
+        depth: Depth,
+        checkpointed: bool,
+        observe: &mut dyn FnMut(&Iteration) -> Result<Flow>,
+    ) -> Result<Tensor> {
+        let mut plain = self.plain_blocks();
+        self.recur(
+            w,
+            e,
+            s0,
+            depth,
+            checkpointed,
+            &mut |_, j, b, x| plain(j, b, x),
+            observe,
+        )
     }
 
     /// s [B, T, d] → logits [B, T, V] fp32.
@@ -254,18 +348,8 @@ impl Huginn {
     pub fn forward(&self, ids: &Tensor, depth: Depth, init: &InitState) -> Result<Forward> {
         let w = self.weights();
         let e = self.prelude(&w, ids)?;
-        let mut s = self.initial_state(&e, init)?;
-        // n iterations move the state only; no activations are kept.
-        s = tch::no_grad(|| -> Result<Tensor> {
-            for _ in 0..depth.no_grad {
-                s = self.core_step(&w, &s, &e)?;
-            }
-            Ok(s)
-        })?;
-        // k iterations build the graph; gradients reach the prelude through e.
-        for _ in 0..depth.with_grad {
-            s = self.core_step(&w, &s, &e)?;
-        }
+        let s0 = self.initial_state(&e, init)?;
+        let s = self.recur_plain(&w, &e, s0, depth, false, &mut |_| Ok(Flow::Continue))?;
         Ok(Forward {
             logits: self.coda(&w, &s)?,
             state: s,
@@ -300,22 +384,22 @@ impl Huginn {
         let e = self.prelude(&w, ids)?;
         // Every iteration reads e through this leaf; its gradient is summed over iterations.
         let e_leaf = e.detach().set_requires_grad(true);
-        let mut s = tch::no_grad(|| -> Result<Tensor> {
-            let mut s = self.initial_state(&e, init)?;
-            for _ in 0..depth.no_grad {
-                s = self.core_step(&w, &s, &e_leaf)?;
-            }
-            Ok(s)
-        })?;
-        let mut inputs = Vec::with_capacity(depth.with_grad as usize);
-        for _ in 0..depth.with_grad {
-            if activation_checkpointing {
-                inputs.push(s.shallow_clone());
-                s = tch::no_grad(|| self.core_step(&w, &s, &e_leaf))?;
-            } else {
-                s = self.core_step(&w, &s, &e_leaf)?;
-            }
-        }
+        let s0 = tch::no_grad(|| self.initial_state(&e, init))?;
+        // Checkpointed, the grad iterations run without a graph and keep only their inputs.
+        let mut inputs = Vec::new();
+        let s = self.recur_plain(
+            &w,
+            &e_leaf,
+            s0,
+            depth,
+            activation_checkpointing,
+            &mut |it| {
+                if activation_checkpointing && it.grad_phase {
+                    inputs.push(it.input.shallow_clone());
+                }
+                Ok(Flow::Continue)
+            },
+        )?;
         // The coda's backward stops at s_k, a leaf. The loss and its gradient come fused, chunk by
         // chunk, without the [B, T, V] logits; the head's part goes straight into wte's gradient.
         let s_k = s.detach().set_requires_grad(true);
@@ -334,9 +418,10 @@ impl Huginn {
         on_grads(GradStage::Coda);
         let mut g = s_k.grad();
         if activation_checkpointing {
+            let mut plain = self.plain_blocks();
             for x in inputs.iter().rev() {
                 let x = x.detach().set_requires_grad(true);
-                let y = self.core_step(&w, &x, &e_leaf)?;
+                let y = self.iteration(&w, &x, &e_leaf, &mut plain)?;
                 shim::backward(&y, &g)?;
                 g = x.grad();
                 on_grads(GradStage::CoreIteration);
@@ -386,10 +471,11 @@ impl Huginn {
             let w = self.weights();
             let e = self.prelude(&w, ids)?;
             let mut states = vec![self.initial_state(&e, init)?];
-            for i in 0..r as usize {
-                let next = self.core_step(&w, &states[i], &e)?;
-                states.push(next);
-            }
+            let s0 = states[0].shallow_clone();
+            let _last = self.recur_plain(&w, &e, s0, Depth::eval(r), false, &mut |it| {
+                states.push(it.output.shallow_clone());
+                Ok(Flow::Continue)
+            })?;
             Ok(states)
         })
     }
@@ -399,12 +485,12 @@ impl Huginn {
         tch::no_grad(|| {
             let w = self.weights();
             let e = self.prelude(&w, ids)?;
-            let mut s = self.initial_state(&e, init)?;
-            let mut prev = s.shallow_clone();
-            for _ in 0..r {
-                prev = s;
-                s = self.core_step(&w, &prev, &e)?;
-            }
+            let s0 = self.initial_state(&e, init)?;
+            let mut prev = s0.shallow_clone();
+            let s = self.recur_plain(&w, &e, s0, Depth::eval(r), false, &mut |it| {
+                prev = it.input.shallow_clone();
+                Ok(Flow::Continue)
+            })?;
             let x = rms_norm(&s, &w.ln_f, self.cfg.norm_eps); // [B, T, d]
             let norms = x.norm_scalaropt_dim(2.0, [-1], false); // [B, T]
             let (_, t, _) = x.size3()?;

@@ -248,6 +248,7 @@ impl Huginn {
     /// one either (their inputs are the observer's to keep for the backward walk). `blocks(i, j, ..)`
     /// runs core layer j in iteration i; `observe` hears every iteration and may end the loop early
     /// (the decoder's exit criteria). Returns the last state.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn recur(
         &self,
         w: &Weights,

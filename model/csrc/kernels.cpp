@@ -87,7 +87,8 @@ struct RmsNorm : torch::autograd::Function<RmsNorm> {
 };
 
 // Rotates adjacent pairs (a, b) = (x[2i], x[2i+1]) of x [B, T, H, hd] (last dimension contiguous,
-// any other strides) by the angle of token t: (a·cos − b·sin, b·cos + a·sin), cos/sin [T, hd/2].
+// any other strides) by the angle of token t: (a·cos − b·sin, b·cos + a·sin), cos/sin [T, hd/2]
+// (every row at the same positions) or [B, T, hd/2] (each row its own).
 // `sign` = −1 rotates back (the backward). Returns a contiguous [B, T, H, hd].
 at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, float sign) {
   const int64_t B = x.size(0), T = x.size(1), H = x.size(2), hd = x.size(3), half = hd / 2;
@@ -96,10 +97,12 @@ at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
   const int64_t sb = x.stride(0), st = x.stride(1), sh = x.stride(2);
   const float *px = x.data_ptr<float>(), *pc = cos.data_ptr<float>(), *ps = sin.data_ptr<float>();
   float* po = out.data_ptr<float>();
+  const bool per_row = cos.dim() == 3;
   at::parallel_for(0, B * T, 4, [&](int64_t begin, int64_t end) {
     for (int64_t bt = begin; bt < end; ++bt) {
       const int64_t b = bt / T, t = bt % T;
-      const float *c = pc + t * half, *s = ps + t * half;
+      const int64_t row = per_row ? bt : t;
+      const float *c = pc + row * half, *s = ps + row * half;
       for (int64_t h = 0; h < H; ++h) {
         const float* xr = px + b * sb + t * st + h * sh;
         float* o = po + ((bt * H) + h) * hd;
@@ -147,13 +150,16 @@ char* muninn_rms_norm(at::Tensor* x, at::Tensor* w, double eps, at::Tensor** out
   }
 }
 
-// *out = RoPE(x) with cos/sin [T, hd/2] (rows for x's T positions): x [B, T, H, hd] fp32 CPU.
+// *out = RoPE(x) with cos/sin [T, hd/2] or [B, T, hd/2] (rows for x's positions): x [B, T, H, hd]
+// fp32 CPU.
 char* muninn_rope(at::Tensor* x, at::Tensor* cos, at::Tensor* sin, at::Tensor** out) {
   try {
     TORCH_CHECK(cpu_f32(*x) && cpu_f32(*cos) && cpu_f32(*sin), "rope: needs fp32 CPU tensors");
     TORCH_CHECK(x->dim() == 4 && x->size(3) % 2 == 0, "rope: input ", x->sizes());
-    const auto want = std::vector<int64_t>{x->size(1), x->size(3) / 2};
-    TORCH_CHECK(cos->sizes() == want && sin->sizes() == want && cos->is_contiguous() &&
+    const auto shared = std::vector<int64_t>{x->size(1), x->size(3) / 2};
+    const auto per_row = std::vector<int64_t>{x->size(0), x->size(1), x->size(3) / 2};
+    const bool fits = cos->sizes() == shared || cos->sizes() == per_row;
+    TORCH_CHECK(fits && sin->sizes() == cos->sizes() && cos->is_contiguous() &&
                     sin->is_contiguous(),
                 "rope: cos/sin ", cos->sizes(), " for input ", x->sizes());
     *out = new at::Tensor(Rope::apply(*x, *cos, *sin));

@@ -48,32 +48,162 @@ impl Rope {
             .unsqueeze(2)
     }
 
-    /// x [B, T, H, hd] → rotated, computed in fp32 and returned in x's dtype. Pairs are adjacent
-    /// elements (x[2i], x[2i+1]): (a, b) → (a·cos − b·sin, b·cos + a·sin).
+    /// x [B, T, H, hd] at positions 0..T → rotated, computed in fp32 and returned in x's dtype.
+    /// Pairs are adjacent elements (x[2i], x[2i+1]): (a, b) → (a·cos − b·sin, b·cos + a·sin).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        self.apply_at(x, 0)
+        self.apply_at(x, &Positions::From(0))
     }
 
-    /// As [`Rope::apply`] for tokens at positions `pos..pos + T` (decoding behind a KV cache).
-    pub fn apply_at(&self, x: &Tensor, pos: i64) -> Result<Tensor> {
+    /// As [`Rope::apply`] for tokens at `positions`.
+    pub fn apply_at(&self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
         let (b, t, h, hd) = x.size4()?;
         let max = self.cos.size()[0];
-        anyhow::ensure!(
-            pos + t <= max,
-            "positions {pos}..{} are beyond the rotary cache of {max} (model.block_size)",
-            pos + t
-        );
-        let (cos, sin) = (self.cos.narrow(0, pos, t), self.sin.narrow(0, pos, t));
+        // cos, sin: [T, hd/2] shared by every row, or [B, T, hd/2].
+        let (cos, sin) = match positions {
+            Positions::From(start) => {
+                anyhow::ensure!(
+                    *start >= 0 && start + t <= max,
+                    "positions {start}..{} are beyond the rotary cache of {max} (model.block_size)",
+                    start + t
+                );
+                (self.cos.narrow(0, *start, t), self.sin.narrow(0, *start, t))
+            }
+            Positions::Ids(ids) => {
+                let shape = ids.size();
+                anyhow::ensure!(
+                    shape == [t] || shape == [b, t],
+                    "position ids have shape {shape:?}, expected [{t}] or [{b}, {t}]"
+                );
+                let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+                anyhow::ensure!(
+                    lo >= 0 && hi < max,
+                    "position ids {lo}..={hi} are beyond the rotary cache of {max} (model.block_size)"
+                );
+                let flat = ids.flatten(0, -1).to_device(self.cos.device());
+                let mut rows = shape.clone();
+                rows.push(hd / 2);
+                (
+                    self.cos.index_select(0, &flat).view(rows.as_slice()),
+                    self.sin.index_select(0, &flat).view(rows.as_slice()),
+                )
+            }
+        };
         if shim::fused_kernels_take(x) && x.stride()[3] == 1 {
             return shim::rope(x, &cos, &sin);
         }
-        let cos = cos.view([1, t, 1, hd / 2]);
-        let sin = sin.view([1, t, 1, hd / 2]);
+        let rows = if cos.dim() == 3 { b } else { 1 };
+        let cos = cos.view([rows, t, 1, hd / 2]);
+        let sin = sin.view([rows, t, 1, hd / 2]);
         let pairs = x.to_kind(Kind::Float).view([b, t, h, hd / 2, 2]);
         let (a, bb) = (pairs.select(-1, 0), pairs.select(-1, 1));
         let rotated = Tensor::stack(&[&a * &cos - &bb * &sin, &bb * &cos + &a * &sin], -1);
         Ok(rotated.flatten(3, 4).to_kind(x.kind()))
     }
+}
+
+/// Positions of the new tokens, for RoPE.
+#[derive(Debug)]
+pub enum Positions {
+    /// start, start + 1, …: a fresh sequence (0), or the tokens after a KV cache of `start`.
+    From(i64),
+    /// Explicit ids, [T] (the same for every row) or [B, T]; repeats allowed.
+    Ids(Tensor),
+}
+
+/// Which of the L = past + T keys each new token may attend to.
+#[derive(Debug)]
+pub enum Mask {
+    /// The whole past and the new tokens up to itself.
+    Causal,
+    /// Every key (bidirectional).
+    Full,
+    /// Boolean [T, L] or [B, T, L]; true = may attend.
+    Dense(Tensor),
+}
+
+/// How the tokens of one forward pass attend: where they sit, what they see, which keys are real.
+#[derive(Debug)]
+pub struct Attend {
+    pub positions: Positions,
+    pub mask: Mask,
+    /// [B, L] boolean, true = a real token; padding keys are never attended to.
+    pub key_padding: Option<Tensor>,
+}
+
+impl Attend {
+    /// Causal attention over a fresh sequence at positions 0..T: training and evaluation.
+    pub fn causal() -> Self {
+        Attend::causal_from(0)
+    }
+
+    /// Causal attention for tokens after `past` cached ones (decoding).
+    pub fn causal_from(past: i64) -> Self {
+        Attend {
+            positions: Positions::From(past),
+            mask: Mask::Causal,
+            key_padding: None,
+        }
+    }
+
+    /// SDPA's (boolean mask [B or 1, 1, T, L], is_causal) for T queries after `p` cached keys. The
+    /// causal case without a past and without padding stays on SDPA's fused causal path.
+    fn sdpa_mask(&self, b: i64, t: i64, p: i64, device: Device) -> Result<(Option<Tensor>, bool)> {
+        let l = p + t;
+        let plain = self.key_padding.is_none();
+        let dense = match &self.mask {
+            Mask::Causal if plain && p == 0 => return Ok((None, true)),
+            // One new token sees everything before it.
+            Mask::Causal if plain && t == 1 => return Ok((None, false)),
+            Mask::Full if plain => return Ok((None, false)),
+            // SDPA's `is_causal` aligns the triangle top-left, which is only right without a past.
+            Mask::Causal => Tensor::ones([t, l], (Kind::Bool, device)).tril(p),
+            Mask::Full => Tensor::ones([t, l], (Kind::Bool, device)),
+            Mask::Dense(m) => {
+                let shape = m.size();
+                anyhow::ensure!(
+                    m.kind() == Kind::Bool && (shape == [t, l] || shape == [b, t, l]),
+                    "attention mask is {:?} of {shape:?}, expected Bool [{t}, {l}] or [{b}, {t}, {l}]",
+                    m.kind()
+                );
+                m.to_device(device)
+            }
+        };
+        let mut mask = match dense.dim() {
+            2 => dense.view([1, 1, t, l]),
+            _ => dense.view([b, 1, t, l]),
+        };
+        if let Some(keys) = &self.key_padding {
+            anyhow::ensure!(
+                keys.size() == [b, l] && keys.kind() == Kind::Bool,
+                "key padding mask is {:?} of {:?}, expected Bool [{b}, {l}]",
+                keys.kind(),
+                keys.size()
+            );
+            mask = mask.logical_and(&keys.to_device(device).view([b, 1, 1, l]));
+        }
+        // A query that may see nothing (padding before any real token) would make SDPA's softmax
+        // NaN; it sees everything instead, and its output is ignored by the loss like all padding.
+        let blind = mask.any_dim(-1, true).logical_not();
+        Ok((Some(mask.logical_or(&blind)), false))
+    }
+}
+
+/// Scaled dot-product attention of q [B, H, T, hd] over k, v [B, H, L, hd] (the L − T cached keys
+/// first, then the new tokens'), masked as `attend` says: libtorch's fused kernels.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, attend: &Attend) -> Result<Tensor> {
+    let (b, _, t, _) = q.size4()?;
+    let l = k.size()[2];
+    let (mask, causal) = attend.sdpa_mask(b, t, l - t, q.device())?;
+    Ok(Tensor::scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        mask.as_ref(),
+        0.0,
+        causal,
+        None,
+        false,
+    ))
 }
 
 /// One sandwich block's weights for a forward pass (matmul weights already in the compute dtype).
@@ -125,8 +255,15 @@ impl Kv {
 impl BlockWeights {
     /// x [B, T, d] → [B, T, d].
     ///   x ← norm_2(x + Attn(norm_1(x)));  x ← norm_4(x + MLP(norm_3(x)))
-    pub fn forward(&self, x: &Tensor, rope: &Rope, n_heads: i64, eps: f64) -> Result<Tensor> {
-        Ok(self.forward_kv(x, rope, n_heads, eps, None)?.0)
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        n_heads: i64,
+        eps: f64,
+        attend: &Attend,
+    ) -> Result<Tensor> {
+        Ok(self.forward_kv(x, rope, n_heads, eps, attend, None)?.0)
     }
 
     /// As [`BlockWeights::forward`] for T new tokens that follow the `past` ones (decoding): they
@@ -138,10 +275,11 @@ impl BlockWeights {
         rope: &Rope,
         n_heads: i64,
         eps: f64,
+        attend: &Attend,
         past: Option<&Kv>,
     ) -> Result<(Tensor, Kv)> {
         let [n1, n2, n3, n4] = &self.norms;
-        let (a, kv) = self.attention(&rms_norm(x, n1, eps), rope, n_heads, past)?;
+        let (a, kv) = self.attention(&rms_norm(x, n1, eps), rope, n_heads, attend, past)?;
         let x = rms_norm(&(a + x), n2, eps);
         Ok((
             rms_norm(&(self.mlp(&rms_norm(&x, n3, eps)) + &x), n4, eps),
@@ -154,6 +292,7 @@ impl BlockWeights {
         x: &Tensor,
         rope: &Rope,
         n_heads: i64,
+        attend: &Attend,
         past: Option<&Kv>,
     ) -> Result<(Tensor, Kv)> {
         let (b, t, d) = x.size3()?;
@@ -167,35 +306,16 @@ impl BlockWeights {
             q = (q + bias.get(0)).to_kind(compute);
             k = (k + bias.get(1)).to_kind(compute);
         }
-        let q = rope.apply_at(&q, p)?.transpose(1, 2); // [B, H, T, hd]
+        let q = rope.apply_at(&q, &attend.positions)?.transpose(1, 2); // [B, H, T, hd]
         let new = Kv {
-            k: rope.apply_at(&k, p)?.transpose(1, 2),
+            k: rope.apply_at(&k, &attend.positions)?.transpose(1, 2),
             v: v.transpose(1, 2),
         };
         let all = match past {
             Some(past) if p > 0 => past.cat(&new),
             _ => new.shallow_clone(),
         };
-        // SDPA's `is_causal` aligns the triangle top-left, which is only right without a past; one new
-        // token sees everything, several need the triangle shifted by the past length.
-        let (mask, causal) = match (p, t) {
-            (0, _) => (None, true),
-            (_, 1) => (None, false),
-            _ => (
-                Some(Tensor::ones([t, p + t], (Kind::Bool, x.device())).tril(p)),
-                false,
-            ),
-        };
-        let y = Tensor::scaled_dot_product_attention(
-            &q,
-            &all.k,
-            &all.v,
-            mask.as_ref(),
-            0.0,
-            causal,
-            None,
-            false,
-        ); // [B, H, T, hd]
+        let y = attention(&q, &all.k, &all.v, attend)?; // [B, H, T, hd]
         Ok((
             linear(&y.transpose(1, 2).reshape([b, t, d]), &self.attn_proj),
             new,

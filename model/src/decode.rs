@@ -9,9 +9,9 @@
 use anyhow::{ensure, Result};
 use tch::{Kind, Tensor};
 
-use crate::block::{linear, rms_norm, BlockWeights, Kv};
+use crate::block::{linear, rms_norm, Attend, BlockWeights, Kv};
 use crate::exit::ExitCriterion;
-use crate::huginn::{Depth, Flow, Huginn, InitState, Iteration, Weights};
+use crate::huginn::{Depth, Flow, Huginn, InitState, Iteration, Run, Weights};
 
 /// How many iterations a chunk may run.
 #[derive(Debug, Clone, Copy)]
@@ -89,9 +89,18 @@ impl<'m> Decoder<'m> {
         self.cache.len == 0
     }
 
+    /// Layer b on new tokens x after the cached ones (`past`, the same length for every layer).
     fn block(&self, b: &BlockWeights, x: &Tensor, past: Option<&Kv>) -> Result<(Tensor, Kv)> {
         let cfg = self.model.config();
-        b.forward_kv(x, self.model.rope(), cfg.n_heads, cfg.norm_eps, past)
+        let attend = Attend::causal_from(self.cache.len);
+        b.forward_kv(
+            x,
+            self.model.rope(),
+            cfg.n_heads,
+            cfg.norm_eps,
+            &attend,
+            past,
+        )
     }
 
     /// s [1, T, d] → (logits [1, T, V] fp32, the coda's new keys and values, not yet cached).
@@ -182,15 +191,8 @@ impl<'m> Decoder<'m> {
                 false => Flow::Continue,
             })
         };
-        let s = self.model.recur(
-            &self.w,
-            &e,
-            s0,
-            Depth::eval(budget.max_steps),
-            false,
-            &mut blocks,
-            &mut observe,
-        )?;
+        let run = Run::new(&self.w, &e, Depth::eval(budget.max_steps));
+        let s = self.model.recur(&run, s0, &mut blocks, &mut observe)?;
         for deeper in old.iter().skip(steps as usize) {
             fresh.push(deeper.iter().zip(&newest).map(|(p, n)| p.cat(n)).collect());
         }
@@ -388,8 +390,16 @@ mod tests {
     ) -> Tensor {
         let cfg = m.config();
         let blk = |b: &BlockWeights, x: &Tensor, past: Option<Kv>| {
-            b.forward_kv(x, m.rope(), cfg.n_heads, cfg.norm_eps, past.as_ref())
-                .unwrap()
+            let attend = Attend::causal_from(past.as_ref().map_or(0, Kv::len));
+            b.forward_kv(
+                x,
+                m.rope(),
+                cfg.n_heads,
+                cfg.norm_eps,
+                &attend,
+                past.as_ref(),
+            )
+            .unwrap()
         };
         let mut x = Tensor::embedding(&w.wte, ids, -1, false, false) * cfg.embed_scale();
         let mut prelude = Vec::new();

@@ -7,7 +7,7 @@
 use anyhow::{ensure, Result};
 use tch::{Device, Kind, Tensor};
 
-use crate::block::{linear, rms_norm, BlockWeights, Rope};
+use crate::block::{linear, rms_norm, Attend, BlockWeights, Rope};
 use crate::config::{HuginnConfig, StateInit};
 use crate::loss::linear_cross_entropy;
 use crate::params::{self, trunc_normal_, FlatParams};
@@ -73,6 +73,26 @@ pub enum InitState {
 /// Core layer j on x in one iteration: `(j, weights, x) → y`.
 pub(crate) type CoreBlocks<'a> = dyn FnMut(usize, &BlockWeights, &Tensor) -> Result<Tensor> + 'a;
 
+/// What a run of [`Huginn::recur`] iterates over: the weights, the prelude's output e, the depth, and
+/// whether the grad iterations are checkpointed.
+pub(crate) struct Run<'a> {
+    pub w: &'a Weights,
+    pub e: &'a Tensor,
+    pub depth: Depth,
+    pub checkpointed: bool,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(w: &'a Weights, e: &'a Tensor, depth: Depth) -> Self {
+        Run {
+            w,
+            e,
+            depth,
+            checkpointed: false,
+        }
+    }
+}
+
 /// One iteration of [`Huginn::recur`], as its observer sees it.
 pub(crate) struct Iteration<'a> {
     /// 0-based.
@@ -96,6 +116,17 @@ pub struct Forward {
     pub logits: Tensor,
     /// The last recurrent state before `ln_f`, [B, T, d], fp32.
     pub state: Tensor,
+    /// What the head reads: the coda's output after the final `ln_f`, [B, T, d] (COCONUT feeds it
+    /// back as the next input embedding).
+    pub hidden: Tensor,
+}
+
+/// What a forward pass reads: token ids [B, T], or embeddings [B, T, d] in place of `wte(ids)`
+/// (before the embedding scale, as the reference's `input_embeds`).
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    Ids(&'a Tensor),
+    Embeds(&'a Tensor),
 }
 
 /// The weights one forward pass computes with: views of the flat fp32 parameters, matmul weights
@@ -204,17 +235,36 @@ impl Huginn {
         }
     }
 
-    /// ids [B, T] → e [B, T, d], fp32.
-    fn prelude(&self, w: &Weights, ids: &Tensor) -> Result<Tensor> {
-        let (_, t) = ids.size2()?;
+    /// ids [B, T] (or their embeddings [B, T, d]) → e [B, T, d], fp32.
+    fn prelude(&self, w: &Weights, input: Input, attend: &Attend) -> Result<Tensor> {
+        let embedded = match input {
+            Input::Ids(ids) => {
+                ensure!(
+                    ids.dim() == 2,
+                    "token ids have shape {:?}, expected [B, T]",
+                    ids.size()
+                );
+                Tensor::embedding(&w.wte, ids, -1, false, false)
+            }
+            Input::Embeds(x) => {
+                let d = self.cfg.n_embd;
+                ensure!(
+                    x.dim() == 3 && x.size()[2] == d,
+                    "input embeddings have shape {:?}, expected [B, T, {d}]",
+                    x.size()
+                );
+                x.to_kind(Kind::Float)
+            }
+        };
+        let t = embedded.size()[1];
         ensure!(
             t <= self.cfg.block_size,
             "sequence of {t} tokens is longer than model.block_size = {}",
             self.cfg.block_size
         );
-        let mut x = Tensor::embedding(&w.wte, ids, -1, false, false) * self.cfg.embed_scale();
+        let mut x = embedded * self.cfg.embed_scale();
         for b in &w.prelude {
-            x = b.forward(&x, &self.rope, self.cfg.n_heads, self.cfg.norm_eps)?;
+            x = b.forward(&x, &self.rope, self.cfg.n_heads, self.cfg.norm_eps, attend)?;
         }
         Ok(x)
     }
@@ -235,11 +285,12 @@ impl Huginn {
         Ok(x)
     }
 
-    /// Core layers without a cache: causal attention over the sequence itself.
-    pub(crate) fn plain_blocks(
-        &self,
-    ) -> impl FnMut(usize, &BlockWeights, &Tensor) -> Result<Tensor> + '_ {
-        |_, b, x| b.forward(x, &self.rope, self.cfg.n_heads, self.cfg.norm_eps)
+    /// Core layers without a cache, attending as `attend` says.
+    pub(crate) fn plain_blocks<'a>(
+        &'a self,
+        attend: &'a Attend,
+    ) -> impl FnMut(usize, &BlockWeights, &Tensor) -> Result<Tensor> + 'a {
+        move |_, b, x| b.forward(x, &self.rope, self.cfg.n_heads, self.cfg.norm_eps, attend)
     }
 
     /// The recurrence, written once:
@@ -248,20 +299,17 @@ impl Huginn {
     /// one either (their inputs are the observer's to keep for the backward walk). `blocks(i, j, ..)`
     /// runs core layer j in iteration i; `observe` hears every iteration and may end the loop early
     /// (the decoder's exit criteria). Returns the last state.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn recur(
         &self,
-        w: &Weights,
-        e: &Tensor,
+        run: &Run,
         s0: Tensor,
-        depth: Depth,
-        checkpointed: bool,
         blocks: &mut dyn FnMut(i64, usize, &BlockWeights, &Tensor) -> Result<Tensor>,
         observe: &mut dyn FnMut(&Iteration) -> Result<Flow>,
     ) -> Result<Tensor> {
+        let (w, e, depth) = (run.w, run.e, run.depth);
         let mut s = s0;
         for i in 0..depth.total() {
-            let with_grad = i >= depth.no_grad && !checkpointed;
+            let with_grad = i >= depth.no_grad && !run.checkpointed;
             let mut layer = |j: usize, b: &BlockWeights, x: &Tensor| blocks(i, j, b, x);
             let next = match with_grad {
                 true => self.iteration(w, &s, e, &mut layer)?,
@@ -284,35 +332,20 @@ impl Huginn {
     /// [`Huginn::recur`] with plain blocks.
     fn recur_plain(
         &self,
-        w: &Weights,
-        e: &Tensor,
+        run: &Run,
         s0: Tensor,
-        depth: Depth,
-        checkpointed: bool,
+        attend: &Attend,
         observe: &mut dyn FnMut(&Iteration) -> Result<Flow>,
     ) -> Result<Tensor> {
-        let mut plain = self.plain_blocks();
-        self.recur(
-            w,
-            e,
-            s0,
-            depth,
-            checkpointed,
-            &mut |_, j, b, x| plain(j, b, x),
-            observe,
-        )
-    }
-
-    /// s [B, T, d] → logits [B, T, V] fp32.
-    fn coda(&self, w: &Weights, s: &Tensor) -> Result<Tensor> {
-        Ok(linear(&self.coda_hidden(w, s)?, &w.head).to_kind(Kind::Float))
+        let mut plain = self.plain_blocks(attend);
+        self.recur(run, s0, &mut |_, j, b, x| plain(j, b, x), observe)
     }
 
     /// s [B, T, d] → the head's input [B, T, d]. `ln_f` is applied before and after the coda (§8.1).
-    fn coda_hidden(&self, w: &Weights, s: &Tensor) -> Result<Tensor> {
+    fn coda_hidden(&self, w: &Weights, s: &Tensor, attend: &Attend) -> Result<Tensor> {
         let mut x = rms_norm(s, &w.ln_f, self.cfg.norm_eps);
         for b in &w.coda {
-            x = b.forward(&x, &self.rope, self.cfg.n_heads, self.cfg.norm_eps)?;
+            x = b.forward(&x, &self.rope, self.cfg.n_heads, self.cfg.norm_eps, attend)?;
         }
         Ok(rms_norm(&x, &w.ln_f, self.cfg.norm_eps))
     }
@@ -347,13 +380,28 @@ impl Huginn {
     /// Called under `tch::no_grad` this is evaluation; `Depth::eval(r)` runs all r iterations without
     /// a graph. With the same s0 the logits do not depend on how r splits into (n, k).
     pub fn forward(&self, ids: &Tensor, depth: Depth, init: &InitState) -> Result<Forward> {
+        self.forward_with(Input::Ids(ids), &Attend::causal(), depth, init)
+    }
+
+    /// [`Huginn::forward`] from ids or embeddings, with explicit positions and masks: every block
+    /// of the prelude, of the core at every iteration, and of the coda attends as `attend` says.
+    pub fn forward_with(
+        &self,
+        input: Input,
+        attend: &Attend,
+        depth: Depth,
+        init: &InitState,
+    ) -> Result<Forward> {
         let w = self.weights();
-        let e = self.prelude(&w, ids)?;
+        let e = self.prelude(&w, input, attend)?;
         let s0 = self.initial_state(&e, init)?;
-        let s = self.recur_plain(&w, &e, s0, depth, false, &mut |_| Ok(Flow::Continue))?;
+        let run = Run::new(&w, &e, depth);
+        let s = self.recur_plain(&run, s0, attend, &mut |_| Ok(Flow::Continue))?;
+        let hidden = self.coda_hidden(&w, &s, attend)?;
         Ok(Forward {
-            logits: self.coda(&w, &s)?,
+            logits: linear(&hidden, &w.head).to_kind(Kind::Float),
             state: s,
+            hidden,
         })
     }
 
@@ -381,30 +429,27 @@ impl Huginn {
         activation_checkpointing: bool,
         on_grads: &mut dyn FnMut(GradStage),
     ) -> Result<Tensor> {
-        let w = self.weights();
-        let e = self.prelude(&w, ids)?;
+        let (w, attend) = (self.weights(), Attend::causal());
+        let e = self.prelude(&w, Input::Ids(ids), &attend)?;
         // Every iteration reads e through this leaf; its gradient is summed over iterations.
         let e_leaf = e.detach().set_requires_grad(true);
         let s0 = tch::no_grad(|| self.initial_state(&e, init))?;
         // Checkpointed, the grad iterations run without a graph and keep only their inputs.
         let mut inputs = Vec::new();
-        let s = self.recur_plain(
-            &w,
-            &e_leaf,
-            s0,
-            depth,
-            activation_checkpointing,
-            &mut |it| {
-                if activation_checkpointing && it.grad_phase {
-                    inputs.push(it.input.shallow_clone());
-                }
-                Ok(Flow::Continue)
-            },
-        )?;
+        let run = Run {
+            checkpointed: activation_checkpointing,
+            ..Run::new(&w, &e_leaf, depth)
+        };
+        let s = self.recur_plain(&run, s0, &attend, &mut |it| {
+            if activation_checkpointing && it.grad_phase {
+                inputs.push(it.input.shallow_clone());
+            }
+            Ok(Flow::Continue)
+        })?;
         // The coda's backward stops at s_k, a leaf. The loss and its gradient come fused, chunk by
         // chunk, without the [B, T, V] logits; the head's part goes straight into wte's gradient.
         let s_k = s.detach().set_requires_grad(true);
-        let h = self.coda_hidden(&w, &s_k)?; // [B, T, d]
+        let h = self.coda_hidden(&w, &s_k, &attend)?; // [B, T, d]
         let (b, t, d) = h.size3()?;
         ensure!(
             targets.size() == [b, t],
@@ -419,7 +464,7 @@ impl Huginn {
         on_grads(GradStage::Coda);
         let mut g = s_k.grad();
         if activation_checkpointing {
-            let mut plain = self.plain_blocks();
+            let mut plain = self.plain_blocks(&attend);
             for x in inputs.iter().rev() {
                 let x = x.detach().set_requires_grad(true);
                 let y = self.iteration(&w, &x, &e_leaf, &mut plain)?;
@@ -469,11 +514,12 @@ impl Huginn {
     pub fn trajectory(&self, ids: &Tensor, r: i64, init: &InitState) -> Result<Vec<Tensor>> {
         ensure!(r >= 0, "a trajectory of {r} iterations");
         tch::no_grad(|| {
-            let w = self.weights();
-            let e = self.prelude(&w, ids)?;
+            let (w, attend) = (self.weights(), Attend::causal());
+            let e = self.prelude(&w, Input::Ids(ids), &attend)?;
             let mut states = vec![self.initial_state(&e, init)?];
             let s0 = states[0].shallow_clone();
-            let _last = self.recur_plain(&w, &e, s0, Depth::eval(r), false, &mut |it| {
+            let run = Run::new(&w, &e, Depth::eval(r));
+            let _last = self.recur_plain(&run, s0, &attend, &mut |it| {
                 states.push(it.output.shallow_clone());
                 Ok(Flow::Continue)
             })?;
@@ -484,11 +530,12 @@ impl Huginn {
     pub fn telemetry(&self, ids: &Tensor, r: i64, init: &InitState) -> Result<Telemetry> {
         ensure!(r >= 1, "telemetry needs at least one iteration");
         tch::no_grad(|| {
-            let w = self.weights();
-            let e = self.prelude(&w, ids)?;
+            let (w, attend) = (self.weights(), Attend::causal());
+            let e = self.prelude(&w, Input::Ids(ids), &attend)?;
             let s0 = self.initial_state(&e, init)?;
             let mut prev = s0.shallow_clone();
-            let s = self.recur_plain(&w, &e, s0, Depth::eval(r), false, &mut |it| {
+            let run = Run::new(&w, &e, Depth::eval(r));
+            let s = self.recur_plain(&run, s0, &attend, &mut |it| {
                 prev = it.input.shallow_clone();
                 Ok(Flow::Continue)
             })?;

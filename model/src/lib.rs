@@ -16,8 +16,9 @@ pub mod params;
 pub mod shim;
 pub mod st;
 
+pub use block::{Attend, Mask, Positions};
 pub use config::{HuginnConfig, StateInit};
 pub use exit::ExitCriterion;
-pub use huginn::{Depth, Forward, GradStage, Huginn, InitState, Precision, Telemetry};
+pub use huginn::{Depth, Forward, GradStage, Huginn, InitState, Input, Precision, Telemetry};
 pub use loss::cross_entropy;
 pub use params::{ParamCounts, Part};

@@ -209,7 +209,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// Interleaved-pair RoPE as one fused CPU kernel each way (`kernels.cpp`): x [B, T, H, hd] fp32
-/// with a contiguous last dimension, cos/sin [T, hd/2]. Returns a contiguous tensor.
+/// with a contiguous last dimension, cos/sin [T, hd/2] or [B, T, hd/2]. Returns a contiguous tensor.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let mut out = std::ptr::null_mut();
     // SAFETY: as rms_norm.

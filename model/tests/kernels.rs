@@ -1,7 +1,7 @@
 //! The fused CPU kernels (RMSNorm, RoPE) against the composite ATen versions the other devices and
 //! dtypes use: values and gradients.
 
-use muninn_model::block::{rms_norm, Rope};
+use muninn_model::block::{rms_norm, Positions, Rope};
 use tch::{Device, Kind, Tensor};
 
 fn rel(a: &Tensor, b: &Tensor) -> f64 {
@@ -62,7 +62,7 @@ fn fused_rope_matches_the_composite_on_a_strided_input_and_an_offset() {
     assert!(!q.is_contiguous());
     let up = Tensor::randn([2, 9, 4, 16], (Kind::Float, Device::Cpu));
     for pos in [0, 5] {
-        let f = |t: &[Tensor]| rope.apply_at(&t[0], pos).unwrap();
+        let f = |t: &[Tensor]| rope.apply_at(&t[0], &Positions::From(pos)).unwrap();
         let (y, g) = run(f, &[q.shallow_clone()], &up);
         // In double the composite path runs (and computes in fp32, as the fused kernel).
         let (y64, g64) = run(f, &[q.to_kind(Kind::Double)], &up);

@@ -184,6 +184,58 @@ fn two_ranks_equal_one_rank_with_accumulation_with_and_without_zero1() {
 }
 
 #[test]
+fn uneven_targets_weight_the_step_by_tokens_over_micro_batches_and_ranks() {
+    let Some((_one_at_a_time, dir)) = mpi_test() else {
+        return;
+    };
+    let p = dir.path();
+    let cfg = write_config(p);
+    // 200 of the 512 ids take no part in the loss, so micro-batches and ranks count different
+    // numbers of targets; a zero s0 lets one big batch draw what two halves draw.
+    let ignore = format!(
+        "data.ignore_targets=[{}]",
+        (100..300)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let common = ["--set", &ignore, "--set", "model.state_init=\"zero\""];
+    let run = |name: &str, extra: &[&str]| {
+        let mut args = vec!["train", cfg, "--set"];
+        let name = format!("run.name={name}");
+        args.push(&name);
+        args.extend(common);
+        args.extend(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let big = run("big", &["--set", "train.micro_batch_size=8"]);
+    muninn_ok(&big.iter().map(String::as_str).collect::<Vec<_>>(), p);
+    let accum = run("accum", &["--set", "train.grad_accum=2"]);
+    muninn_ok(&accum.iter().map(String::as_str).collect::<Vec<_>>(), p);
+    let two = run("two", &[]);
+    mpirun_ok(2, &two.iter().map(String::as_str).collect::<Vec<_>>(), p);
+    assert_same_run(p, "big", "accum", 6);
+    assert_same_run(p, "accum", "two", 6);
+    // Some targets were left out, as many in each arrangement.
+    let tokens = |run: &str| -> Vec<u64> {
+        metrics(p, run)
+            .iter()
+            .map(|m| m["loss_tokens"].as_u64().unwrap())
+            .collect()
+    };
+    let counted = tokens("big");
+    assert!(counted.iter().all(|&c| c > 0 && c < 8 * 32), "{counted:?}");
+    assert_eq!(counted, tokens("accum"));
+    assert_eq!(counted, tokens("two"));
+    let val = |run: &str| {
+        metrics(p, run).pop().unwrap()["val_loss_r4"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!((val("big") - val("two")).abs() < TOL);
+}
+
+#[test]
 fn resume_moves_between_world_sizes_exactly() {
     let Some((_one_at_a_time, dir)) = mpi_test() else {
         return;

@@ -405,8 +405,31 @@ impl Huginn {
         })
     }
 
-    /// Forward, mean cross-entropy against `targets` [B, T], and backward into the flat gradient.
-    /// Returns the detached loss.
+    /// Forward, mean cross-entropy against `targets` [B, T] over the targets that count (not
+    /// [`crate::loss::IGNORE`]; zero when none does), and backward into the flat gradient. Returns
+    /// the detached loss. A trainer weighting micro-batches by their tokens calls
+    /// [`Huginn::loss_backward_scaled`].
+    pub fn loss_backward(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        depth: Depth,
+        init: &InitState,
+        activation_checkpointing: bool,
+        on_grads: &mut dyn FnMut(GradStage),
+    ) -> Result<Tensor> {
+        let valid = crate::loss::valid_targets(targets).int64_value(&[]);
+        let scale = if valid > 0 { 1.0 / valid as f64 } else { 0.0 };
+        let objective = Objective {
+            targets,
+            scale,
+            activation_checkpointing,
+        };
+        self.loss_backward_scaled(ids, &objective, depth, init, on_grads)
+    }
+
+    /// Forward, L = scale · Σ cross-entropy over the targets that count, and backward of L into the
+    /// flat gradient. Returns the detached L.
     ///
     /// The backward runs in three stages so that a data-parallel trainer can reduce each part of the
     /// model while the next is still being computed (`hpc-and-ecosystem.md` §3.4): `on_grads` hears
@@ -420,15 +443,16 @@ impl Huginn {
     /// recompute y = f(x_i) with a graph, backpropagate g through it (accumulating parameter
     /// gradients and ∂L/∂e) and continue with g = ∂L/∂x_i. Last, ∂L/∂e flows into the prelude.
     /// Without it the k iterations keep their graph and one backward call walks them.
-    pub fn loss_backward(
+    pub fn loss_backward_scaled(
         &self,
         ids: &Tensor,
-        targets: &Tensor,
+        objective: &Objective,
         depth: Depth,
         init: &InitState,
-        activation_checkpointing: bool,
         on_grads: &mut dyn FnMut(GradStage),
     ) -> Result<Tensor> {
+        let (targets, activation_checkpointing) =
+            (objective.targets, objective.activation_checkpointing);
         let (w, attend) = (self.weights(), Attend::causal());
         let e = self.prelude(&w, Input::Ids(ids), &attend)?;
         // Every iteration reads e through this leaf; its gradient is summed over iterations.
@@ -458,7 +482,8 @@ impl Huginn {
         );
         let (loss, grad_h) = tch::no_grad(|| {
             let x = h.detach().reshape([b * t, d]).to_kind(w.head.kind());
-            linear_cross_entropy(&x, &w.head, &targets.reshape([b * t]), &w.wte.grad())
+            let targets = targets.reshape([b * t]);
+            linear_cross_entropy(&x, &w.head, &targets, &w.wte.grad(), objective.scale)
         })?;
         shim::backward(&h, &grad_h.to_kind(h.kind()).view([b, t, d]))?;
         on_grads(GradStage::Coda);
@@ -482,6 +507,15 @@ impl Huginn {
         on_grads(GradStage::Prelude);
         Ok(loss)
     }
+}
+
+/// What [`Huginn::loss_backward_scaled`] differentiates: scale · Σ cross-entropy over `targets`
+/// [B, T] (those equal to [`crate::loss::IGNORE`] left out), with or without activation
+/// checkpointing.
+pub struct Objective<'a> {
+    pub targets: &'a Tensor,
+    pub scale: f64,
+    pub activation_checkpointing: bool,
 }
 
 /// How far [`Huginn::loss_backward`] has come; see [`crate::params::grad_regions`] for which

@@ -19,6 +19,8 @@ pub mod st;
 pub use block::{Attend, Mask, Positions};
 pub use config::{HuginnConfig, StateInit};
 pub use exit::ExitCriterion;
-pub use huginn::{Depth, Forward, GradStage, Huginn, InitState, Input, Precision, Telemetry};
-pub use loss::cross_entropy;
+pub use huginn::{
+    Depth, Forward, GradStage, Huginn, InitState, Input, Objective, Precision, Telemetry,
+};
+pub use loss::{cross_entropy, cross_entropy_sum, IGNORE};
 pub use params::{ParamCounts, Part};

@@ -4,7 +4,11 @@
 use anyhow::{ensure, Result};
 use tch::{Kind, Tensor};
 
-/// Mean cross-entropy in fp32 over all positions. logits [B, T, V], targets [B, T] (i64).
+/// The target label that takes no part in the loss (PyTorch's `ignore_index`).
+pub const IGNORE: i64 = -100;
+
+/// Mean cross-entropy in fp32 over the positions whose target is not [`IGNORE`]. logits [B, T, V],
+/// targets [B, T] (i64). NaN when no target counts; [`cross_entropy_sum`] has no such case.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (b, t, v) = logits.size3()?;
     ensure!(
@@ -19,25 +23,52 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         .cross_entropy_for_logits(&targets.reshape([b * t])))
 }
 
+/// (Σ cross-entropy over the targets that count, how many count), fp32 and i64 scalars: what a
+/// token-weighted mean over several batches (or ranks) adds up.
+pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (b, t, v) = logits.size3()?;
+    ensure!(
+        targets.size() == [b, t],
+        "targets have shape {:?}, logits {:?}",
+        targets.size(),
+        logits.size()
+    );
+    let targets = targets.reshape([b * t]);
+    let sum = logits
+        .reshape([b * t, v])
+        .to_kind(Kind::Float)
+        .log_softmax(-1, Kind::Float)
+        .g_nll_loss(&targets, None::<Tensor>, tch::Reduction::Sum, IGNORE);
+    Ok((sum, valid_targets(&targets)))
+}
+
+/// How many targets count (are not [`IGNORE`]), as an i64 scalar on their device.
+pub fn valid_targets(targets: &Tensor) -> Tensor {
+    targets.ne(IGNORE).sum(Kind::Int64)
+}
+
 /// The smallest chunk of logits [`linear_cross_entropy`] makes, in elements (1 MiB fp32): large
 /// enough for efficient matmuls, small enough to stay in a CPU's cache.
 const MIN_CHUNK_ELEMENTS: i64 = 1 << 18;
 
-/// Mean cross-entropy of the logits `x · headᵀ` against `targets`, and its gradients, without ever
-/// holding all [N, V] logits or their gradient (the chunked "linear cross-entropy" of Liger-Kernel
-/// and torchtune). Each chunk of rows makes its logits (fp32, as [`cross_entropy`]), the loss and
-///   ∂L/∂logits = (softmax − onehot(target)) / N,
+/// L = scale · Σ_t CE(x_t · headᵀ, target_t) over the targets that count (not [`IGNORE`]), and its
+/// gradients, without ever holding all [N, V] logits or their gradient (the chunked "linear
+/// cross-entropy" of Liger-Kernel and torchtune). Each chunk of rows makes its logits (fp32, as
+/// [`cross_entropy`]), the loss and
+///   ∂L/∂logits = scale · (softmax − onehot(target)),  zero for the rows that do not count,
 /// which gives the chunk's ∂L/∂x at once and is added into `grad_head` (fp32, [V, d]), then is
 /// freed. Against autograd through [`cross_entropy`] this skips the log-softmax backward and the
-/// zero-filled one-hot gradient, and at a 65k vocabulary the multi-GiB logits tensor.
+/// zero-filled one-hot gradient, and at a 65k vocabulary the multi-GiB logits tensor. With
+/// scale = 1/N and every target counting, L is the mean cross-entropy.
 ///
 /// x [N, d] and head [V, d] in the compute dtype, targets [N] (i64), under `no_grad`. Returns the
-/// detached mean loss (fp32 scalar) and ∂L/∂x [N, d] in x's dtype.
+/// detached L (fp32 scalar) and ∂L/∂x [N, d] in x's dtype.
 pub fn linear_cross_entropy(
     x: &Tensor,
     head: &Tensor,
     targets: &Tensor,
     grad_head: &Tensor,
+    scale: f64,
 ) -> Result<(Tensor, Tensor)> {
     let (n, d) = x.size2()?;
     let (v, dh) = head.size2()?;
@@ -47,7 +78,6 @@ pub fn linear_cross_entropy(
         "targets have shape {:?}, expected [{n}]",
         targets.size()
     );
-    let inv_n = 1.0 / n as f64;
     // A chunk's logits are no larger than the hidden states themselves (Liger-Kernel's rule).
     let rows = ((n * d).max(MIN_CHUNK_ELEMENTS) / v).clamp(1, n.max(1));
     let mut loss = Tensor::zeros([], (Kind::Float, x.device()));
@@ -57,11 +87,15 @@ pub fn linear_cross_entropy(
         let len = rows.min(n - start);
         let xc = x.narrow(0, start, len); // [n_c, d]
         let tc = targets.narrow(0, start, len).unsqueeze(1); // [n_c, 1]
+                                                             // Rows that do not count take part with target 0 and weight 0.
+        let counts = tc.ne(IGNORE);
+        let tc = tc.clamp_min(0);
+        let weight = counts.to_kind(Kind::Float) * scale; // [n_c, 1]
         let mut logp = xc
             .matmul(&head.tr())
             .to_kind(Kind::Float)
             .log_softmax(-1, Kind::Float); // [n_c, V]
-        loss -= logp.gather(1, &tc, false).sum(Kind::Float);
+        loss -= (logp.gather(1, &tc, false) * counts.to_kind(Kind::Float)).sum(Kind::Float);
         let mut g = logp.exp_(); // softmax, in place
         let _ = g.scatter_add_(
             1,
@@ -69,11 +103,12 @@ pub fn linear_cross_entropy(
             &Tensor::full([len, 1], -1.0, (Kind::Float, x.device())),
         );
         let g = g.to_kind(x.kind());
-        // The 1/N goes on the small [n_c, d] sides of the two matmuls, not on the [n_c, V] one.
+        // The weights go on the small [n_c, d] sides of the two matmuls, not on the [n_c, V] one
+        // (in fp32, rounded once to the compute dtype).
         grad_x
             .narrow(0, start, len)
-            .copy_(&(g.matmul(head) * inv_n));
-        let xs = &xc * inv_n;
+            .copy_(&(g.matmul(head) * &weight));
+        let xs = (&xc * &weight).to_kind(x.kind());
         let mut acc = grad_head.shallow_clone();
         if g.kind() == Kind::Float {
             let _ = acc.addmm_(&g.tr(), &xs); // straight into the gradient buffer
@@ -82,5 +117,5 @@ pub fn linear_cross_entropy(
         }
         start += len;
     }
-    Ok((loss * inv_n, grad_x))
+    Ok((loss * scale, grad_x))
 }

@@ -36,6 +36,10 @@ pub struct DataSection {
     pub dir: PathBuf,
     /// The tokenizer the shards must have been prepared with.
     pub tokenizer: PathBuf,
+    /// Target ids that take no part in the loss (e.g. the document separator): their positions are
+    /// left out of training and validation losses, which are means over the targets that count.
+    #[serde(default)]
+    pub ignore_targets: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

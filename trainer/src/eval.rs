@@ -33,6 +33,16 @@ pub fn to_tensors(b: &Batch, device: Device) -> (Tensor, Tensor) {
     )
 }
 
+/// Marks the targets whose id is in `ignore` as [`muninn_model::IGNORE`] (`data.ignore_targets`).
+pub fn ignore_targets(mut b: Batch, ignore: &[i64]) -> Batch {
+    if !ignore.is_empty() {
+        for y in b.targets.iter_mut().filter(|y| ignore.contains(y)) {
+            *y = muninn_model::IGNORE;
+        }
+    }
+    b
+}
+
 impl ValBatch {
     pub fn new(index: usize, b: &Batch, device: Device) -> Self {
         let (inputs, targets) = to_tensors(b, device);
@@ -48,8 +58,9 @@ impl ValBatch {
     }
 }
 
-/// Mean validation loss at each depth, all iterations without a graph. Each batch draws its s0 from
-/// its own seed, the same at every depth, evaluation and world size. `reduce` sums [loss·rows, rows]
+/// Validation loss at each depth, all iterations without a graph: the mean over every target that
+/// counts (not [`muninn_model::IGNORE`]) of every batch on every rank. Each batch draws its s0 from
+/// its own seed, the same at every depth, evaluation and world size. `reduce` sums [Σ loss, targets]
 /// over data-parallel ranks (a no-op on one process).
 pub fn depth_losses(
     model: &Huginn,
@@ -58,20 +69,27 @@ pub fn depth_losses(
     seed: u64,
     reduce: &mut dyn FnMut(&mut [f64]) -> Result<()>,
 ) -> Result<Vec<(i64, f64)>> {
-    let rows: i64 = val.iter().map(ValBatch::rows).sum();
     depths
         .iter()
         .map(|&r| {
-            let mut sums = [0.0, rows as f64];
+            let mut sums = [0.0, 0.0];
             for b in val {
                 seed_torch(seed, b.index as u64, 0xE7A1);
                 let out =
                     tch::no_grad(|| model.forward(&b.inputs, Depth::eval(r), &InitState::Config))?;
-                sums[0] += muninn_model::cross_entropy(&out.logits, &b.targets)?.double_value(&[])
-                    * b.rows() as f64;
+                let (loss, count) = muninn_model::cross_entropy_sum(&out.logits, &b.targets)?;
+                sums[0] += loss.double_value(&[]);
+                sums[1] += count.double_value(&[]);
             }
             reduce(&mut sums)?;
-            Ok((r, sums[0] / sums[1]))
+            Ok((
+                r,
+                if sums[1] > 0.0 {
+                    sums[0] / sums[1]
+                } else {
+                    0.0
+                },
+            ))
         })
         .collect()
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use muninn_data::{loader, Loader, TokenDataset, TokenizerInfo};
 use muninn_model::flops::train_flops_per_token;
-use muninn_model::{Huginn, InitState};
+use muninn_model::{Huginn, InitState, Objective, IGNORE};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
@@ -18,7 +18,7 @@ use tch::{Device, Kind, Tensor};
 use crate::ckpt::{self, TrainerState};
 use crate::config::RunConfig;
 use crate::dist::{gather_full, Comm, GradSync, Layout, Op};
-use crate::eval::{depth_losses, seed_torch, to_tensors, ValBatch};
+use crate::eval::{depth_losses, ignore_targets, seed_torch, to_tensors, ValBatch};
 use crate::metrics::Metrics;
 use crate::optim::{clip_to_norm, FlatOptimizer};
 
@@ -97,7 +97,10 @@ pub fn train(
         loader::val_batches(&val_ds, t.micro_batch_size, raw.eval.max_rows, rank, world)
             .iter()
             .enumerate()
-            .map(|(j, b)| ValBatch::new(j * world + rank, b, device))
+            .map(|(j, b)| {
+                let b = ignore_targets(b.clone(), &raw.data.ignore_targets);
+                ValBatch::new(j * world + rank, &b, device)
+            })
             .collect();
 
     // Model (the same weights on every rank: rank 0's), optimizer over this rank's shard, loader.
@@ -220,12 +223,34 @@ pub fn train(
         let mut last_x = None;
         let mut comm_err = Ok(());
         phases.start();
-        for i in 0..t.grad_accum {
-            // Micro-batch i of rank r is global micro-batch i·W + r, with its own s0: W ranks with
-            // one micro-batch each draw what one rank with W accumulation steps would.
+        // Micro-batch i of rank r is global micro-batch i·W + r: W ranks with one micro-batch each
+        // read what one rank with W accumulation steps would.
+        let rows: Vec<_> = (0..t.grad_accum)
+            .map(|_| loader.next_batch(rank, world, t.micro_batch_size))
+            .map(|b| ignore_targets(b, &raw.data.ignore_targets))
+            .collect();
+        // The step's loss is the mean over every target that counts, of every micro-batch on every
+        // rank: each micro-batch's sum is scaled by W·A / (targets that count), so that the
+        // accumulation (÷A) and the rank average (÷W) leave Σ loss / count. Counted on the host.
+        let mut counts = [rows
+            .iter()
+            .map(|b| b.targets.iter().filter(|&&y| y != IGNORE).count() as f64)
+            .sum::<f64>()];
+        if world > 1 {
+            comm.sum_f64(&mut counts, "counting the step's targets")?;
+        }
+        let loss_tokens = counts[0] as u64;
+        let units = (world * t.grad_accum) as f64;
+        let scale = if counts[0] > 0.0 {
+            units / counts[0]
+        } else {
+            0.0
+        };
+        let batches: Vec<_> = rows.iter().map(|b| to_tensors(b, device)).collect();
+        phases.lap(Phase::Data);
+        for (i, (x, y)) in batches.iter().enumerate() {
+            // Each micro-batch draws its own s0, as the global micro-batch it is.
             seed_torch(t.seed, step, 0x50 + (i * world + rank) as u64);
-            let (x, y) = to_tensors(&loader.next_batch(rank, world, t.micro_batch_size), device);
-            phases.lap(Phase::Data);
             last_x = Some(x.shallow_clone());
             let reduce_here = i + 1 == t.grad_accum;
             let mut on_grads = |stage| {
@@ -234,12 +259,16 @@ pub fn train(
                     comm_err = sync.on_stage(comm, &model.params().flat().grad(), stage);
                 }
             };
-            let loss = model.loss_backward(
-                &x,
-                &y,
+            let objective = Objective {
+                targets: y,
+                scale,
+                activation_checkpointing: raw.recurrence.activation_checkpointing,
+            };
+            let loss = model.loss_backward_scaled(
+                x,
+                &objective,
                 depth,
                 &InitState::Config,
-                raw.recurrence.activation_checkpointing,
                 &mut on_grads,
             )?;
             loss_sum += loss.to_kind(Kind::Double);
@@ -351,6 +380,7 @@ pub fn train(
                 "mfu": utilisation(window.2), "hfu": utilisation(window.3),
                 "tokens_seen": state.tokens_seen, "nonfinite_total": state.nonfinite_total,
                 "flops_per_token": window.2 / window.1.max(1) as f64,
+                "loss_tokens": loss_tokens,
             });
             phases.record(&mut rec, window_steps);
             // Host RSS, and on a GPU its caching allocator's peaks; the largest over ranks.

@@ -247,6 +247,25 @@ fn bad_configs_are_refused_by_key_before_any_work() {
         ),
         ("data.dir=nowhere", "data.dir = nowhere"),
         ("optimizer.kind=sgd", "sgd"),
+        // Enums name the key and what it may be.
+        (
+            "optimizer.kind=sgd",
+            "expected `ellis-adam` or `adamw`\nin `optimizer.kind`",
+        ),
+        ("optimizer.schedule=linear", "in `optimizer.schedule`"),
+        (
+            "recurrence.scheme=random",
+            "`poisson-lognormal-filling`, `fixed`",
+        ),
+        ("train.precision=fp16", "in `train.precision`"),
+        (
+            "train.device=tpu",
+            "unknown device `tpu` (expected auto, cpu, cuda or cuda:N)\nin `train.device`",
+        ),
+        (
+            "train.nonfinite=ignore",
+            "expected `skip` or `abort`\nin `train.nonfinite`",
+        ),
     ] {
         let e = muninn_err(&["train", &cfg, "--set", set], p);
         assert!(e.contains(expect), "--set {set}: {e}");

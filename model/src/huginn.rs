@@ -39,13 +39,15 @@ impl Depth {
 }
 
 /// Compute precision. Parameters, gradients and the recurrent state are fp32 in both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Precision {
+    #[serde(rename = "f32", alias = "fp32")]
     F32,
     /// Matmuls and attention in bf16; norms, RoPE, residual stream and state in fp32 (§1.10). Done
     /// explicitly rather than through autocast: tch's autocast is CUDA-only, and its weight cache is the
     /// no-grad/grad trap of `hpc-and-ecosystem.md` §3.6. Here each forward casts every weight once, with
     /// its graph, and both phases share that cast.
+    #[serde(rename = "bf16-mixed", alias = "bf16")]
     Bf16Mixed,
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use muninn_model::config::RawHuginnConfig;
 use muninn_model::{HuginnConfig, Precision};
 use serde::{Deserialize, Serialize};
@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::optim::{OptimizerConfig, OptimizerKind};
 use crate::sampler::{DepthSampler, Scheme};
 use crate::schedule::{Decay, LrSchedule};
+use crate::DeviceSpec;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -45,7 +46,7 @@ pub struct DataSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecurrenceSection {
-    pub scheme: String,
+    pub scheme: Scheme,
     /// r̄; also sets model.mean_recurrence (which enters the init).
     pub mean_recurrence: i64,
     /// k̄, the truncation depth: sweeping k means changing this key.
@@ -58,7 +59,7 @@ pub struct RecurrenceSection {
 impl Default for RecurrenceSection {
     fn default() -> Self {
         RecurrenceSection {
-            scheme: "poisson-lognormal-filling".into(),
+            scheme: Scheme::PoissonLognormalFilling,
             mean_recurrence: 32,
             mean_backprop_depth: 8,
             sigma: 0.5,
@@ -71,10 +72,10 @@ impl Default for RecurrenceSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimizerSection {
-    pub kind: String,
+    pub kind: OptimizerKind,
     pub lr: f64,
     pub min_lr: f64,
-    pub schedule: String,
+    pub schedule: Decay,
     pub warmup_steps: u64,
     pub cooldown_steps: u64,
     pub beta1: f64,
@@ -92,10 +93,10 @@ impl Default for OptimizerSection {
     fn default() -> Self {
         // The reference's production settings (§3.1), but with a schedule that reaches every group.
         OptimizerSection {
-            kind: "ellis-adam".into(),
+            kind: OptimizerKind::EllisAdam,
             lr: 4e-5,
             min_lr: 0.0,
-            schedule: "trapezoid".into(),
+            schedule: Decay::Trapezoid,
             warmup_steps: 4096,
             cooldown_steps: 4096,
             beta1: 0.9,
@@ -117,13 +118,13 @@ pub struct TrainSection {
     pub micro_batch_size: usize,
     pub grad_accum: usize,
     /// f32 or bf16-mixed.
-    pub precision: String,
+    pub precision: Precision,
     /// auto, cpu, cuda, cuda:N.
-    pub device: String,
+    pub device: DeviceSpec,
     /// Save and exit cleanly after this many steps of this process (0: never).
     pub exit_interval: u64,
     /// What a non-finite loss or gradient norm does: skip the update, or abort.
-    pub nonfinite: String,
+    pub nonfinite: NonFinite,
     /// Abort after this many non-finite steps in a row.
     pub max_consecutive_nonfinite: u64,
     /// libtorch intra-op threads (0: libtorch's default).
@@ -137,14 +138,23 @@ impl Default for TrainSection {
             max_steps: 1000,
             micro_batch_size: 8,
             grad_accum: 1,
-            precision: "f32".into(),
-            device: "auto".into(),
+            precision: Precision::F32,
+            device: DeviceSpec::Auto,
             exit_interval: 0,
-            nonfinite: "skip".into(),
+            nonfinite: NonFinite::Skip,
             max_consecutive_nonfinite: 10,
             threads: 0,
         }
     }
+}
+
+/// What a step with a non-finite loss or gradient norm does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NonFinite {
+    /// Skip the update and count it (up to `train.max_consecutive_nonfinite` in a row).
+    Skip,
+    Abort,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -347,7 +357,7 @@ impl RunConfig {
     pub fn resolve(raw: RawRunConfig) -> Result<Self> {
         let r = &raw.recurrence;
         let sampler = DepthSampler {
-            scheme: r.scheme.parse::<Scheme>().context("recurrence.scheme")?,
+            scheme: r.scheme,
             mean_recurrence: r.mean_recurrence,
             mean_backprop_depth: r.mean_backprop_depth,
             sigma: r.sigma,
@@ -370,7 +380,7 @@ impl RunConfig {
         let model = model.resolve()?;
         let o = &raw.optimizer;
         let optimizer = OptimizerConfig {
-            kind: o.kind.parse::<OptimizerKind>().context("optimizer.kind")?,
+            kind: o.kind,
             lr: o.lr,
             beta1: o.beta1,
             beta2: o.beta2,
@@ -386,7 +396,7 @@ impl RunConfig {
             warmup_steps: o.warmup_steps,
             cooldown_steps: o.cooldown_steps,
             max_steps: t.max_steps,
-            decay: o.schedule.parse::<Decay>().context("optimizer.schedule")?,
+            decay: o.schedule,
         };
         schedule.validate()?;
         ensure!(
@@ -404,15 +414,7 @@ impl RunConfig {
             "train.grad_accum = 0: must be at least 1"
         );
         ensure!(t.threads >= 0, "train.threads = {} must be >= 0", t.threads);
-        let precision = t
-            .precision
-            .parse::<Precision>()
-            .context("train.precision")?;
-        let skip_nonfinite = match t.nonfinite.as_str() {
-            "skip" => true,
-            "abort" => false,
-            other => bail!("train.nonfinite = \"{other}\": expected \"skip\" or \"abort\""),
-        };
+        let (precision, skip_nonfinite) = (t.precision, t.nonfinite == NonFinite::Skip);
         ensure!(
             t.max_consecutive_nonfinite >= 1,
             "train.max_consecutive_nonfinite must be at least 1"

@@ -2,7 +2,7 @@
 //! AdamW. Their whole state is two flat tensors and a step counter, so it checkpoints as safetensors
 //! (tch's own optimizers hide their state).
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use muninn_model::params::ParamSpec;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -12,17 +12,6 @@ use tch::{Kind, Tensor};
 pub enum OptimizerKind {
     EllisAdam,
     Adamw,
-}
-
-impl std::str::FromStr for OptimizerKind {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "ellis-adam" => OptimizerKind::EllisAdam,
-            "adamw" => OptimizerKind::Adamw,
-            other => bail!("unknown optimizer `{other}` (ellis-adam or adamw)"),
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use muninn_model::Depth;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -22,21 +22,6 @@ pub enum Scheme {
     PoissonFill,
     /// (0, 1): the non-recurrent baseline.
     NonRecurrent,
-}
-
-impl std::str::FromStr for Scheme {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "poisson-lognormal-filling" => Scheme::PoissonLognormalFilling,
-            "fixed" => Scheme::Fixed,
-            "poisson-fill" => Scheme::PoissonFill,
-            "non-recurrent" => Scheme::NonRecurrent,
-            other => bail!(
-                "unknown recurrence scheme `{other}` (poisson-lognormal-filling, fixed, poisson-fill, non-recurrent)"
-            ),
-        })
-    }
 }
 
 /// A depth sampler: scheme, targets r̄ and k̄, σ, and an optional linear curriculum.

@@ -1,6 +1,6 @@
 //! Learning-rate schedules as pure functions of the step (reference §3.3): nothing to checkpoint.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,18 +12,6 @@ pub enum Decay {
     Trapezoid,
     /// Warmup, then cosine from `lr` to `min_lr` at `max_steps`.
     Cosine,
-}
-
-impl std::str::FromStr for Decay {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "constant" => Decay::Constant,
-            "trapezoid" => Decay::Trapezoid,
-            "cosine" => Decay::Cosine,
-            other => bail!("unknown lr schedule `{other}` (constant, trapezoid, cosine)"),
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

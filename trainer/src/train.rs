@@ -21,6 +21,7 @@ use crate::dist::{gather_full, Comm, GradSync, Layout, Op};
 use crate::eval::{depth_losses, ignore_targets, seed_torch, to_tensors, ValBatch};
 use crate::metrics::Metrics;
 use crate::optim::{clip_to_norm, FlatOptimizer};
+use crate::DeviceSpec;
 
 /// Where to start from.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,13 +48,13 @@ pub struct Outcome {
 }
 
 /// The device of this rank: `cuda` (or `auto` with GPUs) means the GPU of its local rank.
-fn rank_device(spec: &str, comm: &Comm) -> Result<Device> {
+fn rank_device(spec: DeviceSpec, comm: &Comm) -> Result<Device> {
     let gpus = tch::Cuda::device_count() as usize;
     match spec {
-        "cuda" | "gpu" | "auto" if gpus > 0 && comm.world() > 1 => {
+        DeviceSpec::Cuda(None) | DeviceSpec::Auto if gpus > 0 && comm.world() > 1 => {
             Ok(Device::Cuda(comm.local_rank() % gpus))
         }
-        _ => crate::parse_device(spec),
+        _ => spec.resolve(),
     }
 }
 
@@ -70,7 +71,7 @@ pub fn train(
     let (rank, world, root) = (comm.rank(), comm.world(), comm.is_root());
     comm.set_timeout(std::time::Duration::from_secs_f64(d.timeout_s));
     comm.check(d.chunk_elems())?;
-    let device = rank_device(&t.device, comm)?;
+    let device = rank_device(t.device, comm)?;
     let run_dir = cfg.run_dir();
     if root {
         std::fs::create_dir_all(&run_dir)

@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::block::{linear, rms_norm, Attend, BlockWeights, Rope};
 use crate::config::{HuginnConfig, StateInit};
+use crate::family::GradEvent;
 use crate::loss::linear_cross_entropy;
 use crate::params::{self, trunc_normal_, FlatParams};
 use crate::shim;
@@ -532,6 +533,19 @@ pub enum GradStage {
     Core,
     /// Prelude and embedding (which is also the head) are final: the whole gradient.
     Prelude,
+}
+
+impl From<GradStage> for GradEvent {
+    /// Huginn's stages as the trainer's events: its regions ([`crate::params::grad_regions`]) are
+    /// coda (0), core (1) and prelude (2).
+    fn from(stage: GradStage) -> GradEvent {
+        match stage {
+            GradStage::Coda => GradEvent::Final(0),
+            GradStage::CoreIteration => GradEvent::Progress,
+            GradStage::Core => GradEvent::Final(1),
+            GradStage::Prelude => GradEvent::Final(2),
+        }
+    }
 }
 
 /// Recurrence telemetry of the reference's `monitor_module` (§3.8), from one no-grad forward.

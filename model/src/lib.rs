@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod decode;
 pub mod exit;
+pub mod family;
 pub mod flops;
 pub mod hf;
 pub mod huginn;
@@ -19,6 +20,7 @@ pub mod st;
 pub use block::{Attend, Mask, Positions};
 pub use config::{HuginnConfig, StateInit};
 pub use exit::ExitCriterion;
+pub use family::GradEvent;
 pub use huginn::{
     Depth, Forward, GradStage, Huginn, InitState, Input, Objective, Precision, Telemetry,
 };

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use muninn_data::{loader, Loader, TokenDataset, TokenizerInfo};
 use muninn_model::flops::train_flops_per_token;
-use muninn_model::{Huginn, InitState, Objective, IGNORE};
+use muninn_model::{GradStage, Huginn, InitState, Objective, IGNORE};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
@@ -109,7 +109,7 @@ pub fn train(
     model.init(t.seed);
     let specs = model.params().specs();
     let layout = Layout::new(
-        muninn_model::params::grad_regions(specs),
+        &muninn_model::params::grad_regions(specs),
         d.chunk_elems(),
         rank,
         world,
@@ -254,10 +254,10 @@ pub fn train(
             seed_torch(t.seed, step, 0x50 + (i * world + rank) as u64);
             last_x = Some(x.shallow_clone());
             let reduce_here = i + 1 == t.grad_accum;
-            let mut on_grads = |stage| {
+            let mut on_grads = |stage: GradStage| {
                 if let (true, Some(sync), Ok(())) = (reduce_here, sync.as_mut(), &comm_err) {
                     // Only defined once backward has written a gradient.
-                    comm_err = sync.on_stage(comm, &model.params().flat().grad(), stage);
+                    comm_err = sync.on_event(comm, &model.params().flat().grad(), stage.into());
                 }
             };
             let objective = Objective {

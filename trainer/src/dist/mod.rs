@@ -15,7 +15,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use muninn_model::GradStage;
+use muninn_model::GradEvent;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::Transport;
@@ -257,7 +257,7 @@ pub struct Chunk {
 pub struct Layout {
     pub chunks: Vec<Chunk>,
     /// Chunks of each gradient region, in the order backward completes them.
-    pub regions: [Range<usize>; 3],
+    pub regions: Vec<Range<usize>>,
     pub rank: usize,
     pub world: usize,
     pub numel: i64,
@@ -266,10 +266,12 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn new(regions: [Range<i64>; 3], chunk: i64, rank: usize, world: usize) -> Self {
+    /// `regions`: ranges of the flat buffer in the order backward completes them (a family's
+    /// `grad_regions`), together covering it once.
+    pub fn new(regions: &[Range<i64>], chunk: i64, rank: usize, world: usize) -> Self {
         let (mut chunks, mut shard_len) = (Vec::new(), 0);
         let mut chunk_ranges: Vec<Range<usize>> = Vec::new();
-        for region in &regions {
+        for region in regions {
             let first = chunks.len();
             let mut off = region.start;
             while off < region.end {
@@ -301,11 +303,7 @@ impl Layout {
         let numel = regions.iter().map(|r| r.end - r.start).sum();
         Layout {
             chunks,
-            regions: [
-                chunk_ranges[0].clone(),
-                chunk_ranges[1].clone(),
-                chunk_ranges[2].clone(),
-            ],
+            regions: chunk_ranges,
             rank,
             world,
             numel,
@@ -355,7 +353,8 @@ pub struct GradSync {
     recv: Tensor,
     #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pending: VecDeque<PendingChunk>,
-    launched: [bool; 3],
+    /// Which regions' messages are out.
+    launched: Vec<bool>,
     pub stats: CommStats,
 }
 
@@ -381,6 +380,7 @@ impl GradSync {
         } else {
             layout.numel
         };
+        let launched = vec![false; layout.regions.len()];
         GradSync {
             host_grad: staged.then(|| Tensor::zeros([layout.numel], (Kind::Float, Device::Cpu))),
             recv: Tensor::zeros([recv_len], (Kind::Float, home)),
@@ -389,7 +389,7 @@ impl GradSync {
             overlap,
             staged,
             pending: VecDeque::new(),
-            launched: [false; 3],
+            launched,
             stats: CommStats::default(),
         }
     }
@@ -398,18 +398,21 @@ impl GradSync {
         &self.layout
     }
 
-    /// Called from the backward pass at each [`GradStage`]: launches the regions that just became
-    /// final (all of them at the end when overlap is off) and drives MPI's progress in between.
-    pub fn on_stage(&mut self, comm: &Comm, grad: &Tensor, stage: GradStage) -> Result<()> {
-        match stage {
-            GradStage::Coda if self.overlap => self.launch(comm, grad, 0),
-            GradStage::Core if self.overlap => self.launch(comm, grad, 1),
-            GradStage::CoreIteration => {
+    /// Called from the backward pass at each [`GradEvent`]: launches the region that just became
+    /// final (every region once the last one is, and only then when overlap is off) and drives
+    /// MPI's progress in between.
+    pub fn on_event(&mut self, comm: &Comm, grad: &Tensor, event: GradEvent) -> Result<()> {
+        let last = self.launched.len() - 1;
+        match event {
+            GradEvent::Final(region) if region >= last => {
+                (0..=last).try_for_each(|r| self.launch(comm, grad, r))
+            }
+            GradEvent::Final(region) if self.overlap => self.launch(comm, grad, region),
+            GradEvent::Final(_) => Ok(()),
+            GradEvent::Progress => {
                 self.progress(comm);
                 Ok(())
             }
-            GradStage::Prelude => (0..3).try_for_each(|r| self.launch(comm, grad, r)),
-            _ => Ok(()),
         }
     }
 
@@ -516,7 +519,7 @@ impl GradSync {
             }
         }
         self.stats.wait_s += t0.elapsed().as_secs_f64();
-        self.launched = [false; 3];
+        self.launched.iter_mut().for_each(|l| *l = false);
         let scale = scale / self.layout.world as f64;
         tch::no_grad(|| {
             if self.zero1 {
@@ -607,7 +610,7 @@ mod tests {
         let regions = [70..100, 10..70, 0..10];
         let world = 3;
         let layouts: Vec<Layout> = (0..world)
-            .map(|r| Layout::new(regions.clone(), 16, r, world))
+            .map(|r| Layout::new(&regions, 16, r, world))
             .collect();
         let l = &layouts[0];
         // Regions are cut into messages of at most 16, in backward order.
@@ -626,7 +629,7 @@ mod tests {
                 (0, 10)
             ]
         );
-        assert_eq!(l.regions, [0..2, 2..6, 6..7]);
+        assert_eq!(l.regions, vec![0..2, 2..6, 6..7]);
         // Every element is owned by exactly one rank.
         let mut owner = vec![0; 100];
         for l in &layouts {

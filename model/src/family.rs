@@ -1,5 +1,15 @@
 //! What every model family shares with the trainer.
 
+use std::ops::Range;
+use std::path::Path;
+
+use anyhow::Result;
+use sha2::{Digest, Sha256};
+use tch::Tensor;
+
+use crate::flops::TrainFlops;
+use crate::params::FlatParams;
+
 /// What a family's backward tells the trainer as it proceeds, so that gradient messages start while
 /// the rest of backward still runs (`hpc-and-ecosystem.md` §3.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,4 +21,81 @@ pub enum GradEvent {
     /// Nothing new is final; a chance to drive outstanding messages (e.g. between Huginn's
     /// recomputed iterations).
     Progress,
+}
+
+/// One micro-batch of a step, as the trainer hands it to a family.
+pub struct MicroBatch<'a> {
+    /// [B, T] token ids.
+    pub inputs: &'a Tensor,
+    /// [B, T]; [`crate::IGNORE`] where a target does not count.
+    pub targets: &'a Tensor,
+    /// The weight of this micro-batch's loss sum: W·A / (targets counted in the whole step), so
+    /// that accumulation and the rank average leave the mean over the step's counted targets.
+    pub scale: f64,
+}
+
+/// Named values for the metrics record.
+pub type Fields = Vec<(&'static str, serde_json::Value)>;
+
+/// What the training loop needs from a model family; the loop never names one. A family owns its
+/// parameters (in [`FlatParams`]: the optimizer, gradient reduction and checkpoints work on the flat
+/// buffers), draws its per-step plan, runs a micro-step's forward, loss and backward, and reports
+/// its own validation metrics, telemetry and FLOPs.
+pub trait Family {
+    /// What a step draws before it runs, a pure function of the step (every rank draws the same,
+    /// and a resumed run draws the same again): Huginn's depth (n, k).
+    type Plan: Copy;
+
+    fn params(&self) -> &FlatParams;
+
+    /// The resolved shape as TOML: written beside the weights, hashed to refuse another shape.
+    fn config_toml(&self) -> String;
+
+    /// Ranges of the flat gradient in the order backward completes them, covering it once;
+    /// [`GradEvent::Final`] indexes them.
+    fn grad_regions(&self) -> Vec<Range<i64>>;
+
+    fn plan(&self, step: u64) -> Self::Plan;
+
+    /// The plan as metrics fields and as a short label for progress lines.
+    fn plan_fields(&self, plan: Self::Plan) -> (Fields, String);
+
+    /// Forward, L = scale · Σ loss over the counted targets, and backward of L into the flat
+    /// gradient, announcing each region as it becomes final. Returns the detached L.
+    fn micro_step(
+        &self,
+        batch: &MicroBatch,
+        plan: Self::Plan,
+        on_grad: &mut dyn FnMut(GradEvent),
+    ) -> Result<Tensor>;
+
+    /// Model and hardware FLOPs per token of a step with this plan over sequences of `seq_len`.
+    fn flops(&self, plan: Self::Plan, seq_len: i64) -> TrainFlops;
+
+    /// Diagnostics of one no-grad pass over `inputs`, averaged over ranks by the trainer.
+    fn telemetry(&self, inputs: &Tensor, plan: Self::Plan) -> Result<Fields>;
+
+    /// The names of the validation metrics, in [`Family::validate`]'s order. Every rank reports
+    /// all of them, even one without validation rows.
+    fn val_metrics(&self) -> Vec<String>;
+
+    /// Validation of one batch (its global `index` seeds any randomness): (Σ, count) of each of
+    /// [`Family::val_metrics`]. The trainer sums both over batches and ranks and logs Σ / count.
+    fn validate(&self, index: u64, inputs: &Tensor, targets: &Tensor) -> Result<Vec<(f64, f64)>>;
+
+    /// Writes the weights and the shape into a checkpoint directory.
+    fn save_model(&self, dir: &Path) -> Result<()>;
+
+    /// Loads the weights of a checkpoint directory written by [`Family::save_model`].
+    fn load_model(&self, dir: &Path) -> Result<()>;
+}
+
+/// Seeds torch's RNG from (seed, step, purpose): every rank, and a resumed run, draws the same.
+pub fn seed_torch(seed: u64, step: u64, purpose: u64) {
+    let mut h = Sha256::new();
+    h.update(seed.to_le_bytes());
+    h.update(step.to_le_bytes());
+    h.update(purpose.to_le_bytes());
+    let d = h.finalize();
+    tch::manual_seed(i64::from_le_bytes(d[..8].try_into().expect("8 bytes")) & i64::MAX);
 }

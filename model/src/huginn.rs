@@ -577,6 +577,23 @@ impl Huginn {
         })
     }
 
+    /// Validation of one batch at depth r, every iteration without a graph: (Σ cross-entropy over
+    /// the counted targets, their count). The batch's s0 comes from (seed, index), so it is the same
+    /// at every depth, in every evaluation and at every world size.
+    pub fn val_loss_sums(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        r: i64,
+        seed: u64,
+        index: u64,
+    ) -> Result<(f64, f64)> {
+        crate::family::seed_torch(seed, index, 0xE7A1);
+        let out = tch::no_grad(|| self.forward(ids, Depth::eval(r), &InitState::Config))?;
+        let (loss, count) = crate::loss::cross_entropy_sum(&out.logits, targets)?;
+        Ok((loss.double_value(&[]), count.double_value(&[])))
+    }
+
     pub fn telemetry(&self, ids: &Tensor, r: i64, init: &InitState) -> Result<Telemetry> {
         ensure!(r >= 1, "telemetry needs at least one iteration");
         tch::no_grad(|| {

@@ -12,15 +12,17 @@ pub mod family;
 pub mod flops;
 pub mod hf;
 pub mod huginn;
+pub mod huginn_family;
 pub mod loss;
 pub mod params;
+pub mod sampler;
 pub mod shim;
 pub mod st;
 
 pub use block::{Attend, Mask, Positions};
 pub use config::{HuginnConfig, StateInit};
 pub use exit::ExitCriterion;
-pub use family::GradEvent;
+pub use family::{Family, GradEvent, MicroBatch};
 pub use huginn::{
     Depth, Forward, GradStage, Huginn, InitState, Input, Objective, Precision, Telemetry,
 };

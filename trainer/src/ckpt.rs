@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use muninn_data::LoaderState;
-use muninn_model::checkpoint::{self, TensorFiles};
-use muninn_model::{st, Huginn};
+use muninn_model::checkpoint;
+use muninn_model::{st, Family};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -61,9 +61,9 @@ pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 
 /// Writes a checkpoint; `optimizer` is the optimizer state over the whole flat buffer (gathered
 /// from every rank's shard under ZeRO-1, so any world size can resume it).
-pub fn save(
+pub fn save<F: Family>(
     run_dir: &Path,
-    model: &Huginn,
+    model: &F,
     optimizer: &[(String, Tensor)],
     state: &TrainerState,
     keep: usize,
@@ -86,7 +86,7 @@ pub fn save(
         return Ok(out); // already saved at this step (e.g. interval and end coincide)
     }
     checkpoint::write_new_dir(&out, |dir| {
-        checkpoint::write_model_files(model, dir)?;
+        model.save_model(dir)?;
         st::write(&dir.join(OPTIMIZER_FILE), optimizer, None)?;
         let path = dir.join(STATE_FILE);
         let mut f =
@@ -110,9 +110,9 @@ pub fn save(
 }
 
 /// Loads a checkpoint into `model` and `opt`; returns its trainer state.
-pub fn load(
+pub fn load<F: Family>(
     dir: &Path,
-    model: &Huginn,
+    model: &F,
     opt: &mut FlatOptimizer,
     model_sha256: &str,
 ) -> Result<TrainerState> {
@@ -128,19 +128,16 @@ pub fn load(
         state.version
     );
     if state.model_sha256 != model_sha256 {
-        let theirs = muninn_model::HuginnConfig::from_toml_file(&dir.join(checkpoint::CONFIG_FILE))
-            .map(|c| c.to_toml())
-            .unwrap_or_default();
+        let theirs = std::fs::read_to_string(dir.join(checkpoint::CONFIG_FILE)).unwrap_or_default();
         bail!(
             "checkpoint {} holds a different model shape than the config:\n--- checkpoint\n{theirs}--- config\n{}",
             dir.display(),
-            model.config().to_toml()
+            model.config_toml()
         );
     }
-    let files = TensorFiles::open(&[dir.join(checkpoint::MODEL_FILE)])?;
-    checkpoint::load_weights(model, &files, str::to_string, &[])?;
+    model.load_model(dir)?;
     let o = st::StFile::open(&dir.join(OPTIMIZER_FILE))?;
-    let device = model.device();
+    let device = model.params().device();
     opt.load_state(
         &o.get("exp_avg")?.to_device(device),
         &o.get("exp_avg_sq")?.to_device(device),

@@ -3,19 +3,10 @@
 
 use anyhow::Result;
 use muninn_data::Batch;
-use muninn_model::{Depth, Huginn, InitState};
-use sha2::{Digest, Sha256};
+use muninn_model::{Family, Huginn};
 use tch::{Device, Tensor};
 
-/// Seeds torch's RNG (s0 draws) from (seed, step, purpose): a resumed run draws the same states.
-pub fn seed_torch(seed: u64, step: u64, purpose: u64) {
-    let mut h = Sha256::new();
-    h.update(seed.to_le_bytes());
-    h.update(step.to_le_bytes());
-    h.update(purpose.to_le_bytes());
-    let d = h.finalize();
-    tch::manual_seed(i64::from_le_bytes(d[..8].try_into().expect("8 bytes")) & i64::MAX);
-}
+pub use muninn_model::family::seed_torch;
 
 /// One validation micro-batch: its global index (which seeds its s0) and its rows on the device.
 pub struct ValBatch {
@@ -59,9 +50,9 @@ impl ValBatch {
 }
 
 /// Validation loss at each depth, all iterations without a graph: the mean over every target that
-/// counts (not [`muninn_model::IGNORE`]) of every batch on every rank. Each batch draws its s0 from
-/// its own seed, the same at every depth, evaluation and world size. `reduce` sums [Σ loss, targets]
-/// over data-parallel ranks (a no-op on one process).
+/// counts (not [`muninn_model::IGNORE`]) of every batch on every rank (`muninn eval`; the trainer
+/// validates through its family, with the same numbers). `reduce` sums [Σ loss, targets] over
+/// data-parallel ranks (a no-op on one process).
 pub fn depth_losses(
     model: &Huginn,
     val: &[ValBatch],
@@ -74,12 +65,10 @@ pub fn depth_losses(
         .map(|&r| {
             let mut sums = [0.0, 0.0];
             for b in val {
-                seed_torch(seed, b.index as u64, 0xE7A1);
-                let out =
-                    tch::no_grad(|| model.forward(&b.inputs, Depth::eval(r), &InitState::Config))?;
-                let (loss, count) = muninn_model::cross_entropy_sum(&out.logits, &b.targets)?;
-                sums[0] += loss.double_value(&[]);
-                sums[1] += count.double_value(&[]);
+                let (loss, count) =
+                    model.val_loss_sums(&b.inputs, &b.targets, r, seed, b.index as u64)?;
+                sums[0] += loss;
+                sums[1] += count;
             }
             reduce(&mut sums)?;
             Ok((
@@ -92,4 +81,31 @@ pub fn depth_losses(
             ))
         })
         .collect()
+}
+
+/// The family's validation metrics over `val`, each the ratio of its sums over every batch on every
+/// rank (`reduce` sums over data-parallel ranks).
+pub fn validate<F: Family>(
+    family: &F,
+    val: &[ValBatch],
+    reduce: &mut dyn FnMut(&mut [f64]) -> Result<()>,
+) -> Result<Vec<(String, f64)>> {
+    let names = family.val_metrics();
+    let mut sums = vec![0.0; 2 * names.len()];
+    for b in val {
+        let metrics = family.validate(b.index as u64, &b.inputs, &b.targets)?;
+        for (j, (sum, count)) in metrics.into_iter().enumerate() {
+            sums[2 * j] += sum;
+            sums[2 * j + 1] += count;
+        }
+    }
+    reduce(&mut sums)?;
+    Ok(names
+        .into_iter()
+        .enumerate()
+        .map(|(j, name)| {
+            let (sum, count) = (sums[2 * j], sums[2 * j + 1]);
+            (name, if count > 0.0 { sum / count } else { 0.0 })
+        })
+        .collect())
 }

@@ -7,7 +7,7 @@ pub mod dist;
 pub mod eval;
 pub mod metrics;
 pub mod optim;
-pub mod sampler;
+pub use muninn_model::sampler;
 pub mod schedule;
 pub mod train;
 

@@ -9,8 +9,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use muninn_data::{loader, Loader, TokenDataset, TokenizerInfo};
-use muninn_model::flops::train_flops_per_token;
-use muninn_model::{GradStage, Huginn, InitState, Objective, IGNORE};
+use muninn_model::huginn_family::HuginnFamily;
+use muninn_model::{Family, Huginn, MicroBatch, IGNORE};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
@@ -18,7 +18,7 @@ use tch::{Device, Kind, Tensor};
 use crate::ckpt::{self, TrainerState};
 use crate::config::RunConfig;
 use crate::dist::{gather_full, Comm, GradSync, Layout, Op};
-use crate::eval::{depth_losses, ignore_targets, seed_torch, to_tensors, ValBatch};
+use crate::eval::{ignore_targets, seed_torch, to_tensors, validate, ValBatch};
 use crate::metrics::Metrics;
 use crate::optim::{clip_to_norm, FlatOptimizer};
 use crate::DeviceSpec;
@@ -58,20 +58,43 @@ fn rank_device(spec: DeviceSpec, comm: &Comm) -> Result<Device> {
     }
 }
 
+/// Trains the family the config names.
 pub fn train(
     cfg: &RunConfig,
     resume: Resume,
     stop_signal: Arc<AtomicBool>,
     comm: &mut Comm,
 ) -> Result<Outcome> {
-    let (t, raw, d) = (&cfg.raw.train, &cfg.raw, &cfg.raw.dist);
+    let t = &cfg.raw.train;
     if t.threads > 0 {
         tch::set_num_threads(t.threads);
     }
+    let device = rank_device(t.device, comm)?;
+    // The one place that names a family: the same weights on every rank (rank 0's, broadcast).
+    let family = HuginnFamily {
+        model: Huginn::new(cfg.model.clone(), device, cfg.precision)?,
+        sampler: cfg.sampler.clone(),
+        activation_checkpointing: cfg.raw.recurrence.activation_checkpointing,
+        eval_depths: cfg.raw.eval.depths.clone(),
+        seed: t.seed,
+    };
+    family.model.init(t.seed);
+    run(cfg, &family, device, resume, stop_signal, comm)
+}
+
+/// The training loop, for any family.
+fn run<F: Family>(
+    cfg: &RunConfig,
+    model: &F,
+    device: Device,
+    resume: Resume,
+    stop_signal: Arc<AtomicBool>,
+    comm: &mut Comm,
+) -> Result<Outcome> {
+    let (t, raw, d) = (&cfg.raw.train, &cfg.raw, &cfg.raw.dist);
     let (rank, world, root) = (comm.rank(), comm.world(), comm.is_root());
     comm.set_timeout(std::time::Duration::from_secs_f64(d.timeout_s));
     comm.check(d.chunk_elems())?;
-    let device = rank_device(t.device, comm)?;
     let run_dir = cfg.run_dir();
     if root {
         std::fs::create_dir_all(&run_dir)
@@ -104,16 +127,9 @@ pub fn train(
             })
             .collect();
 
-    // Model (the same weights on every rank: rank 0's), optimizer over this rank's shard, loader.
-    let model = Huginn::new(cfg.model.clone(), device, cfg.precision)?;
-    model.init(t.seed);
+    // Optimizer over this rank's shard, loader.
     let specs = model.params().specs();
-    let layout = Layout::new(
-        &muninn_model::params::grad_regions(specs),
-        d.chunk_elems(),
-        rank,
-        world,
-    );
+    let layout = Layout::new(&model.grad_regions(), d.chunk_elems(), rank, world);
     let zero1 = d.zero1 && world > 1;
     let pieces = match zero1 {
         true => layout.pieces(),
@@ -123,7 +139,7 @@ pub fn train(
     let mut sync =
         (world > 1).then(|| GradSync::new(layout, zero1, d.overlap, d.transport, device));
     let mut loader = Loader::new(&train_ds, t.seed);
-    let model_sha256 = format!("{:x}", Sha256::digest(cfg.model.to_toml().as_bytes()));
+    let model_sha256 = format!("{:x}", Sha256::digest(model.config_toml().as_bytes()));
     let existing = ckpt::list(&run_dir)?;
     let from = match resume {
         Resume::No if !existing.is_empty() => bail!(
@@ -145,7 +161,7 @@ pub fn train(
         model_sha256: model_sha256.clone(),
     };
     if let Some(dir) = &from {
-        state = ckpt::load(dir, &model, &mut opt, &model_sha256)?;
+        state = ckpt::load(dir, model, &mut opt, &model_sha256)?;
         loader
             .load_state(&state.loader)
             .with_context(|| format!("resuming the loader from {}", dir.display()))?;
@@ -211,7 +227,7 @@ pub fn train(
     while state.step < t.max_steps {
         state.step += 1;
         let step = state.step;
-        let depth = cfg.sampler.draw(step);
+        let plan = model.plan(step);
         let trace = root && step == raw.log.trace_step;
         if trace {
             muninn_model::shim::profiler_start()?;
@@ -254,24 +270,18 @@ pub fn train(
             seed_torch(t.seed, step, 0x50 + (i * world + rank) as u64);
             last_x = Some(x.shallow_clone());
             let reduce_here = i + 1 == t.grad_accum;
-            let mut on_grads = |stage: GradStage| {
+            let mut on_grad = |event| {
                 if let (true, Some(sync), Ok(())) = (reduce_here, sync.as_mut(), &comm_err) {
                     // Only defined once backward has written a gradient.
-                    comm_err = sync.on_event(comm, &model.params().flat().grad(), stage.into());
+                    comm_err = sync.on_event(comm, &model.params().flat().grad(), event);
                 }
             };
-            let objective = Objective {
+            let batch = MicroBatch {
+                inputs: x,
                 targets: y,
                 scale,
-                activation_checkpointing: raw.recurrence.activation_checkpointing,
             };
-            let loss = model.loss_backward_scaled(
-                x,
-                &objective,
-                depth,
-                &InitState::Config,
-                &mut on_grads,
-            )?;
+            let loss = model.micro_step(&batch, plan, &mut on_grad)?;
             loss_sum += loss.to_kind(Kind::Double);
             phases.lap(Phase::ForwardBackward);
         }
@@ -350,13 +360,7 @@ pub fn train(
         state.tokens_seen += tokens_per_step;
         state.loader = loader.state();
         last_loss = loss;
-        let flops = train_flops_per_token(
-            &cfg.model,
-            depth.no_grad,
-            depth.with_grad,
-            train_ds.block_size() as i64,
-            raw.recurrence.activation_checkpointing,
-        );
+        let flops = model.flops(plan, train_ds.block_size() as i64);
         window.1 += tokens_per_step;
         window.2 += flops.model * tokens_per_step as f64;
         window.3 += flops.hardware * tokens_per_step as f64;
@@ -377,12 +381,16 @@ pub fn train(
             };
             let mut rec = json!({
                 "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                "n": depth.no_grad, "k": depth.with_grad, "tokens_per_s": tokens_per_s,
+                "tokens_per_s": tokens_per_s,
                 "mfu": utilisation(window.2), "hfu": utilisation(window.3),
                 "tokens_seen": state.tokens_seen, "nonfinite_total": state.nonfinite_total,
                 "flops_per_token": window.2 / window.1.max(1) as f64,
                 "loss_tokens": loss_tokens,
             });
+            let (plan_fields, plan_label) = model.plan_fields(plan);
+            for (key, value) in plan_fields {
+                rec[key] = value;
+            }
             phases.record(&mut rec, window_steps);
             // Host RSS, and on a GPU its caching allocator's peaks; the largest over ranks.
             let gpu = match device {
@@ -414,30 +422,30 @@ pub fn train(
                 sync.stats = Default::default();
             }
             if let Some(x) = &last_x {
-                let tm = model.telemetry(x, depth.total().max(1), &InitState::Config)?;
-                let mut v = [tm.state_norm, tm.token_corr, tm.rel_residual];
+                // The family's diagnostics, the mean over ranks.
+                let fields = model.telemetry(x, plan)?;
+                let mut v: Vec<f64> = fields
+                    .iter()
+                    .map(|(_, v)| v.as_f64().unwrap_or(f64::NAN))
+                    .collect();
                 comm.sum_f64(&mut v, "telemetry")?;
-                rec["recurrent_state_norm"] = json!(v[0] / world as f64);
-                rec["recurrent_state_token_corr"] = json!(v[1] / world as f64);
-                rec["rel_residual"] = json!(v[2] / world as f64);
+                for ((key, _), v) in fields.iter().zip(v) {
+                    rec[*key] = json!(v / world as f64);
+                }
             }
             if raw.eval.interval > 0 && step % raw.eval.interval == 0 || last {
-                for (r, v) in depth_losses(
-                    &model,
-                    &val_batches,
-                    &raw.eval.depths,
-                    t.seed,
-                    &mut |sums| comm.sum_f64(sums, "validation loss"),
-                )? {
-                    rec[format!("val_loss_r{r}")] = json!(v);
+                let metrics = validate(model, &val_batches, &mut |sums| {
+                    comm.sum_f64(sums, "validation loss")
+                })?;
+                for (name, v) in metrics {
+                    rec[name] = json!(v);
                 }
             }
             if let Some(metrics) = metrics.as_mut() {
                 metrics.log(&rec)?;
             }
             let msg = format!(
-                "loss {loss:.4} lr {lr:.2e} |g| {grad_norm:.3} (n,k)=({},{}) {tokens_per_s:.0} tok/s",
-                depth.no_grad, depth.with_grad
+                "loss {loss:.4} lr {lr:.2e} |g| {grad_norm:.3} {plan_label} {tokens_per_s:.0} tok/s"
             );
             match (&bar, root) {
                 (Some(bar), _) => bar.set_message(msg),
@@ -463,7 +471,7 @@ pub fn train(
             let dir = save(
                 comm,
                 &run_dir,
-                &model,
+                model,
                 &opt,
                 sync.as_ref().filter(|_| zero1).map(GradSync::layout),
                 &state,
@@ -598,10 +606,10 @@ fn peak_rss_gib() -> f64 {
 /// A checkpoint, collectively: under ZeRO-1 (`shards`, the layout of the optimizer's shards) every
 /// rank sends its optimizer shard, rank 0 writes, and all ranks learn whether that worked, so none of
 /// them trains on after a failed save.
-fn save(
+fn save<F: Family>(
     comm: &Comm,
     run_dir: &std::path::Path,
-    model: &Huginn,
+    model: &F,
     opt: &FlatOptimizer,
     shards: Option<&Layout>,
     state: &TrainerState,

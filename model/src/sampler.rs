@@ -5,8 +5,8 @@
 
 use std::sync::Mutex;
 
+use crate::Depth;
 use anyhow::{ensure, Result};
-use muninn_model::Depth;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 

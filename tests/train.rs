@@ -297,6 +297,51 @@ fn a_checkpoint_of_another_shape_is_refused() {
         p,
     );
     assert!(e.contains("different model shape"), "{e}");
+
+    // The family is recorded; a checkpoint from before it was (no `family`) is Huginn's and resumes.
+    let state = p.join("runs/shape/checkpoints/step-00000002/trainer_state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(text.contains("\"family\": \"huginn\""), "{text}");
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v.as_object_mut().unwrap().remove("family");
+    std::fs::write(&state, v.to_string()).unwrap();
+    let out = muninn_ok(
+        &[
+            "train",
+            &cfg,
+            "--resume",
+            "auto",
+            "--set",
+            "train.max_steps=3",
+        ],
+        p,
+    );
+    let losses = losses(p, "shape");
+    assert_eq!(
+        losses.last().map(|l| l.0),
+        Some(3),
+        "resumed to step 3: {losses:?}"
+    );
+    assert!(p.join("runs/shape/checkpoints/step-00000003").is_dir());
+    // One of a family this build does not know is refused, naming the file.
+    let state = p.join("runs/shape/checkpoints/step-00000003/trainer_state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    std::fs::write(&state, text.replace("\"huginn\"", "\"tidar\"")).unwrap();
+    let e = muninn_err(
+        &[
+            "train",
+            &cfg,
+            "--resume",
+            "auto",
+            "--set",
+            "train.max_steps=4",
+        ],
+        p,
+    );
+    assert!(
+        e.contains("trainer_state.json") && e.contains("tidar"),
+        "{e}"
+    );
 }
 
 /// Every tensor of a checkpoint's model, by name.

@@ -13,6 +13,7 @@ use muninn_model::{st, Family};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::config::FamilyKind;
 use crate::optim::FlatOptimizer;
 
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -30,6 +31,9 @@ pub struct TrainerState {
     pub tokens_seen: u64,
     /// sha256 of the resolved model shape: a checkpoint of another shape is refused.
     pub model_sha256: String,
+    /// The model family (checkpoints from before families were recorded are Huginn's).
+    #[serde(default)]
+    pub family: FamilyKind,
 }
 
 pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
@@ -115,6 +119,7 @@ pub fn load<F: Family>(
     model: &F,
     opt: &mut FlatOptimizer,
     model_sha256: &str,
+    family: FamilyKind,
 ) -> Result<TrainerState> {
     let path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&path)
@@ -126,6 +131,13 @@ pub fn load<F: Family>(
         "{}: trainer state version {} is unknown",
         path.display(),
         state.version
+    );
+    ensure!(
+        state.family == family,
+        "checkpoint {} is of the {} family, the config trains {} (model.family)",
+        dir.display(),
+        state.family.name(),
+        family.name()
     );
     if state.model_sha256 != model_sha256 {
         let theirs = std::fs::read_to_string(dir.join(checkpoint::CONFIG_FILE)).unwrap_or_default();

@@ -291,10 +291,28 @@ pub struct RawRunConfig {
     pub dist: DistSection,
 }
 
+/// Which model family a run trains (`[model] family`); each reads its own keys of `[model]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FamilyKind {
+    /// The recurrent-depth transformer; its recipe's `[recurrence]` section draws (n, k).
+    #[default]
+    Huginn,
+}
+
+impl FamilyKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FamilyKind::Huginn => "huginn",
+        }
+    }
+}
+
 /// A checked config, with the typed pieces the loop uses.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub raw: RawRunConfig,
+    pub family: FamilyKind,
     pub model: HuginnConfig,
     pub sampler: DepthSampler,
     pub optimizer: OptimizerConfig,
@@ -365,6 +383,10 @@ impl RunConfig {
         };
         sampler.validate()?;
         let mut model_table = raw.model.clone();
+        let family: FamilyKind = match model_table.remove("family") {
+            Some(v) => v.try_into().context("reading model.family")?,
+            None => FamilyKind::default(),
+        };
         for (key, value) in [
             ("mean_recurrence", r.mean_recurrence),
             ("mean_backprop_depth", r.mean_backprop_depth),
@@ -459,6 +481,7 @@ impl RunConfig {
         );
         Ok(RunConfig {
             raw,
+            family,
             model,
             sampler,
             optimizer,
@@ -479,6 +502,7 @@ impl RunConfig {
             .ok()
             .and_then(|v| v.as_table().cloned())
             .expect("a resolved model config serialises");
+        raw.model.insert("family".into(), self.family.name().into());
         toml::to_string(&raw).expect("a resolved config serialises")
     }
 }

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use crate::ckpt::{self, TrainerState};
-use crate::config::RunConfig;
+use crate::config::{FamilyKind, RunConfig};
 use crate::dist::{gather_full, Comm, GradSync, Layout, Op};
 use crate::eval::{ignore_targets, seed_torch, to_tensors, validate, ValBatch};
 use crate::metrics::Metrics;
@@ -70,16 +70,21 @@ pub fn train(
         tch::set_num_threads(t.threads);
     }
     let device = rank_device(t.device, comm)?;
-    // The one place that names a family: the same weights on every rank (rank 0's, broadcast).
-    let family = HuginnFamily {
-        model: Huginn::new(cfg.model.clone(), device, cfg.precision)?,
-        sampler: cfg.sampler.clone(),
-        activation_checkpointing: cfg.raw.recurrence.activation_checkpointing,
-        eval_depths: cfg.raw.eval.depths.clone(),
-        seed: t.seed,
-    };
-    family.model.init(t.seed);
-    run(cfg, &family, device, resume, stop_signal, comm)
+    // The one place that names a family. Every rank builds the same weights (and rank 0's are
+    // broadcast before training).
+    match cfg.family {
+        FamilyKind::Huginn => {
+            let family = HuginnFamily {
+                model: Huginn::new(cfg.model.clone(), device, cfg.precision)?,
+                sampler: cfg.sampler.clone(),
+                activation_checkpointing: cfg.raw.recurrence.activation_checkpointing,
+                eval_depths: cfg.raw.eval.depths.clone(),
+                seed: t.seed,
+            };
+            family.model.init(t.seed);
+            run(cfg, &family, device, resume, stop_signal, comm)
+        }
+    }
 }
 
 /// The training loop, for any family.
@@ -159,9 +164,10 @@ fn run<F: Family>(
         consecutive_nonfinite: 0,
         tokens_seen: 0,
         model_sha256: model_sha256.clone(),
+        family: cfg.family,
     };
     if let Some(dir) = &from {
-        state = ckpt::load(dir, model, &mut opt, &model_sha256)?;
+        state = ckpt::load(dir, model, &mut opt, &model_sha256, cfg.family)?;
         loader
             .load_state(&state.loader)
             .with_context(|| format!("resuming the loader from {}", dir.display()))?;

@@ -305,7 +305,7 @@ fn a_checkpoint_of_another_shape_is_refused() {
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v.as_object_mut().unwrap().remove("family");
     std::fs::write(&state, v.to_string()).unwrap();
-    let out = muninn_ok(
+    muninn_ok(
         &[
             "train",
             &cfg,

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
-use muninn_data::{loader, TokenDataset, TokenizerInfo};
+use muninn_data::{atomic, loader, TokenDataset, TokenizerInfo};
 use muninn_model::decode::{self, Budget, GenerateOptions, Generation, Sampling, Start};
-use muninn_model::{checkpoint, ExitCriterion, Huginn, Precision};
+use muninn_model::{checkpoint, latents, ExitCriterion, Huginn, Precision};
 use muninn_trainer::config::RunConfig;
 use muninn_trainer::eval::{depth_losses, ValBatch};
 use serde_json::json;
@@ -159,17 +159,10 @@ pub struct LatentsArgs {
 
 /// The run that wrote a checkpoint at `RUN/checkpoints/step-N/`, from its resolved `config.toml`.
 fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RunConfig)>> {
-    let parent = checkpoint.parent();
-    if parent.and_then(Path::file_name) != Some("checkpoints".as_ref()) {
-        return Ok(None);
-    }
-    let Some(run_dir) = parent.and_then(Path::parent) else {
+    let Some(run_dir) = muninn_trainer::ckpt::run_of(checkpoint) else {
         return Ok(None);
     };
     let path = run_dir.join("config.toml");
-    if !path.is_file() {
-        return Ok(None);
-    }
     let cfg = RunConfig::load(&path, &[]).with_context(|| {
         format!(
             "reading {}, the config of the run that wrote {}",
@@ -177,21 +170,7 @@ fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RunConfig)>> {
             checkpoint.display()
         )
     })?;
-    Ok(Some((run_dir.to_path_buf(), cfg)))
-}
-
-/// Writes `bytes` to `path` through a temporary sibling, so a reader never sees half a file.
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
-}
-
-/// A PNG drawn to a temporary sibling and renamed into place.
-fn write_png(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = path.with_extension("tmp.png");
-    draw(&tmp)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
+    Ok(Some((run_dir, cfg)))
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
@@ -295,7 +274,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         "depths": results.iter().map(|(r, l)| json!({"depth": r, "loss": l, "ppl": l.exp()})).collect::<Vec<_>>(),
     });
     let json_path = out.join("eval.json");
-    write_file(
+    atomic::write_file(
         &json_path,
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
@@ -321,7 +300,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             points: vec![(r_bar, lo), (r_bar, hi)],
         });
     }
-    write_png(&png, |p| {
+    atomic::write_file_with(&png, |p| {
         plot::line_panels(
             p,
             &[Panel {
@@ -366,7 +345,7 @@ fn prompt_ids(
         tok.vocab_size,
         model.config().vocab_size
     );
-    let ids = encode_prompt(&tok, &p.prompt)?;
+    let ids = tok.encode_prompt(&p.prompt)?;
     ensure!(
         ids.len() as i64 <= model.config().block_size,
         "the prompt is {} tokens, more than the model's block_size {}",
@@ -375,20 +354,6 @@ fn prompt_ids(
     );
     tch::manual_seed(p.seed);
     Ok((tok, ids))
-}
-
-/// `<|begin_text|>` followed by the text's tokens: how every command reads a text prompt.
-pub fn encode_prompt(tok: &TokenizerInfo, text: &str) -> Result<Vec<i64>> {
-    let mut ids = vec![i64::from(tok.specials.bos)];
-    ids.extend(tok.encode(text)?.into_iter().map(i64::from));
-    Ok(ids)
-}
-
-fn decode_text(tok: &TokenizerInfo, ids: &[i64]) -> Result<String> {
-    let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
-    tok.tokenizer
-        .decode(&ids, true)
-        .map_err(|e| anyhow::anyhow!("decoding tokens: {e}"))
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
@@ -450,7 +415,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     };
     let mean = generation.mean_iterations();
     let Generation { tokens, iterations } = generation;
-    let text = decode_text(&tok, &tokens)?;
+    let text = tok.decode(&tokens)?;
     if a.json {
         println!(
             "{}",
@@ -478,17 +443,6 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         a.exit.map_or(String::new(), |e| format!(", exit {e}"))
     );
     Ok(())
-}
-
-/// The first principal components of `x` [N, d]: (coordinates [N, k], explained variance ratios).
-fn pca(x: &Tensor, k: i64) -> Result<(Tensor, Vec<f64>)> {
-    let centred = x - x.mean_dim(0, true, Kind::Float);
-    let (_, s, v) = centred.svd(true, true); // v [d, min(N, d)]
-    let k = k.min(v.size()[1]);
-    let coords = centred.matmul(&v.narrow(1, 0, k));
-    let var = s.square();
-    let ratio = (var.narrow(0, 0, k) / var.sum(Kind::Float).clamp_min(1e-30)).to_kind(Kind::Double);
-    Ok((coords, Vec::<f64>::try_from(ratio)?))
 }
 
 pub fn latents(a: LatentsArgs) -> Result<()> {
@@ -525,17 +479,7 @@ pub fn latents(a: LatentsArgs) -> Result<()> {
         .map(|s| s.get(0).to_device(tch::Device::Cpu))
         .collect();
     // convergence[t][i] = ‖s_{i+1} − s_i‖ / ‖s_{i+1}‖ at token t.
-    let per_iter: Vec<Vec<f64>> = states
-        .windows(2)
-        .map(|w| {
-            let v = (&w[1] - &w[0]).norm_scalaropt_dim(2.0, [-1], false)
-                / w[1].norm_scalaropt_dim(2.0, [-1], false).clamp_min(1e-30);
-            Vec::<f64>::try_from(v.to_kind(Kind::Double)).map_err(anyhow::Error::from)
-        })
-        .collect::<Result<_>>()?;
-    let convergence: Vec<Vec<f64>> = (0..t)
-        .map(|p| per_iter.iter().map(|it| it[p]).collect())
-        .collect();
+    let convergence = latents::convergence(&states)?;
     let pieces: Vec<String> = ids
         .iter()
         .map(|&id| {
@@ -550,7 +494,7 @@ pub fn latents(a: LatentsArgs) -> Result<()> {
 
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let heat = a.out.join("convergence.png");
-    write_png(&heat, |path| {
+    atomic::write_file_with(&heat, |path| {
         plot::heatmap(
             path,
             &Heatmap {
@@ -585,7 +529,7 @@ pub fn latents(a: LatentsArgs) -> Result<()> {
             .collect::<Vec<_>>(),
         0,
     ); // [k·R, d]
-    let (coords, ratio) = pca(&stacked.to_kind(Kind::Double), 2)?;
+    let (coords, ratio) = latents::pca(&stacked.to_kind(Kind::Double), 2)?;
     ensure!(
         coords.size()[1] == 2,
         "the PCA plot needs at least two states: choose more --pca-tokens or a --depth of 2 or more"
@@ -605,7 +549,7 @@ pub fn latents(a: LatentsArgs) -> Result<()> {
         });
     }
     let pca_png = a.out.join("pca.png");
-    write_png(&pca_png, |path| {
+    atomic::write_file_with(&pca_png, |path| {
         plot::line_panels(
             path,
             &[Panel {
@@ -629,7 +573,7 @@ pub fn latents(a: LatentsArgs) -> Result<()> {
         "pca": {"explained_variance_ratio": ratio, "trajectories": trajectories},
     });
     let json_path = a.out.join("latents.json");
-    write_file(
+    atomic::write_file(
         &json_path,
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;

@@ -358,9 +358,7 @@ fn forward(a: ForwardArgs) -> Result<()> {
     let depth = a.depth.unwrap_or(cfg.mean_recurrence);
     ensure!(depth >= 0, "--depth must be >= 0");
     let tokens = match (&a.text, &a.tokenizer) {
-        (Some(text), Some(path)) => {
-            eval_cmd::encode_prompt(&muninn_data::TokenizerInfo::load(path)?, text)?
-        }
+        (Some(text), Some(path)) => muninn_data::TokenizerInfo::load(path)?.encode_prompt(text)?,
         _ => a.tokens.clone(),
     };
     ensure!(

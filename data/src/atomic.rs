@@ -1,6 +1,6 @@
-//! Writing a new output directory all at once: fill a temporary sibling, then rename it into place.
-//! A reader never sees a half-written directory, a failed write leaves nothing behind, and an
-//! existing directory is never touched. Used for datasets and checkpoints alike.
+//! Writing outputs all at once: fill a temporary sibling, then rename it into place. A reader never
+//! sees a half-written directory or file, and a failed write leaves nothing behind. Used for
+//! datasets, checkpoints, evaluation results and plots alike.
 
 use std::path::Path;
 
@@ -28,6 +28,27 @@ pub fn write_new_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Resu
         .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
 }
 
+/// Writes the file `path` through `write(tmp)` on a temporary sibling (same extension, so writers
+/// that go by it still do), renamed over `path` once complete.
+pub fn write_file_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let tmp = path.with_extension(format!("muninn-tmp.{ext}"));
+    let result = write(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes `bytes` to `path` through a temporary sibling.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_file_with(path, |tmp| {
+        std::fs::write(tmp, bytes).with_context(|| format!("writing {}", tmp.display()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +70,25 @@ mod tests {
         write_new_dir(&out, |d| Ok(std::fs::write(d.join("a"), "1")?)).unwrap();
         assert!(write_new_dir(&out, |d| Ok(std::fs::write(d.join("a"), "2")?)).is_err());
         assert_eq!(std::fs::read_to_string(out.join("a")).unwrap(), "1");
+    }
+
+    #[test]
+    fn a_file_is_replaced_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("eval.json");
+        write_file(&out, b"one").unwrap();
+        let err = write_file_with(&out, |tmp| {
+            std::fs::write(tmp, "half")?;
+            anyhow::bail!("boom")
+        });
+        assert!(err.is_err());
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "one");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temporary file left behind"
+        );
+        write_file(&out, b"two").unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "two");
     }
 }

@@ -111,6 +111,21 @@ impl TokenizerInfo {
             .map_err(|e| anyhow!("tokenizing: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
+
+    /// `<|begin_text|>` followed by the text's tokens: how every command reads a text prompt.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<i64>> {
+        let mut ids = vec![i64::from(self.specials.bos)];
+        ids.extend(self.encode(text)?.into_iter().map(i64::from));
+        Ok(ids)
+    }
+
+    /// Token ids back to text, special tokens left out.
+    pub fn decode(&self, ids: &[i64]) -> Result<String> {
+        let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
+        self.tokenizer
+            .decode(&ids, true)
+            .map_err(|e| anyhow!("decoding tokens: {e}"))
+    }
 }
 
 /// Trains a byte-level BPE of `vocab_size` ids on `texts`; the 32 special tokens take the top ids.

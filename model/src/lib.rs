@@ -13,6 +13,7 @@ pub mod flops;
 pub mod hf;
 pub mod huginn;
 pub mod huginn_family;
+pub mod latents;
 pub mod loss;
 pub mod params;
 pub mod sampler;

@@ -40,6 +40,20 @@ pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
     run_dir.join("checkpoints").join(format!("step-{step:08}"))
 }
 
+/// The run directory of a checkpoint laid out as `RUN/checkpoints/step-N/` with `RUN/config.toml`
+/// (the resolved config the run wrote), or None for a checkpoint elsewhere.
+pub fn run_of(checkpoint: &Path) -> Option<PathBuf> {
+    let parent = checkpoint.parent()?;
+    if parent.file_name() != Some("checkpoints".as_ref()) {
+        return None;
+    }
+    let run_dir = parent.parent()?;
+    run_dir
+        .join("config.toml")
+        .is_file()
+        .then(|| run_dir.to_path_buf())
+}
+
 /// Complete checkpoints of a run, oldest first.
 pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let dir = run_dir.join("checkpoints");

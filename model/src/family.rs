@@ -51,6 +51,12 @@ pub trait Family {
     /// The resolved shape as TOML: written beside the weights, hashed to refuse another shape.
     fn config_toml(&self) -> String;
 
+    /// Token ids the embedding and head cover.
+    fn vocab_size(&self) -> i64;
+
+    /// The longest sequence the positions cover.
+    fn block_size(&self) -> i64;
+
     /// Ranges of the flat gradient in the order backward completes them, covering it once;
     /// [`GradEvent::Final`] indexes them.
     fn grad_regions(&self) -> Vec<Range<i64>>;

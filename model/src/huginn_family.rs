@@ -38,6 +38,14 @@ impl Family for HuginnFamily {
         self.model.config().to_toml()
     }
 
+    fn vocab_size(&self) -> i64 {
+        self.model.config().vocab_size
+    }
+
+    fn block_size(&self) -> i64 {
+        self.model.config().block_size
+    }
+
     fn grad_regions(&self) -> Vec<Range<i64>> {
         params::grad_regions(self.model.params().specs()).to_vec()
     }

@@ -111,16 +111,16 @@ fn run<F: Family>(
     let train_ds = TokenDataset::open(&raw.data.dir, "train", Some(&tok))?;
     let val_ds = TokenDataset::open(&raw.data.dir, "val", Some(&tok))?;
     anyhow::ensure!(
-        tok.vocab_size as i64 <= cfg.model.vocab_size,
+        tok.vocab_size as i64 <= model.vocab_size(),
         "the tokenizer has {} ids but model.vocab_size = {}",
         tok.vocab_size,
-        cfg.model.vocab_size
+        model.vocab_size()
     );
     anyhow::ensure!(
-        train_ds.block_size() as i64 <= cfg.model.block_size,
+        train_ds.block_size() as i64 <= model.block_size(),
         "the shards hold {}-token sequences, longer than model.block_size = {}",
         train_ds.block_size(),
-        cfg.model.block_size
+        model.block_size()
     );
     let val_batches: Vec<ValBatch> =
         loader::val_batches(&val_ds, t.micro_batch_size, raw.eval.max_rows, rank, world)

@@ -87,7 +87,7 @@ pub fn train(
     }
 }
 
-/// The training loop, for any family.
+/// The training loop, for any family: set up (or resume), then step, log and save until done.
 fn run<F: Family>(
     cfg: &RunConfig,
     model: &F,
@@ -96,17 +96,9 @@ fn run<F: Family>(
     stop_signal: Arc<AtomicBool>,
     comm: &mut Comm,
 ) -> Result<Outcome> {
-    let (t, raw, d) = (&cfg.raw.train, &cfg.raw, &cfg.raw.dist);
-    let (rank, world, root) = (comm.rank(), comm.world(), comm.is_root());
-    comm.set_timeout(std::time::Duration::from_secs_f64(d.timeout_s));
-    comm.check(d.chunk_elems())?;
-    let run_dir = cfg.run_dir();
-    if root {
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("creating {}", run_dir.display()))?;
-    }
-
-    // Data: the shards must come from the configured tokenizer.
+    let raw = &cfg.raw;
+    // Data: the shards must come from the configured tokenizer. They outlive the trainer, whose
+    // loader reads them.
     let tok = TokenizerInfo::load(&raw.data.tokenizer)?;
     let train_ds = TokenDataset::open(&raw.data.dir, "train", Some(&tok))?;
     let val_ds = TokenDataset::open(&raw.data.dir, "val", Some(&tok))?;
@@ -122,160 +114,254 @@ fn run<F: Family>(
         train_ds.block_size(),
         model.block_size()
     );
-    let val_batches: Vec<ValBatch> =
-        loader::val_batches(&val_ds, t.micro_batch_size, raw.eval.max_rows, rank, world)
-            .iter()
-            .enumerate()
-            .map(|(j, b)| {
-                let b = ignore_targets(b.clone(), &raw.data.ignore_targets);
-                ValBatch::new(j * world + rank, &b, device)
-            })
-            .collect();
-
-    // Optimizer over this rank's shard, loader.
-    let specs = model.params().specs();
-    let layout = Layout::new(&model.grad_regions(), d.chunk_elems(), rank, world);
-    let zero1 = d.zero1 && world > 1;
-    let pieces = match zero1 {
-        true => layout.pieces(),
-        false => vec![(0, model.params().numel())],
-    };
-    let mut opt = FlatOptimizer::sharded(cfg.optimizer.clone(), specs, &pieces, device);
-    let mut sync =
-        (world > 1).then(|| GradSync::new(layout, zero1, d.overlap, d.transport, device));
-    let mut loader = Loader::new(&train_ds, t.seed);
-    let model_sha256 = format!("{:x}", Sha256::digest(model.config_toml().as_bytes()));
-    let existing = ckpt::list(&run_dir)?;
-    let from = match resume {
-        Resume::No if !existing.is_empty() => bail!(
-            "{} already has checkpoints; pass --resume auto to continue it, or choose another run.name",
-            run_dir.display()
-        ),
-        Resume::No => None,
-        Resume::Auto => existing.last().map(|(_, p)| p.clone()),
-        Resume::Path(p) => Some(p),
-    };
-    let mut state = TrainerState {
-        version: 1,
-        step: 0,
-        optimizer_steps: 0,
-        loader: loader.state(),
-        nonfinite_total: 0,
-        consecutive_nonfinite: 0,
-        tokens_seen: 0,
-        model_sha256: model_sha256.clone(),
-        family: cfg.family,
-    };
-    if let Some(dir) = &from {
-        state = ckpt::load(dir, model, &mut opt, &model_sha256, cfg.family)?;
-        loader
-            .load_state(&state.loader)
-            .with_context(|| format!("resuming the loader from {}", dir.display()))?;
-        if root {
-            eprintln!("resumed from {} at step {}", dir.display(), state.step);
-        }
-    }
-    // Every rank must start from the same step: the run directory has to be shared storage.
-    let mut steps = [state.step as f64, -(state.step as f64)];
-    comm.allreduce_f64(&mut steps, Op::Max, "agreeing on the start step")?;
-    anyhow::ensure!(
-        steps[0] == -steps[1],
-        "ranks resume from different steps ({} to {}): is {} on a filesystem every node sees?",
-        -steps[1],
-        steps[0],
-        run_dir.display()
-    );
-    let finished_marker = run_dir.join(FINISHED);
-    if root && state.step < t.max_steps && finished_marker.exists() {
-        // A finished run continued with a larger train.max_steps.
-        std::fs::remove_file(&finished_marker)
-            .with_context(|| format!("removing {}", finished_marker.display()))?;
-    }
-    comm.broadcast(
-        model.params().flat(),
-        d.chunk_elems(),
-        "the initial weights",
+    let mut trainer = Trainer::new(
+        cfg,
+        model,
+        device,
+        &train_ds,
+        &val_ds,
+        resume,
+        stop_signal,
+        comm,
     )?;
-    let mut metrics = match root {
-        true => {
-            let config_path = run_dir.join("config.toml");
-            std::fs::write(&config_path, cfg.to_toml())
-                .with_context(|| format!("writing {}", config_path.display()))?;
-            Some(Metrics::open(&run_dir, raw.log.tensorboard)?)
+    while trainer.state.step < raw.train.max_steps {
+        let report = trainer.step()?;
+        trainer.log(&report)?;
+        if let Some(outcome) = trainer.maybe_save(&report)? {
+            return Ok(outcome);
         }
-        false => None,
-    };
+    }
+    // Nothing left to train (a resumed run that had already finished).
+    if trainer.root {
+        mark_finished(&trainer.finished_marker, trainer.state.step)?;
+    }
+    Ok(Outcome {
+        step: trainer.state.step,
+        stop: Stop::Finished,
+        last_loss: trainer.last_loss,
+    })
+}
 
-    // A progress bar for a person at a terminal; plain lines in batch logs (SLURM), where indicatif
-    // would draw nothing. Rank 0 speaks for the job.
-    let bar = if root && std::io::stderr().is_terminal() {
-        let bar = ProgressBar::new(t.max_steps).with_position(state.step);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-            )
-            .expect("static template"),
+/// The loop's state between steps: the family, communication, optimizer, loader, counters and sinks.
+struct Trainer<'a, F: Family> {
+    cfg: &'a RunConfig,
+    model: &'a F,
+    comm: &'a mut Comm,
+    device: Device,
+    rank: usize,
+    world: usize,
+    root: bool,
+    run_dir: PathBuf,
+    finished_marker: PathBuf,
+    loader: Loader<'a>,
+    block_size: usize,
+    val_batches: Vec<ValBatch>,
+    opt: FlatOptimizer,
+    /// Gradient reduction over ranks (None on one process).
+    sync: Option<GradSync>,
+    zero1: bool,
+    state: TrainerState,
+    metrics: Option<Metrics>,
+    bar: Option<ProgressBar>,
+    stop_signal: Arc<AtomicBool>,
+    first_step: u64,
+    last_loss: f64,
+    tokens_per_step: u64,
+    /// Since the last log line: (start, tokens, model FLOPs, hardware FLOPs), from each step's plan.
+    window: (Instant, u64, f64, f64),
+    /// With log.profile: seconds spent in each phase since the last log line.
+    phases: Phases,
+    /// The last micro-batch's inputs (telemetry reads them).
+    last_x: Option<Tensor>,
+}
+
+/// What one step did, for its log line and the decision to save or stop.
+struct StepReport<P> {
+    step: u64,
+    plan: P,
+    loss: f64,
+    grad_norm: f64,
+    lr: f64,
+    /// Targets that counted in the step, over all ranks.
+    loss_tokens: u64,
+    /// Some rank was sent SIGTERM/SIGUSR1 (the vote makes every rank agree).
+    signalled: bool,
+}
+
+impl<'a, F: Family> Trainer<'a, F> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        cfg: &'a RunConfig,
+        model: &'a F,
+        device: Device,
+        train_ds: &'a TokenDataset,
+        val_ds: &TokenDataset,
+        resume: Resume,
+        stop_signal: Arc<AtomicBool>,
+        comm: &'a mut Comm,
+    ) -> Result<Self> {
+        let (t, raw, d) = (&cfg.raw.train, &cfg.raw, &cfg.raw.dist);
+        let (rank, world, root) = (comm.rank(), comm.world(), comm.is_root());
+        comm.set_timeout(std::time::Duration::from_secs_f64(d.timeout_s));
+        comm.check(d.chunk_elems())?;
+        let run_dir = cfg.run_dir();
+        if root {
+            std::fs::create_dir_all(&run_dir)
+                .with_context(|| format!("creating {}", run_dir.display()))?;
+        }
+        let val_batches: Vec<ValBatch> =
+            loader::val_batches(val_ds, t.micro_batch_size, raw.eval.max_rows, rank, world)
+                .iter()
+                .enumerate()
+                .map(|(j, b)| {
+                    let b = ignore_targets(b.clone(), &raw.data.ignore_targets);
+                    ValBatch::new(j * world + rank, &b, device)
+                })
+                .collect();
+
+        // Optimizer over this rank's shard, loader.
+        let specs = model.params().specs();
+        let layout = Layout::new(&model.grad_regions(), d.chunk_elems(), rank, world);
+        let zero1 = d.zero1 && world > 1;
+        let pieces = match zero1 {
+            true => layout.pieces(),
+            false => vec![(0, model.params().numel())],
+        };
+        let mut opt = FlatOptimizer::sharded(cfg.optimizer.clone(), specs, &pieces, device);
+        let sync =
+            (world > 1).then(|| GradSync::new(layout, zero1, d.overlap, d.transport, device));
+        let mut loader = Loader::new(train_ds, t.seed);
+        let model_sha256 = format!("{:x}", Sha256::digest(model.config_toml().as_bytes()));
+        let existing = ckpt::list(&run_dir)?;
+        let from = match resume {
+            Resume::No if !existing.is_empty() => bail!(
+                "{} already has checkpoints; pass --resume auto to continue it, or choose another run.name",
+                run_dir.display()
+            ),
+            Resume::No => None,
+            Resume::Auto => existing.last().map(|(_, p)| p.clone()),
+            Resume::Path(p) => Some(p),
+        };
+        let mut state = TrainerState {
+            version: 1,
+            step: 0,
+            optimizer_steps: 0,
+            loader: loader.state(),
+            nonfinite_total: 0,
+            consecutive_nonfinite: 0,
+            tokens_seen: 0,
+            model_sha256: model_sha256.clone(),
+            family: cfg.family,
+        };
+        if let Some(dir) = &from {
+            state = ckpt::load(dir, model, &mut opt, &model_sha256, cfg.family)?;
+            loader
+                .load_state(&state.loader)
+                .with_context(|| format!("resuming the loader from {}", dir.display()))?;
+            if root {
+                eprintln!("resumed from {} at step {}", dir.display(), state.step);
+            }
+        }
+        // Every rank must start from the same step: the run directory has to be shared storage.
+        let mut steps = [state.step as f64, -(state.step as f64)];
+        comm.allreduce_f64(&mut steps, Op::Max, "agreeing on the start step")?;
+        anyhow::ensure!(
+            steps[0] == -steps[1],
+            "ranks resume from different steps ({} to {}): is {} on a filesystem every node sees?",
+            -steps[1],
+            steps[0],
+            run_dir.display()
         );
-        Some(bar)
-    } else {
-        None
-    };
-    let tokens_per_step =
-        (t.micro_batch_size * t.grad_accum * world * train_ds.block_size()) as u64;
-    let first_step = state.step;
-    let mut last_loss = f64::NAN;
-    // Since the last log line: (start, tokens, model FLOPs, hardware FLOPs), from each step's (n, k).
-    let mut window = (Instant::now(), 0u64, 0.0f64, 0.0f64);
-    let grad_scale = 1.0 / t.grad_accum as f64;
-    // With log.profile: seconds spent in each phase since the last log line.
-    let mut phases = Phases::new(raw.log.profile, device);
+        let finished_marker = run_dir.join(FINISHED);
+        if root && state.step < t.max_steps && finished_marker.exists() {
+            // A finished run continued with a larger train.max_steps.
+            std::fs::remove_file(&finished_marker)
+                .with_context(|| format!("removing {}", finished_marker.display()))?;
+        }
+        comm.broadcast(
+            model.params().flat(),
+            d.chunk_elems(),
+            "the initial weights",
+        )?;
+        let metrics = match root {
+            true => {
+                let config_path = run_dir.join("config.toml");
+                std::fs::write(&config_path, cfg.to_toml())
+                    .with_context(|| format!("writing {}", config_path.display()))?;
+                Some(Metrics::open(&run_dir, raw.log.tensorboard)?)
+            }
+            false => None,
+        };
+        // A progress bar for a person at a terminal; plain lines in batch logs (SLURM), where
+        // indicatif would draw nothing. Rank 0 speaks for the job.
+        let bar = (root && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(t.max_steps).with_position(state.step);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+                )
+                .expect("static template"),
+            );
+            bar
+        });
+        let tokens_per_step =
+            (t.micro_batch_size * t.grad_accum * world * train_ds.block_size()) as u64;
+        Ok(Trainer {
+            cfg,
+            model,
+            comm,
+            device,
+            rank,
+            world,
+            root,
+            run_dir,
+            finished_marker,
+            loader,
+            block_size: train_ds.block_size(),
+            val_batches,
+            opt,
+            sync,
+            zero1,
+            first_step: state.step,
+            state,
+            metrics,
+            bar,
+            stop_signal,
+            last_loss: f64::NAN,
+            tokens_per_step,
+            window: (Instant::now(), 0, 0.0, 0.0),
+            phases: Phases::new(raw.log.profile, device),
+            last_x: None,
+        })
+    }
 
-    while state.step < t.max_steps {
-        state.step += 1;
-        let step = state.step;
-        let plan = model.plan(step);
-        let trace = root && step == raw.log.trace_step;
+    /// One optimizer step: the micro-batches' forward and backward (the gradient reduced during the
+    /// last one), the vote, clipping and the update (or the non-finite policy).
+    fn step(&mut self) -> Result<StepReport<F::Plan>> {
+        let (t, raw) = (&self.cfg.raw.train, &self.cfg.raw);
+        let (rank, world) = (self.rank, self.world);
+        self.state.step += 1;
+        let step = self.state.step;
+        let plan = self.model.plan(step);
+        let trace = self.root && step == raw.log.trace_step;
         if trace {
             muninn_model::shim::profiler_start()?;
         }
+        self.phases.start();
+        let (batches, loss_tokens, scale) = self.micro_batches()?;
+        self.phases.lap(Phase::Data);
 
         // Forward and backward over the micro-batches; gradients accumulate in the flat buffer and
-        // are reduced over ranks once, during the last micro-batch's backward.
-        // The micro-batches' losses stay on the device until the vote: no host sync per micro-batch.
-        let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
-        let mut last_x = None;
+        // are reduced over ranks once, during the last micro-batch's backward. The losses stay on
+        // the device until the vote: no host sync per micro-batch.
+        let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
         let mut comm_err = Ok(());
-        phases.start();
-        // Micro-batch i of rank r is global micro-batch i·W + r: W ranks with one micro-batch each
-        // read what one rank with W accumulation steps would.
-        let rows: Vec<_> = (0..t.grad_accum)
-            .map(|_| loader.next_batch(rank, world, t.micro_batch_size))
-            .map(|b| ignore_targets(b, &raw.data.ignore_targets))
-            .collect();
-        // The step's loss is the mean over every target that counts, of every micro-batch on every
-        // rank: each micro-batch's sum is scaled by W·A / (targets that count), so that the
-        // accumulation (÷A) and the rank average (÷W) leave Σ loss / count. Counted on the host.
-        let mut counts = [rows
-            .iter()
-            .map(|b| b.targets.iter().filter(|&&y| y != IGNORE).count() as f64)
-            .sum::<f64>()];
-        if world > 1 {
-            comm.sum_f64(&mut counts, "counting the step's targets")?;
-        }
-        let loss_tokens = counts[0] as u64;
-        let units = (world * t.grad_accum) as f64;
-        let scale = if counts[0] > 0.0 {
-            units / counts[0]
-        } else {
-            0.0
-        };
-        let batches: Vec<_> = rows.iter().map(|b| to_tensors(b, device)).collect();
-        phases.lap(Phase::Data);
         for (i, (x, y)) in batches.iter().enumerate() {
             // Each micro-batch draws its own s0, as the global micro-batch it is.
             seed_torch(t.seed, step, 0x50 + (i * world + rank) as u64);
-            last_x = Some(x.shallow_clone());
+            self.last_x = Some(x.shallow_clone());
             let reduce_here = i + 1 == t.grad_accum;
+            let (comm, sync, model) = (&mut *self.comm, &mut self.sync, self.model);
             let mut on_grad = |event| {
                 if let (true, Some(sync), Ok(())) = (reduce_here, sync.as_mut(), &comm_err) {
                     // Only defined once backward has written a gradient.
@@ -289,12 +375,13 @@ fn run<F: Family>(
             };
             let loss = model.micro_step(&batch, plan, &mut on_grad)?;
             loss_sum += loss.to_kind(Kind::Double);
-            phases.lap(Phase::ForwardBackward);
+            self.phases.lap(Phase::ForwardBackward);
         }
         comm_err?;
-        let grad = model.params().flat().grad();
-        let grad = match sync.as_mut() {
-            Some(sync) => sync.finish(comm, &grad, grad_scale)?,
+        let grad = self.model.params().flat().grad();
+        let grad_scale = 1.0 / t.grad_accum as f64;
+        let grad = match self.sync.as_mut() {
+            Some(sync) => sync.finish(self.comm, &grad, grad_scale)?,
             None => {
                 if t.grad_accum > 1 {
                     let _ = tch::no_grad(|| grad.shallow_clone().g_mul_scalar_(grad_scale));
@@ -309,207 +396,271 @@ fn run<F: Family>(
         let local_sq = grad.norm().double_value(&[]).powi(2);
         let mut vote = [
             loss_sum.double_value(&[]) / t.grad_accum as f64,
-            if zero1 { local_sq } else { 0.0 },
-            stop_signal.load(Ordering::SeqCst) as u8 as f64,
+            if self.zero1 { local_sq } else { 0.0 },
+            self.stop_signal.load(Ordering::SeqCst) as u8 as f64,
         ];
-        comm.sum_f64(&mut vote, "the step's loss, gradient norm and stop flag")?;
+        self.comm
+            .sum_f64(&mut vote, "the step's loss, gradient norm and stop flag")?;
         let loss = vote[0] / world as f64;
-        let grad_norm = if zero1 { vote[1] } else { local_sq }.sqrt();
+        let grad_norm = if self.zero1 { vote[1] } else { local_sq }.sqrt();
         let signalled = vote[2] > 0.0;
-        phases.lap(Phase::Reduce);
+        self.phases.lap(Phase::Reduce);
         clip_to_norm(&grad, grad_norm, raw.optimizer.grad_clip);
-        let lr = cfg.schedule.at(step);
-        let finite = loss.is_finite() && grad_norm.is_finite();
-        if finite {
-            state.consecutive_nonfinite = 0;
+        let lr = self.cfg.schedule.at(step);
+        self.update(&grad, loss, grad_norm, lr)?;
+        let _ = self.model.params().flat().grad().zero_();
+        self.phases.lap(Phase::Optimizer);
+        if trace {
+            let path = self.run_dir.join(format!("trace-step{step}.json"));
+            muninn_model::shim::profiler_stop(&path)
+                .with_context(|| format!("writing the profile {}", path.display()))?;
+        }
+        self.state.tokens_seen += self.tokens_per_step;
+        self.state.loader = self.loader.state();
+        self.last_loss = loss;
+        let flops = self.model.flops(plan, self.block_size as i64);
+        let tokens = self.tokens_per_step;
+        self.window.1 += tokens;
+        self.window.2 += flops.model * tokens as f64;
+        self.window.3 += flops.hardware * tokens as f64;
+        if let Some(bar) = &self.bar {
+            bar.set_position(step);
+        }
+        Ok(StepReport {
+            step,
+            plan,
+            loss,
+            grad_norm,
+            lr,
+            loss_tokens,
+            signalled,
+        })
+    }
+
+    /// This rank's micro-batches of the step on the device, the step's counted targets over all
+    /// ranks, and the scale of each micro-batch's loss sum. Micro-batch i of rank r is global
+    /// micro-batch i·W + r: W ranks with one micro-batch each read what one rank with W
+    /// accumulation steps would. The step's loss is the mean over every counted target: each
+    /// micro-batch's sum is scaled by W·A / count, so that the accumulation (÷A) and the rank
+    /// average (÷W) leave Σ loss / count. Counted on the host.
+    #[allow(clippy::type_complexity)]
+    fn micro_batches(&mut self) -> Result<(Vec<(Tensor, Tensor)>, u64, f64)> {
+        let (t, raw) = (&self.cfg.raw.train, &self.cfg.raw);
+        let rows: Vec<_> = (0..t.grad_accum)
+            .map(|_| {
+                self.loader
+                    .next_batch(self.rank, self.world, t.micro_batch_size)
+            })
+            .map(|b| ignore_targets(b, &raw.data.ignore_targets))
+            .collect();
+        let mut counts = [rows
+            .iter()
+            .map(|b| b.targets.iter().filter(|&&y| y != IGNORE).count() as f64)
+            .sum::<f64>()];
+        if self.world > 1 {
+            self.comm
+                .sum_f64(&mut counts, "counting the step's targets")?;
+        }
+        let units = (self.world * t.grad_accum) as f64;
+        let scale = if counts[0] > 0.0 {
+            units / counts[0]
+        } else {
+            0.0
+        };
+        let batches = rows.iter().map(|b| to_tensors(b, self.device)).collect();
+        Ok((batches, counts[0] as u64, scale))
+    }
+
+    /// The (ZeRO-1) update with the clipped gradient, or the non-finite policy.
+    fn update(&mut self, grad: &Tensor, loss: f64, grad_norm: f64, lr: f64) -> Result<()> {
+        let (t, raw) = (&self.cfg.raw.train, &self.cfg.raw);
+        let step = self.state.step;
+        if loss.is_finite() && grad_norm.is_finite() {
+            self.state.consecutive_nonfinite = 0;
             let skip_first =
-                raw.optimizer.skip_first_update && state.optimizer_steps == 0 && step == 1;
+                raw.optimizer.skip_first_update && self.state.optimizer_steps == 0 && step == 1;
             if !skip_first {
-                let flat = model.params().flat();
-                match (zero1, sync.as_mut()) {
+                let flat = self.model.params().flat();
+                let comm = &mut *self.comm;
+                match (self.zero1, self.sync.as_mut()) {
                     (true, Some(sync)) => {
-                        let shard = opt.shard_of(&flat.detach());
-                        opt.step_shard(&shard, &grad, lr, &mut |sums| {
+                        let shard = self.opt.shard_of(&flat.detach());
+                        self.opt.step_shard(&shard, grad, lr, &mut |sums| {
                             comm.sum_f64(sums, "per-tensor update norms")
                         })?;
                         sync.all_gather(comm, &shard, flat)?;
                     }
-                    _ => opt.step(flat, &grad, lr),
+                    _ => self.opt.step(flat, grad, lr),
                 }
-                state.optimizer_steps = opt.steps();
+                self.state.optimizer_steps = self.opt.steps();
             }
-        } else {
-            state.nonfinite_total += 1;
-            state.consecutive_nonfinite += 1;
-            if root {
-                eprintln!(
-                    "step {step}: non-finite loss {loss} or grad norm {grad_norm}; update skipped"
-                );
-            }
-            if !cfg.skip_nonfinite {
-                bail!("step {step}: non-finite loss {loss} or grad norm {grad_norm} (train.nonfinite = \"abort\")");
-            }
-            if state.consecutive_nonfinite >= t.max_consecutive_nonfinite {
-                bail!(
-                    "{} non-finite steps in a row (train.max_consecutive_nonfinite); the last good checkpoint is intact",
-                    state.consecutive_nonfinite
-                );
-            }
+            return Ok(());
         }
-        let _ = model.params().flat().grad().zero_();
-        phases.lap(Phase::Optimizer);
-        if trace {
-            let path = run_dir.join(format!("trace-step{step}.json"));
-            muninn_model::shim::profiler_stop(&path)
-                .with_context(|| format!("writing the profile {}", path.display()))?;
-        }
-        state.tokens_seen += tokens_per_step;
-        state.loader = loader.state();
-        last_loss = loss;
-        let flops = model.flops(plan, train_ds.block_size() as i64);
-        window.1 += tokens_per_step;
-        window.2 += flops.model * tokens_per_step as f64;
-        window.3 += flops.hardware * tokens_per_step as f64;
-
-        if let Some(bar) = &bar {
-            bar.set_position(step);
-        }
-        let last = step == t.max_steps;
-        if step % raw.log.interval == 0 || last {
-            let secs = window.0.elapsed().as_secs_f64().max(1e-9);
-            // Steps since the last log line (fewer on the first line after a resume).
-            let window_steps = raw.log.interval.min(step - first_step);
-            let tokens_per_s = window.1 as f64 / secs;
-            // Per device: the window's FLOPs are the whole job's.
-            let utilisation = |flops: f64| match raw.log.peak_flops > 0.0 {
-                true => json!(flops / secs / raw.log.peak_flops / world as f64),
-                false => json!(null),
-            };
-            let mut rec = json!({
-                "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                "tokens_per_s": tokens_per_s,
-                "mfu": utilisation(window.2), "hfu": utilisation(window.3),
-                "tokens_seen": state.tokens_seen, "nonfinite_total": state.nonfinite_total,
-                "flops_per_token": window.2 / window.1.max(1) as f64,
-                "loss_tokens": loss_tokens,
-            });
-            let (plan_fields, plan_label) = model.plan_fields(plan);
-            for (key, value) in plan_fields {
-                rec[key] = value;
-            }
-            phases.record(&mut rec, window_steps);
-            // Host RSS, and on a GPU its caching allocator's peaks; the largest over ranks.
-            let gpu = match device {
-                Device::Cuda(i) => muninn_model::shim::cuda_memory(i).ok(),
-                _ => None,
-            };
-            let gib = |b: i64| b as f64 / (1u64 << 30) as f64;
-            let mut peak = [
-                peak_rss_gib(),
-                gpu.map_or(0.0, |m| gib(m.peak_allocated)),
-                gpu.map_or(0.0, |m| gib(m.peak_reserved)),
-            ];
-            comm.allreduce_f64(&mut peak, Op::Max, "peak memory")?;
-            rec["peak_mem_gib"] = json!(peak[0]);
-            if gpu.is_some() {
-                rec["gpu_peak_allocated_gib"] = json!(peak[1]);
-                rec["gpu_peak_reserved_gib"] = json!(peak[2]);
-            }
-            if let Some(sync) = sync.as_mut() {
-                // Seconds per step, the mean over ranks: issuing messages, and blocked on them.
-                let st = sync.stats;
-                let mut c = [st.launch_s, st.wait_s, st.elems, st.elems_done_in_backward];
-                comm.sum_f64(&mut c, "communication timings")?;
-                let per_step = (world as u64 * window_steps) as f64;
-                rec["comm_launch_s"] = json!(c[0] / per_step);
-                rec["comm_wait_s"] = json!(c[1] / per_step);
-                // Share of gradient messages already complete when backward ended.
-                rec["comm_overlap"] = json!(if c[2] > 0.0 { c[3] / c[2] } else { 0.0 });
-                sync.stats = Default::default();
-            }
-            if let Some(x) = &last_x {
-                // The family's diagnostics, the mean over ranks.
-                let fields = model.telemetry(x, plan)?;
-                let mut v: Vec<f64> = fields
-                    .iter()
-                    .map(|(_, v)| v.as_f64().unwrap_or(f64::NAN))
-                    .collect();
-                comm.sum_f64(&mut v, "telemetry")?;
-                for ((key, _), v) in fields.iter().zip(v) {
-                    rec[*key] = json!(v / world as f64);
-                }
-            }
-            if raw.eval.interval > 0 && step % raw.eval.interval == 0 || last {
-                let metrics = validate(model, &val_batches, &mut |sums| {
-                    comm.sum_f64(sums, "validation loss")
-                })?;
-                for (name, v) in metrics {
-                    rec[name] = json!(v);
-                }
-            }
-            if let Some(metrics) = metrics.as_mut() {
-                metrics.log(&rec)?;
-            }
-            let msg = format!(
-                "loss {loss:.4} lr {lr:.2e} |g| {grad_norm:.3} {plan_label} {tokens_per_s:.0} tok/s"
+        self.state.nonfinite_total += 1;
+        self.state.consecutive_nonfinite += 1;
+        if self.root {
+            eprintln!(
+                "step {step}: non-finite loss {loss} or grad norm {grad_norm}; update skipped"
             );
-            match (&bar, root) {
-                (Some(bar), _) => bar.set_message(msg),
-                (None, true) => eprintln!("step {step}/{} {msg}", t.max_steps),
-                (None, false) => {}
-            }
-            window = (Instant::now(), 0, 0.0, 0.0);
         }
+        if !self.cfg.skip_nonfinite {
+            bail!("step {step}: non-finite loss {loss} or grad norm {grad_norm} (train.nonfinite = \"abort\")");
+        }
+        if self.state.consecutive_nonfinite >= t.max_consecutive_nonfinite {
+            bail!(
+                "{} non-finite steps in a row (train.max_consecutive_nonfinite); the last good checkpoint is intact",
+                self.state.consecutive_nonfinite
+            );
+        }
+        Ok(())
+    }
 
-        // Save when due; stop on the last step, an exit interval, or a signal (SLURM's warning).
-        // Every input to this decision is the same on every rank.
-        let exit_interval = t.exit_interval > 0 && step - first_step >= t.exit_interval;
-        let stop = if last {
+    /// Every `log.interval` steps (and the last): one metrics record and one progress line.
+    fn log(&mut self, r: &StepReport<F::Plan>) -> Result<()> {
+        let (t, raw) = (&self.cfg.raw.train, &self.cfg.raw);
+        let (step, world) = (r.step, self.world);
+        let last = step == t.max_steps;
+        if step % raw.log.interval != 0 && !last {
+            return Ok(());
+        }
+        let window = self.window;
+        let secs = window.0.elapsed().as_secs_f64().max(1e-9);
+        // Steps since the last log line (fewer on the first line after a resume).
+        let window_steps = raw.log.interval.min(step - self.first_step);
+        let tokens_per_s = window.1 as f64 / secs;
+        // Per device: the window's FLOPs are the whole job's.
+        let utilisation = |flops: f64| match raw.log.peak_flops > 0.0 {
+            true => json!(flops / secs / raw.log.peak_flops / world as f64),
+            false => json!(null),
+        };
+        let mut rec = json!({
+            "step": step, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm,
+            "tokens_per_s": tokens_per_s,
+            "mfu": utilisation(window.2), "hfu": utilisation(window.3),
+            "tokens_seen": self.state.tokens_seen, "nonfinite_total": self.state.nonfinite_total,
+            "flops_per_token": window.2 / window.1.max(1) as f64,
+            "loss_tokens": r.loss_tokens,
+        });
+        let (plan_fields, plan_label) = self.model.plan_fields(r.plan);
+        for (key, value) in plan_fields {
+            rec[key] = value;
+        }
+        self.phases.record(&mut rec, window_steps);
+        // Host RSS, and on a GPU its caching allocator's peaks; the largest over ranks.
+        let gpu = match self.device {
+            Device::Cuda(i) => muninn_model::shim::cuda_memory(i).ok(),
+            _ => None,
+        };
+        let gib = |b: i64| b as f64 / (1u64 << 30) as f64;
+        let mut peak = [
+            peak_rss_gib(),
+            gpu.map_or(0.0, |m| gib(m.peak_allocated)),
+            gpu.map_or(0.0, |m| gib(m.peak_reserved)),
+        ];
+        self.comm.allreduce_f64(&mut peak, Op::Max, "peak memory")?;
+        rec["peak_mem_gib"] = json!(peak[0]);
+        if gpu.is_some() {
+            rec["gpu_peak_allocated_gib"] = json!(peak[1]);
+            rec["gpu_peak_reserved_gib"] = json!(peak[2]);
+        }
+        if let Some(sync) = self.sync.as_mut() {
+            // Seconds per step, the mean over ranks: issuing messages, and blocked on them.
+            let st = sync.stats;
+            let mut c = [st.launch_s, st.wait_s, st.elems, st.elems_done_in_backward];
+            self.comm.sum_f64(&mut c, "communication timings")?;
+            let per_step = (world as u64 * window_steps) as f64;
+            rec["comm_launch_s"] = json!(c[0] / per_step);
+            rec["comm_wait_s"] = json!(c[1] / per_step);
+            // Share of gradient messages already complete when backward ended.
+            rec["comm_overlap"] = json!(if c[2] > 0.0 { c[3] / c[2] } else { 0.0 });
+            sync.stats = Default::default();
+        }
+        if let Some(x) = &self.last_x {
+            // The family's diagnostics, the mean over ranks.
+            let fields = self.model.telemetry(x, r.plan)?;
+            let mut v: Vec<f64> = fields
+                .iter()
+                .map(|(_, v)| v.as_f64().unwrap_or(f64::NAN))
+                .collect();
+            self.comm.sum_f64(&mut v, "telemetry")?;
+            for ((key, _), v) in fields.iter().zip(v) {
+                rec[*key] = json!(v / world as f64);
+            }
+        }
+        if raw.eval.interval > 0 && step % raw.eval.interval == 0 || last {
+            let comm = &mut *self.comm;
+            let metrics = validate(self.model, &self.val_batches, &mut |sums| {
+                comm.sum_f64(sums, "validation loss")
+            })?;
+            for (name, v) in metrics {
+                rec[name] = json!(v);
+            }
+        }
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.log(&rec)?;
+        }
+        let (loss, lr, grad_norm) = (r.loss, r.lr, r.grad_norm);
+        let msg = format!(
+            "loss {loss:.4} lr {lr:.2e} |g| {grad_norm:.3} {plan_label} {tokens_per_s:.0} tok/s"
+        );
+        match (&self.bar, self.root) {
+            (Some(bar), _) => bar.set_message(msg),
+            (None, true) => eprintln!("step {step}/{} {msg}", t.max_steps),
+            (None, false) => {}
+        }
+        self.window = (Instant::now(), 0, 0.0, 0.0);
+        Ok(())
+    }
+
+    /// Saves when due; stops on the last step, an exit interval or a signal (SLURM's warning).
+    /// Every input to this decision is the same on every rank.
+    fn maybe_save(&mut self, r: &StepReport<F::Plan>) -> Result<Option<Outcome>> {
+        let (t, raw) = (&self.cfg.raw.train, &self.cfg.raw);
+        let step = r.step;
+        let exit_interval = t.exit_interval > 0 && step - self.first_step >= t.exit_interval;
+        let stop = if step == t.max_steps {
             Some(Stop::Finished)
-        } else if signalled {
+        } else if r.signalled {
             Some(Stop::Signal)
         } else if exit_interval {
             Some(Stop::ExitInterval)
         } else {
             None
         };
-        if stop.is_some() || (raw.checkpoint.interval > 0 && step % raw.checkpoint.interval == 0) {
-            let dir = save(
-                comm,
-                &run_dir,
-                model,
-                &opt,
-                sync.as_ref().filter(|_| zero1).map(GradSync::layout),
-                &state,
-                raw.checkpoint.keep,
-            )?;
-            if let Some(stop) = stop {
-                if let Some(bar) = &bar {
-                    bar.finish();
-                }
-                if root {
-                    eprintln!("saved {} at step {step}", dir.display());
-                    if stop == Stop::Finished {
-                        mark_finished(&finished_marker, step)?;
-                    }
-                }
-                return Ok(Outcome {
-                    step,
-                    stop,
-                    last_loss,
-                });
+        let due = raw.checkpoint.interval > 0 && step % raw.checkpoint.interval == 0;
+        if stop.is_none() && !due {
+            return Ok(None);
+        }
+        let dir = save(
+            self.comm,
+            &self.run_dir,
+            self.model,
+            &self.opt,
+            self.sync
+                .as_ref()
+                .filter(|_| self.zero1)
+                .map(GradSync::layout),
+            &self.state,
+            raw.checkpoint.keep,
+        )?;
+        let Some(stop) = stop else {
+            return Ok(None);
+        };
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+        if self.root {
+            eprintln!("saved {} at step {step}", dir.display());
+            if stop == Stop::Finished {
+                mark_finished(&self.finished_marker, step)?;
             }
         }
+        Ok(Some(Outcome {
+            step,
+            stop,
+            last_loss: self.last_loss,
+        }))
     }
-    // Nothing left to train (a resumed run that had already finished).
-    if root {
-        mark_finished(&finished_marker, state.step)?;
-    }
-    Ok(Outcome {
-        step: state.step,
-        stop: Stop::Finished,
-        last_loss,
-    })
 }
 
 #[derive(Clone, Copy)]

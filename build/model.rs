@@ -11,6 +11,7 @@ fn main() {
     rpath::main();
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
     println!("cargo:rerun-if-changed=csrc/kernels.cpp");
+    println!("cargo:rerun-if-changed=csrc/error.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     // torch-sys exports libtorch's lib directory; the headers sit beside it (PyPI wheel, the
     // libtorch zip and a site's ROCm/CUDA build all lay it out so).

@@ -7,6 +7,8 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "error.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -16,14 +18,10 @@
 
 namespace {
 
+using muninn::error_string;
+
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
-
-char* error_string(const char* what) {
-  char* s = static_cast<char*>(std::malloc(std::strlen(what) + 1));
-  if (s) std::strcpy(s, what);
-  return s;
-}
 
 constexpr int64_t kGrainRows = 16;
 

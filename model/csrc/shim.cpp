@@ -11,6 +11,8 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
+#include "error.h"
+
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -20,11 +22,7 @@
 
 namespace {
 
-char* error_string(const char* what) {
-  char* s = static_cast<char*>(std::malloc(std::strlen(what) + 1));
-  if (s) std::strcpy(s, what);
-  return s;
-}
+using muninn::error_string;
 
 // A wrapper around libtorch's CPU allocator that counts what passes through it: current and peak
 // bytes, and allocations at least `threshold` bytes large. Installed once per process, on request.

@@ -10,6 +10,12 @@ pub const IGNORE: i64 = -100;
 /// Mean cross-entropy in fp32 over the positions whose target is not [`IGNORE`]. logits [B, T, V],
 /// targets [B, T] (i64). NaN when no target counts; [`cross_entropy_sum`] has no such case.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (logits, targets) = rows(logits, targets)?;
+    Ok(logits.cross_entropy_for_logits(&targets))
+}
+
+/// logits [B, T, V] and targets [B, T] as rows: fp32 [B·T, V] and [B·T].
+fn rows(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let (b, t, v) = logits.size3()?;
     ensure!(
         targets.size() == [b, t],
@@ -17,28 +23,22 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         targets.size(),
         logits.size()
     );
-    Ok(logits
-        .reshape([b * t, v])
-        .to_kind(Kind::Float)
-        .cross_entropy_for_logits(&targets.reshape([b * t])))
+    Ok((
+        logits.reshape([b * t, v]).to_kind(Kind::Float),
+        targets.reshape([b * t]),
+    ))
 }
 
 /// (Σ cross-entropy over the targets that count, how many count), fp32 and i64 scalars: what a
 /// token-weighted mean over several batches (or ranks) adds up.
 pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (b, t, v) = logits.size3()?;
-    ensure!(
-        targets.size() == [b, t],
-        "targets have shape {:?}, logits {:?}",
-        targets.size(),
-        logits.size()
+    let (logits, targets) = rows(logits, targets)?;
+    let sum = logits.log_softmax(-1, Kind::Float).g_nll_loss(
+        &targets,
+        None::<Tensor>,
+        tch::Reduction::Sum,
+        IGNORE,
     );
-    let targets = targets.reshape([b * t]);
-    let sum = logits
-        .reshape([b * t, v])
-        .to_kind(Kind::Float)
-        .log_softmax(-1, Kind::Float)
-        .g_nll_loss(&targets, None::<Tensor>, tch::Reduction::Sum, IGNORE);
     Ok((sum, valid_targets(&targets)))
 }
 

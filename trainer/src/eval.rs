@@ -35,6 +35,10 @@ pub fn ignore_targets(mut b: Batch, ignore: &[i64]) -> Batch {
 }
 
 impl ValBatch {
+    pub fn rows(&self) -> i64 {
+        self.inputs.size()[0]
+    }
+
     pub fn new(index: usize, b: &Batch, device: Device) -> Self {
         let (inputs, targets) = to_tensors(b, device);
         ValBatch {
@@ -42,10 +46,6 @@ impl ValBatch {
             inputs,
             targets,
         }
-    }
-
-    pub fn rows(&self) -> i64 {
-        self.inputs.size()[0]
     }
 }
 

@@ -7,9 +7,10 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use muninn_data::{atomic, loader, TokenDataset, TokenizerInfo};
 use muninn_model::decode::{self, Budget, GenerateOptions, Generation, Sampling, Start};
-use muninn_model::{checkpoint, latents, ExitCriterion, Huginn, Precision};
+use muninn_model::gpt_family::GptFamily;
+use muninn_model::{checkpoint, latents, ExitCriterion, Model, Precision};
 use muninn_trainer::config::RunConfig;
-use muninn_trainer::eval::{depth_losses, ValBatch};
+use muninn_trainer::eval::{depth_losses, validate, ValBatch};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
@@ -30,12 +31,12 @@ pub struct RunOn {
 }
 
 impl RunOn {
-    fn load(&self, checkpoint: &Path) -> Result<Huginn> {
+    fn load(&self, checkpoint: &Path) -> Result<Model> {
         if self.threads > 0 {
             tch::set_num_threads(self.threads);
         }
         let device = muninn_trainer::parse_device(&self.device)?;
-        checkpoint::load(checkpoint, device, self.precision)
+        checkpoint::load_any(checkpoint, device, self.precision)
     }
 }
 
@@ -46,9 +47,9 @@ pub struct EvalArgs {
     /// wrote the checkpoint].
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Test-time depths r (core iterations).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
-    depths: Vec<i64>,
+    /// Test-time depths r (core iterations) [default: 1,2,4,8,16,32,64]; Huginn only.
+    #[arg(long, value_delimiter = ',')]
+    depths: Option<Vec<i64>>,
     /// Validation rows, from the start of the split [default: the run's eval.max_rows, else 256].
     #[arg(long)]
     max_rows: Option<u64>,
@@ -174,12 +175,20 @@ fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RunConfig)>> {
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
-    ensure!(!a.depths.is_empty(), "--depths is empty");
-    if let Some(bad) = a.depths.iter().find(|&&r| r < 1) {
+    let model = a.on.load(&a.checkpoint)?;
+    let depths = match (&model, &a.depths) {
+        (Model::Gpt(_), Some(_)) => bail!(
+            "--depths: {} is a gpt model, which has no recurrence",
+            a.checkpoint.display()
+        ),
+        (_, Some(d)) => d.clone(),
+        (_, None) => vec![1, 2, 4, 8, 16, 32, 64],
+    };
+    ensure!(!depths.is_empty(), "--depths is empty");
+    if let Some(bad) = depths.iter().find(|&&r| r < 1) {
         bail!("--depths: {bad} is not a depth (at least one core iteration)");
     }
-    let model = a.on.load(&a.checkpoint)?;
-    let cfg = model.config().clone();
+    let shape = model.config();
     let run = run_of(&a.checkpoint)?;
     let data = match (&a.data, &run) {
         (Some(d), _) => d.clone(),
@@ -192,18 +201,18 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let ds = TokenDataset::open(&data, "val", None)
         .with_context(|| format!("opening the validation split of {}", data.display()))?;
     ensure!(
-        ds.index.vocab_size as i64 <= cfg.vocab_size,
+        ds.index.vocab_size as i64 <= shape.vocab_size(),
         "{} holds ids of a {}-id tokenizer, more than the model's vocab_size {}",
         data.display(),
         ds.index.vocab_size,
-        cfg.vocab_size
+        shape.vocab_size()
     );
     ensure!(
-        ds.block_size() as i64 <= cfg.block_size,
+        ds.block_size() as i64 <= shape.block_size(),
         "{} holds {}-token rows, longer than the model's block_size {}",
         data.display(),
         ds.block_size(),
-        cfg.block_size
+        shape.block_size()
     );
     let max_rows = a
         .max_rows
@@ -236,6 +245,44 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         .map(|(i, b)| ValBatch::new(i, b, model.device()))
         .collect();
     let rows: i64 = batches.iter().map(ValBatch::rows).sum();
+    let model = match model {
+        Model::Huginn(m) => m,
+        Model::Gpt(m) => {
+            // No depth: one loss.
+            println!(
+                "eval {}: {} validation rows of {} tokens from {} (gpt)",
+                a.checkpoint.display(),
+                rows,
+                ds.block_size(),
+                data.display()
+            );
+            let family = GptFamily { model: m };
+            let [(_, loss)] = validate(&family, &batches, &mut |_| Ok(()))?[..] else {
+                unreachable!("the gpt family has one validation metric")
+            };
+            ensure!(loss.is_finite(), "the validation loss is not finite");
+            println!("{:>9}  {:>10}", "val loss", "perplexity");
+            println!("{loss:>9.4}  {:>10.2}", loss.exp());
+            let report = json!({
+                "checkpoint": a.checkpoint,
+                "data": data,
+                "split": "val",
+                "rows": rows,
+                "tokens_per_row": ds.block_size(),
+                "family": "gpt",
+                "loss": loss,
+                "ppl": loss.exp(),
+            });
+            let json_path = out.join("eval.json");
+            atomic::write_file(
+                &json_path,
+                serde_json::to_string_pretty(&report)?.as_bytes(),
+            )?;
+            println!("wrote {}", json_path.display());
+            return Ok(());
+        }
+    };
+    let cfg = model.config().clone();
     println!(
         "eval {}: {} validation rows of {} tokens from {}, s0 seed {seed}, trained at mean depth {}",
         a.checkpoint.display(),
@@ -246,7 +293,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     );
     println!("{:>6}  {:>9}  {:>10}", "depth", "val loss", "perplexity");
     let mut results = Vec::new();
-    for &r in &a.depths {
+    for &r in &depths {
         let [(_, loss)] = depth_losses(&model, &batches, &[r], seed, &mut |_| Ok(()))?[..] else {
             unreachable!("one depth in, one loss out")
         };
@@ -290,8 +337,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }];
     let r_bar = cfg.mean_recurrence;
     let (first, last) = (
-        a.depths.iter().min().copied().unwrap_or(1),
-        a.depths.iter().max().copied().unwrap_or(1),
+        depths.iter().min().copied().unwrap_or(1),
+        depths.iter().max().copied().unwrap_or(1),
     );
     if (first..=last).contains(&r_bar) {
         let r_bar = r_bar as f64;
@@ -327,7 +374,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 fn prompt_ids(
     p: &PromptArgs,
     checkpoint: &Path,
-    model: &Huginn,
+    shape: &muninn_model::ModelConfig,
 ) -> Result<(TokenizerInfo, Vec<i64>)> {
     let path = match (&p.tokenizer, run_of(checkpoint)?) {
         (Some(t), _) => t.clone(),
@@ -339,18 +386,18 @@ fn prompt_ids(
     };
     let tok = TokenizerInfo::load(&path)?;
     ensure!(
-        tok.vocab_size as i64 <= model.config().vocab_size,
+        tok.vocab_size as i64 <= shape.vocab_size(),
         "{} has {} ids, more than the model's vocab_size {}",
         path.display(),
         tok.vocab_size,
-        model.config().vocab_size
+        shape.vocab_size()
     );
     let ids = tok.encode_prompt(&p.prompt)?;
     ensure!(
-        ids.len() as i64 <= model.config().block_size,
+        ids.len() as i64 <= shape.block_size(),
         "the prompt is {} tokens, more than the model's block_size {}",
         ids.len(),
-        model.config().block_size
+        shape.block_size()
     );
     tch::manual_seed(p.seed);
     Ok((tok, ids))
@@ -358,25 +405,61 @@ fn prompt_ids(
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
     let model = a.on.load(&a.checkpoint)?;
-    let (tok, prompt) = prompt_ids(&a.prompt, &a.checkpoint, &model)?;
+    let (tok, prompt) = prompt_ids(&a.prompt, &a.checkpoint, &model.config())?;
+    ensure!(a.max_tokens >= 1, "--max-tokens must be at least 1");
+    ensure!(
+        a.temperature >= 0.0 && a.temperature.is_finite(),
+        "--temperature must be >= 0"
+    );
+    ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
+    let stop = Some(i64::from(tok.specials.eos));
+    let sampling = Sampling {
+        temperature: a.temperature,
+        top_p: a.top_p,
+    };
+    let model = match model {
+        Model::Huginn(m) => m,
+        Model::Gpt(m) => {
+            ensure!(
+                a.depth.is_none() && a.exit.is_none() && a.min_steps == 0 && !a.continuous,
+                "--depth, --exit, --min-steps and --continuous are for recurrent models; {} is a gpt model",
+                a.checkpoint.display()
+            );
+            let tokens = match a.no_kv_cache {
+                // The uncached reference: the whole sequence again for every token, greedily.
+                true => {
+                    ensure!(
+                        a.temperature == 0.0 && a.top_p == 1.0,
+                        "--no-kv-cache decodes greedily: drop --temperature and --top-p"
+                    );
+                    generate_gpt_uncached(&m, &prompt, a.max_tokens, stop)?
+                }
+                false => m.generate(&prompt, a.max_tokens, &sampling, stop)?,
+            };
+            let text = tok.decode(&tokens)?;
+            if a.json {
+                println!(
+                    "{}",
+                    json!({"prompt": a.prompt.prompt, "prompt_tokens": prompt, "tokens": tokens, "text": text})
+                );
+            } else {
+                println!("{}{text}", a.prompt.prompt);
+                println!("-- {} tokens", tokens.len());
+            }
+            return Ok(());
+        }
+    };
     let depth = a.depth.unwrap_or(model.config().mean_recurrence);
     ensure!(depth >= 1, "--depth must be at least 1");
-    ensure!(a.max_tokens >= 1, "--max-tokens must be at least 1");
     ensure!(
         a.min_steps <= depth,
         "--min-steps {} is more than --depth {depth}",
         a.min_steps
     );
     ensure!(
-        a.temperature >= 0.0 && a.temperature.is_finite(),
-        "--temperature must be >= 0"
-    );
-    ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
-    ensure!(
         a.min_steps == 0 || a.exit.is_some(),
         "--min-steps only applies with --exit"
     );
-    let stop = Some(i64::from(tok.specials.eos));
     let generation = if a.no_kv_cache {
         ensure!(
             a.exit.is_none() && !a.continuous && a.temperature == 0.0 && a.top_p == 1.0,
@@ -403,10 +486,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
                     min_steps: a.min_steps,
                     exit: a.exit,
                 },
-                sampling: Sampling {
-                    temperature: a.temperature,
-                    top_p: a.top_p,
-                },
+                sampling,
                 start: a.prompt.init_state.into(),
                 continuous: a.continuous,
                 stop_token: stop,
@@ -445,9 +525,43 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// Greedy decoding without a cache: the reference the cached decoder must match.
+fn generate_gpt_uncached(
+    model: &muninn_model::Gpt,
+    prompt: &[i64],
+    max_tokens: usize,
+    stop: Option<i64>,
+) -> Result<Vec<i64>> {
+    let mut seq = prompt.to_vec();
+    let mut out = Vec::new();
+    while out.len() < max_tokens && (seq.len() as i64) < model.config().block_size + 1 {
+        let ids = Tensor::from_slice(&seq)
+            .view([1, -1])
+            .to_device(model.device());
+        let logits = tch::no_grad(|| model.forward(&ids))?.logits;
+        let next = logits.get(0).get(-1).argmax(-1, false).int64_value(&[]);
+        out.push(next);
+        seq.push(next);
+        if Some(next) == stop || seq.len() as i64 > model.config().block_size {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 pub fn latents(a: LatentsArgs) -> Result<()> {
-    let model = a.on.load(&a.checkpoint)?;
-    let (tok, ids) = prompt_ids(&a.prompt, &a.checkpoint, &model)?;
+    let model = match a.on.load(&a.checkpoint)? {
+        Model::Huginn(m) => m,
+        Model::Gpt(_) => bail!(
+            "{} is a gpt model: latents are the recurrent state of a huginn model",
+            a.checkpoint.display()
+        ),
+    };
+    let (tok, ids) = prompt_ids(
+        &a.prompt,
+        &a.checkpoint,
+        &muninn_model::ModelConfig::Huginn(model.config().clone()),
+    )?;
     ensure!(a.depth >= 1, "--depth must be at least 1");
     let t = ids.len();
     if let Some(bad) = a.pca_tokens.iter().find(|&&p| p >= t) {

@@ -351,44 +351,77 @@ pub fn compare(a: CompareArgs) -> Result<()> {
         .map(|d| compare::summarize(d))
         .collect::<Result<_>>()?;
     runs.sort_by(|x, y| (x.k, &x.name).cmp(&(y.k, &y.name)));
-    if runs.iter().all(|r| r.final_val.is_empty()) {
+    if runs.iter().all(|r| !r.has_validation()) {
         bail!("none of the runs has a validation loss yet (eval.interval, or the end of training)");
     }
     print!("{}", compare::table(&runs));
+    let deep: Vec<&RunSummary> = runs.iter().filter(|r| r.k.is_some()).collect();
     let at_headline = |get: fn(&RunSummary) -> &std::collections::BTreeMap<i64, f64>| {
-        runs.iter()
-            .filter_map(|r| Some((r.k as f64, *get(r).get(&r.headline_depth()?)?)))
+        deep.iter()
+            .filter_map(|r| Some((r.k? as f64, *get(r).get(&r.headline_depth()?)?)))
             .collect::<Vec<_>>()
     };
+    // A run without depth (a GPT baseline) is a level line across each panel's x range.
+    let span = |xs: Vec<f64>| {
+        let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        // One x value: a line an octave either side, so that it shows.
+        (lo.is_finite() && hi.is_finite()).then_some(match hi > lo {
+            true => (lo, hi),
+            false => (lo / 2.0, hi * 2.0),
+        })
+    };
+    let baselines = |range: Option<(f64, f64)>| -> Vec<Series> {
+        runs.iter()
+            .filter(|r| r.k.is_none())
+            .filter_map(|r| {
+                let (lo, hi) = range.unwrap_or((1.0, 1.0));
+                Some(Series {
+                    label: format!("{} ({})", r.name, r.family),
+                    points: vec![(lo, r.final_loss?), (hi, r.final_loss?)],
+                })
+            })
+            .collect()
+    };
+    let k_range = span(deep.iter().filter_map(|r| r.k.map(|k| k as f64)).collect());
+    let r_range = span(
+        deep.iter()
+            .flat_map(|r| r.final_val.keys().map(|&d| d as f64))
+            .collect(),
+    );
+    let mut by_k = vec![
+        Series {
+            label: "final".into(),
+            points: at_headline(|r| &r.final_val),
+        },
+        Series {
+            label: "best".into(),
+            points: at_headline(|r| &r.best_val),
+        },
+    ];
+    by_k.extend(baselines(k_range));
+    let mut by_depth: Vec<Series> = deep
+        .iter()
+        .map(|r| Series {
+            label: format!("k={} ({})", r.k.unwrap_or_default(), r.name),
+            points: r.final_val.iter().map(|(&d, &v)| (d as f64, v)).collect(),
+        })
+        .collect();
+    by_depth.extend(baselines(r_range));
     let panels = [
         Panel {
             title: "validation loss against truncation depth k".into(),
             x_label: "k (recurrence.mean_backprop_depth)".into(),
             y_label: "validation loss at the training mean depth".into(),
             log2_x: true,
-            series: vec![
-                Series {
-                    label: "final".into(),
-                    points: at_headline(|r| &r.final_val),
-                },
-                Series {
-                    label: "best".into(),
-                    points: at_headline(|r| &r.best_val),
-                },
-            ],
+            series: by_k,
         },
         Panel {
             title: "final validation loss against test-time depth".into(),
             x_label: "test-time depth r".into(),
             y_label: "validation loss".into(),
             log2_x: true,
-            series: runs
-                .iter()
-                .map(|r| Series {
-                    label: format!("k={} ({})", r.k, r.name),
-                    points: r.final_val.iter().map(|(&d, &v)| (d as f64, v)).collect(),
-                })
-                .collect(),
+            series: by_depth,
         },
     ];
     plot::line_panels(&a.plot, &panels, 640, 480)?;

@@ -11,15 +11,19 @@ use std::process::ExitCode;
 
 use anyhow::{ensure, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use muninn_model::checkpoint::Stored;
 use muninn_model::flops::{inference_flops_per_token, train_flops_per_token};
-use muninn_model::{checkpoint, hf, Depth, HuginnConfig, InitState, ParamCounts, Part, Precision};
+use muninn_model::{
+    checkpoint, hf, llama_hf, Depth, GptConfig, HuginnConfig, InitState, Model, ModelConfig,
+    ParamCounts, Part, Precision,
+};
 use tch::{Device, Kind, Tensor};
 
 #[derive(Parser)]
 #[command(
     name = "muninn",
     version,
-    about = "Pretraining framework for recurrent-depth transformers (Huginn)"
+    about = "Pretraining framework for recurrent-depth transformers (Huginn) and other latent-reasoning models"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -46,9 +50,10 @@ enum Command {
     },
     /// Write a freshly initialised checkpoint (model.safetensors + config.toml).
     Init {
-        /// A named shape (nebel-raven-3.5b, micro, tiny, mini-huginn) or a TOML file with a [model] table.
+        /// A named shape (nebel-raven-3.5b, micro, tiny, mini-huginn, gpt-micro, gpt-tiny) or a TOML
+        /// file with a [model] table.
         shape: String,
-        /// Seed of the `takase` initialisation.
+        /// Seed of the initialisation (`takase` for Huginn).
         #[arg(long, default_value_t = 233)]
         seed: u64,
         /// New checkpoint directory (must not exist).
@@ -67,7 +72,8 @@ enum Command {
         #[arg(long, default_value = "f32")]
         dtype: hf::ExportDtype,
     },
-    /// Read a Huginn Hugging Face directory (e.g. huginn-0125) into a Muninn checkpoint.
+    /// Read a Hugging Face directory into a Muninn checkpoint: Huginn (e.g. huginn-0125), or a Llama,
+    /// Qwen2 or OLMo-2 model as the GPT family, by config.json's model_type.
     ImportHf {
         dir: PathBuf,
         /// New checkpoint directory (must not exist).
@@ -112,6 +118,9 @@ enum ModelCommand {
 enum ExportFormat {
     /// safetensors with the keys of recpre/raven_modeling_minimal.py, config.json and modeling files.
     HuginnHf,
+    /// A GPT checkpoint as `LlamaForCausalLM` (or Qwen2/OLMo-2 where the shape has their biases or
+    /// norm placement): transformers loads it without remote code.
+    LlamaHf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -137,7 +146,7 @@ struct ForwardArgs {
     /// tokenizer.json for --text.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Recurrent iterations r [default: the checkpoint's mean_recurrence].
+    /// Recurrent iterations r [default: the checkpoint's mean_recurrence]; Huginn only.
     #[arg(long)]
     depth: Option<i64>,
     #[arg(long, value_enum, default_value = "zero")]
@@ -151,7 +160,8 @@ struct ForwardArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Output safetensors file with `logits` [1, T, V] and `state` [1, T, d], both fp32.
+    /// Output safetensors file with `logits` [1, T, V] and `state` [1, T, d] (Huginn's latent state;
+    /// GPT's final hidden state), both fp32.
     #[arg(long)]
     out: PathBuf,
 }
@@ -242,22 +252,55 @@ fn run(cli: Cli) -> Result<()> {
         Command::Init { shape, seed, out } => init(&shape, seed, &out),
         Command::Export {
             checkpoint,
-            format: ExportFormat::HuginnHf,
+            format,
             out,
             dtype,
         } => {
-            let model = checkpoint::load(&checkpoint, Device::Cpu, Precision::F32)?;
-            hf::export(&model, &out, dtype)
-                .with_context(|| format!("exporting to {}", out.display()))?;
-            println!("wrote {} (huginn-hf, {dtype:?})", out.display());
+            let model = checkpoint::load_any(&checkpoint, Device::Cpu, Precision::F32)?;
+            let written = match (format, &model) {
+                (ExportFormat::HuginnHf, Model::Huginn(m)) => {
+                    hf::export(m, &out, dtype).map(|()| "huginn-hf")
+                }
+                (ExportFormat::LlamaHf, Model::Gpt(m)) => {
+                    llama_hf::export(m, &out, dtype).map(|()| {
+                        llama_hf::Layout::of(m.config()).map_or("llama-hf", |l| l.model_type())
+                    })
+                }
+                (_, m) => anyhow::bail!(
+                    "{} holds a {} model: export it with --format {}",
+                    checkpoint.display(),
+                    m.family().name(),
+                    match m {
+                        Model::Huginn(_) => "huginn-hf",
+                        Model::Gpt(_) => "llama-hf",
+                    }
+                ),
+            }
+            .with_context(|| format!("exporting to {}", out.display()))?;
+            println!("wrote {} ({written}, {dtype:?})", out.display());
             Ok(())
         }
         Command::ImportHf { dir, out } => {
-            let model = hf::import(&dir).with_context(|| format!("importing {}", dir.display()))?;
+            let model_type = llama_hf::model_type(&dir)?;
+            let model = match model_type.as_deref() {
+                Some(t) if llama_hf::Layout::from_model_type(t).is_some() => Model::Gpt(
+                    llama_hf::import(&dir)
+                        .with_context(|| format!("importing {}", dir.display()))?,
+                ),
+                None | Some("huginn_raven") => Model::Huginn(
+                    hf::import(&dir).with_context(|| format!("importing {}", dir.display()))?,
+                ),
+                Some(other) => anyhow::bail!(
+                    "{}: model_type `{other}` is not one Muninn reads (huginn_raven, {})",
+                    dir.join("config.json").display(),
+                    llama_hf::Layout::MODEL_TYPES.join(", ")
+                ),
+            };
             checkpoint::save_new(&model, &out)?;
             println!(
-                "wrote {} ({} parameters)",
+                "wrote {} ({}, {} parameters)",
                 out.display(),
+                model.family().name(),
                 model.params().numel()
             );
             Ok(())
@@ -273,7 +316,66 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn model_info(shape: &str, n: Option<i64>, k: Option<i64>, seq_len: Option<i64>) -> Result<()> {
-    let cfg = HuginnConfig::from_name_or_file(shape)?;
+    match ModelConfig::from_name_or_file(shape)? {
+        ModelConfig::Huginn(cfg) => huginn_info(&cfg, n, k, seq_len),
+        ModelConfig::Gpt(cfg) => {
+            ensure!(
+                n.is_none() && k.is_none(),
+                "--n and --k are recurrence depths; the gpt family has none"
+            );
+            gpt_info(&cfg, seq_len)
+        }
+    }
+}
+
+fn gpt_info(cfg: &GptConfig, seq_len: Option<i64>) -> Result<()> {
+    let t = seq_len.unwrap_or(cfg.block_size);
+    ensure!(t >= 1, "--seq-len must be positive");
+    let counts = ParamCounts::from_specs(&muninn_model::gpt::param_specs(cfg), &Part::GPT);
+    println!("model {} (gpt)", cfg.name);
+    println!(
+        "  d={} layers={} heads={} kv heads={} (head dim {}) I={} V={} block_size={} rope_theta={}{} {}",
+        cfg.n_embd,
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim(),
+        cfg.intermediate_size,
+        cfg.vocab_size,
+        cfg.block_size,
+        cfg.rope_theta,
+        if cfg.rope_scaling.is_some() { " (llama3 scaling)" } else { "" },
+        if cfg.tie_embeddings { "tied head" } else { "untied head" }
+    );
+    println!("parameters");
+    for part in Part::GPT {
+        let label = match part {
+            Part::FinalNorm => "model.norm",
+            Part::Embedding if !cfg.tie_embeddings => "embedding",
+            p => p.label(),
+        };
+        println!("  {:<24}{:>18}", label, group_digits(counts.part(part)));
+    }
+    println!("  {:<24}{:>18}", "total", group_digits(counts.total));
+    println!("training FLOPs per token at T = {t}");
+    println!(
+        "  {:<24}{:>18.4e}",
+        "model (MFU)",
+        cfg.train_flops_per_token(t).model
+    );
+    println!(
+        "inference FLOPs per token: {:.4e}",
+        cfg.inference_flops_per_token(t)
+    );
+    Ok(())
+}
+
+fn huginn_info(
+    cfg: &HuginnConfig,
+    n: Option<i64>,
+    k: Option<i64>,
+    seq_len: Option<i64>,
+) -> Result<()> {
     let k = k.unwrap_or(cfg.mean_backprop_depth);
     let n = n.unwrap_or((cfg.mean_recurrence - k).max(0));
     let t = seq_len.unwrap_or(cfg.block_size);
@@ -299,7 +401,7 @@ fn model_info(shape: &str, n: Option<i64>, k: Option<i64>, seq_len: Option<i64>)
         cfg.mean_backprop_depth
     );
     println!("parameters");
-    for part in Part::ALL {
+    for part in Part::HUGINN {
         println!(
             "  {:<24}{:>18}",
             part.label(),
@@ -338,14 +440,14 @@ fn group_digits(n: i64) -> String {
 }
 
 fn init(shape: &str, seed: u64, out: &Path) -> Result<()> {
-    let cfg = HuginnConfig::from_name_or_file(shape)?;
-    let model = muninn_model::Huginn::new(cfg, Device::Cpu, Precision::F32)?;
+    let cfg = ModelConfig::from_name_or_file(shape)?;
+    let model = Model::new(cfg.clone(), Device::Cpu, Precision::F32)?;
     model.init(seed);
     checkpoint::save_new(&model, out)?;
     println!(
         "wrote {} ({}, {} parameters, seed {seed})",
         out.display(),
-        model.config().name,
+        cfg.name(),
         model.params().numel()
     );
     Ok(())
@@ -353,10 +455,8 @@ fn init(shape: &str, seed: u64, out: &Path) -> Result<()> {
 
 fn forward(a: ForwardArgs) -> Result<()> {
     let device = muninn_trainer::parse_device(&a.device)?;
-    let model = checkpoint::load(&a.checkpoint, device, a.precision)?;
-    let cfg = model.config();
-    let depth = a.depth.unwrap_or(cfg.mean_recurrence);
-    ensure!(depth >= 0, "--depth must be >= 0");
+    let model = checkpoint::load_any(&a.checkpoint, device, a.precision)?;
+    let vocab = model.config().vocab_size();
     let tokens = match (&a.text, &a.tokenizer) {
         (Some(text), Some(path)) => muninn_data::TokenizerInfo::load(path)?.encode_prompt(text)?,
         _ => a.tokens.clone(),
@@ -365,29 +465,42 @@ fn forward(a: ForwardArgs) -> Result<()> {
         !tokens.is_empty(),
         "no tokens to run: give --tokens or --text"
     );
-    if let Some(bad) = tokens.iter().find(|&&t| t < 0 || t >= cfg.vocab_size) {
-        anyhow::bail!(
-            "token id {bad} is outside the model's vocabulary [0, {})",
-            cfg.vocab_size
-        );
+    if let Some(bad) = tokens.iter().find(|&&t| t < 0 || t >= vocab) {
+        anyhow::bail!("token id {bad} is outside the model's vocabulary [0, {vocab})");
     }
     let ids = Tensor::from_slice(&tokens).view([1, -1]).to_device(device);
-    tch::manual_seed(a.seed);
-    let init = match a.init_state {
-        InitStateArg::Zero => InitState::Zero,
-        InitStateArg::Random => InitState::Random,
+    let (logits, state, label) = match &model {
+        Model::Huginn(m) => {
+            let depth = a.depth.unwrap_or(m.config().mean_recurrence);
+            ensure!(depth >= 0, "--depth must be >= 0");
+            tch::manual_seed(a.seed);
+            let init = match a.init_state {
+                InitStateArg::Zero => InitState::Zero,
+                InitStateArg::Random => InitState::Random,
+            };
+            let out = tch::no_grad(|| m.forward(&ids, Depth::eval(depth), &init))?;
+            (out.logits, out.state, format!("depth {depth}"))
+        }
+        Model::Gpt(m) => {
+            ensure!(
+                a.depth.is_none(),
+                "--depth: {} is a gpt model, which has no recurrence",
+                a.checkpoint.display()
+            );
+            let out = tch::no_grad(|| m.forward(&ids))?;
+            (out.logits, out.hidden, "gpt".to_string())
+        }
     };
-    let out = tch::no_grad(|| model.forward(&ids, Depth::eval(depth), &init))?;
     let tensors = [
-        ("logits".to_string(), out.logits.to_kind(Kind::Float)),
-        ("state".to_string(), out.state.to_kind(Kind::Float)),
+        ("logits".to_string(), logits.to_kind(Kind::Float)),
+        ("state".to_string(), state.to_kind(Kind::Float)),
     ];
     muninn_model::st::write(&a.out, &tensors, None)?;
     println!(
-        "wrote {} (logits {:?}, state {:?}, depth {depth})",
+        "wrote {} (logits {:?}, state {:?}, {label})",
         a.out.display(),
-        out.logits.size(),
-        out.state.size()
+        logits.size(),
+        state.size()
     );
     Ok(())
 }

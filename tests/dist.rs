@@ -491,3 +491,89 @@ fn a_killed_rank_ends_the_job() {
     eprintln!("job ended {secs:.1} s after SIGKILL (dist.timeout_s = {TIMEOUT_S})");
     assert_checkpoint_intact(p, "killed");
 }
+
+/// The GPT family through the same loop: 2 ranks equal 1 rank with 2 accumulation steps (ZeRO-1
+/// too), and the mean validation loss agrees.
+#[test]
+fn gpt_two_ranks_equal_one_rank_with_accumulation() {
+    let Some((_one_at_a_time, dir)) = mpi_test() else {
+        return;
+    };
+    let p = dir.path();
+    std::fs::write(
+        p.join("gpt.toml"),
+        r#"
+[run]
+name = "gpt"
+dir = "runs"
+[model]
+family = "gpt"
+preset = "gpt-micro"
+vocab_size = 512
+[data]
+dir = "ds"
+tokenizer = "tok.json"
+[optimizer]
+kind = "adamw"
+lr = 1e-3
+schedule = "constant"
+warmup_steps = 2
+[train]
+seed = 7
+max_steps = 6
+micro_batch_size = 4
+threads = 1
+[checkpoint]
+interval = 0
+[log]
+interval = 1
+[eval]
+interval = 3
+max_rows = 16
+[dist]
+chunk_mb = 0.05
+timeout_s = 120
+"#,
+    )
+    .unwrap();
+    let cfg = "gpt.toml";
+    muninn_ok(
+        &[
+            "train",
+            cfg,
+            "--set",
+            "run.name=one",
+            "--set",
+            "train.grad_accum=2",
+        ],
+        p,
+    );
+    mpirun_ok(2, &["train", cfg, "--set", "run.name=two"], p);
+    mpirun_ok(
+        2,
+        &[
+            "train",
+            cfg,
+            "--set",
+            "run.name=zero",
+            "--set",
+            "dist.zero1=true",
+        ],
+        p,
+    );
+    assert_same_run(p, "one", "two", 6);
+    assert_same_run(p, "two", "zero", 6);
+    let (one, two) = (
+        metrics(p, "one").pop().unwrap(),
+        metrics(p, "two").pop().unwrap(),
+    );
+    let (a, b) = (
+        one["val_loss"].as_f64().unwrap(),
+        two["val_loss"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < TOL, "validation differs: {a} vs {b}");
+    assert!(
+        one.get("n").is_none() && one.get("val_loss_r1").is_none(),
+        "{one}"
+    );
+}

@@ -462,7 +462,7 @@ fn shipped_configs_resolve() {
         let cfg = muninn_trainer::config::RunConfig::load(&path, &data)
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         if name == "huginn-3.5b-frontier" {
-            assert_eq!(cfg.model.name, "nebel-raven-3.5b");
+            assert_eq!(cfg.model.name(), "nebel-raven-3.5b");
             assert_eq!(
                 (cfg.sampler.mean_recurrence, cfg.sampler.mean_backprop_depth),
                 (32, 8)

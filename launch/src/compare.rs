@@ -1,5 +1,6 @@
 //! `muninn compare`: one summary per run directory (its resolved `config.toml` and `metrics.jsonl`),
-//! so that runs differing in truncation depth k can be set side by side.
+//! so that runs differing in truncation depth k can be set side by side, and beside a family without
+//! depth (a GPT baseline), whose runs have one validation loss and no k, r̄ or depth columns.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,16 +13,21 @@ use serde_json::Value;
 pub struct RunSummary {
     pub name: String,
     pub dir: PathBuf,
-    /// Truncation depth k̄ (recurrence.mean_backprop_depth).
-    pub k: i64,
-    /// Training mean depth r̄.
-    pub mean_recurrence: i64,
+    /// `model.family` of the run.
+    pub family: String,
+    /// Truncation depth k̄ (recurrence.mean_backprop_depth); none for a family without depth.
+    pub k: Option<i64>,
+    /// Training mean depth r̄; none for a family without depth.
+    pub mean_recurrence: Option<i64>,
     pub steps: u64,
     pub tokens_seen: u64,
     /// Validation loss at each evaluated test-time depth, at the last evaluation.
     pub final_val: BTreeMap<i64, f64>,
     /// The lowest validation loss seen at each depth.
     pub best_val: BTreeMap<i64, f64>,
+    /// A family without depth: its `val_loss` at the last evaluation, and the lowest seen.
+    pub final_loss: Option<f64>,
+    pub best_loss: Option<f64>,
     /// Median over the logged windows after the first (start-up is not throughput).
     pub tokens_per_s: Option<f64>,
     pub mfu: Option<f64>,
@@ -35,10 +41,25 @@ impl RunSummary {
     /// The validation depth the table reports: the training mean depth if it was evaluated, else the
     /// deepest evaluated.
     pub fn headline_depth(&self) -> Option<i64> {
-        match self.final_val.contains_key(&self.mean_recurrence) {
-            true => Some(self.mean_recurrence),
-            false => self.final_val.keys().next_back().copied(),
+        match self.mean_recurrence {
+            Some(r) if self.final_val.contains_key(&r) => Some(r),
+            _ => self.final_val.keys().next_back().copied(),
         }
+    }
+
+    /// (final, best) validation loss the table reports: at the headline depth, or the plain one.
+    pub fn headline(&self) -> (Option<f64>, Option<f64>) {
+        match self.headline_depth() {
+            Some(d) => (
+                self.final_val.get(&d).copied(),
+                self.best_val.get(&d).copied(),
+            ),
+            None => (self.final_loss, self.best_loss),
+        }
+    }
+
+    pub fn has_validation(&self) -> bool {
+        !self.final_val.is_empty() || self.final_loss.is_some()
     }
 }
 
@@ -61,11 +82,21 @@ pub fn summarize(dir: &Path) -> Result<RunSummary> {
     })?;
     let config: toml::Table =
         toml::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
-    let rec = |key: &str| {
+    let family = config
+        .get("model")
+        .and_then(|m| m.get("family"))
+        .and_then(toml::Value::as_str)
+        .unwrap_or("huginn")
+        .to_string();
+    let rec = |key: &str| -> Result<Option<i64>> {
+        if family == "gpt" {
+            return Ok(None);
+        }
         config
             .get("recurrence")
             .and_then(|r| r.get(key))
             .and_then(toml::Value::as_integer)
+            .map(Some)
             .with_context(|| format!("{}: no recurrence.{key}", config_path.display()))
     };
     let (k, mean_recurrence) = (rec("mean_backprop_depth")?, rec("mean_recurrence")?);
@@ -86,7 +117,12 @@ pub fn summarize(dir: &Path) -> Result<RunSummary> {
         bail!("{} has no records yet", metrics_path.display());
     };
     let (mut final_val, mut best_val) = (BTreeMap::new(), BTreeMap::<i64, f64>::new());
+    let (mut final_loss, mut best_loss) = (None, None::<f64>);
     for r in &records {
+        if let Some(v) = r.get("val_loss").and_then(Value::as_f64) {
+            final_loss = Some(v);
+            best_loss = Some(best_loss.map_or(v, |b| b.min(v)));
+        }
         let vals: Vec<(i64, f64)> = r
             .as_object()
             .into_iter()
@@ -118,12 +154,15 @@ pub fn summarize(dir: &Path) -> Result<RunSummary> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         dir: dir.to_path_buf(),
+        family,
         k,
         mean_recurrence,
         steps: last["step"].as_u64().unwrap_or(0),
         tokens_seen: last["tokens_seen"].as_u64().unwrap_or(0),
         final_val,
         best_val,
+        final_loss,
+        best_loss,
         tokens_per_s: median(series("tokens_per_s")),
         mfu: median(series("mfu")),
         peak_mem_gib: records
@@ -140,6 +179,7 @@ pub fn table(runs: &[RunSummary]) -> String {
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "-".into());
     let mut rows = vec![vec![
         "run".to_string(),
+        "family".into(),
         "k".into(),
         "r̄".into(),
         "steps".into(),
@@ -153,18 +193,17 @@ pub fn table(runs: &[RunSummary]) -> String {
     ]];
     for r in runs {
         let d = r.headline_depth();
+        let (final_loss, best_loss) = r.headline();
+        let int = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
         rows.push(vec![
             r.name.clone(),
-            r.k.to_string(),
-            r.mean_recurrence.to_string(),
+            r.family.clone(),
+            int(r.k),
+            int(r.mean_recurrence),
             r.steps.to_string(),
-            opt(d.map(|d| d as f64), &|d| format!("{d}")),
-            opt(d.and_then(|d| r.final_val.get(&d).copied()), &|v| {
-                format!("{v:.4}")
-            }),
-            opt(d.and_then(|d| r.best_val.get(&d).copied()), &|v| {
-                format!("{v:.4}")
-            }),
+            int(d),
+            opt(final_loss, &|v| format!("{v:.4}")),
+            opt(best_loss, &|v| format!("{v:.4}")),
             opt(r.tokens_per_s, &|v| format!("{v:.0}")),
             opt(r.mfu, &|v| format!("{:.1}%", v * 100.0)),
             opt(r.peak_mem_gib, &|v| format!("{v:.2}")),
@@ -181,9 +220,9 @@ pub fn table(runs: &[RunSummary]) -> String {
         let mut rows = vec![std::iter::once("final val loss at depth r".to_string())
             .chain(depths.iter().map(|d| format!("r={d}")))
             .collect::<Vec<_>>()];
-        for r in runs {
+        for r in runs.iter().filter(|r| r.k.is_some()) {
             rows.push(
-                std::iter::once(format!("{} (k={})", r.name, r.k))
+                std::iter::once(format!("{} (k={})", r.name, r.k.unwrap_or_default()))
                     .chain(
                         depths
                             .iter()

@@ -57,37 +57,11 @@ impl Rope {
     /// As [`Rope::apply`] for tokens at `positions`.
     pub fn apply_at(&self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
         let (b, t, h, hd) = x.size4()?;
-        let max = self.cos.size()[0];
         // cos, sin: [T, hd/2] shared by every row, or [B, T, hd/2].
-        let (cos, sin) = match positions {
-            Positions::From(start) => {
-                anyhow::ensure!(
-                    *start >= 0 && start + t <= max,
-                    "positions {start}..{} are beyond the rotary cache of {max} (model.block_size)",
-                    start + t
-                );
-                (self.cos.narrow(0, *start, t), self.sin.narrow(0, *start, t))
-            }
-            Positions::Ids(ids) => {
-                let shape = ids.size();
-                anyhow::ensure!(
-                    shape == [t] || shape == [b, t],
-                    "position ids have shape {shape:?}, expected [{t}] or [{b}, {t}]"
-                );
-                let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
-                anyhow::ensure!(
-                    lo >= 0 && hi < max,
-                    "position ids {lo}..={hi} are beyond the rotary cache of {max} (model.block_size)"
-                );
-                let flat = ids.flatten(0, -1).to_device(self.cos.device());
-                let mut rows = shape.clone();
-                rows.push(hd / 2);
-                (
-                    self.cos.index_select(0, &flat).view(rows.as_slice()),
-                    self.sin.index_select(0, &flat).view(rows.as_slice()),
-                )
-            }
-        };
+        let (cos, sin) = (
+            positions.rows(&self.cos, b, t)?,
+            positions.rows(&self.sin, b, t)?,
+        );
         if shim::fused_kernels_take(x) && x.stride()[3] == 1 {
             return shim::rope(x, &cos, &sin);
         }
@@ -108,6 +82,40 @@ pub enum Positions {
     From(i64),
     /// Explicit ids, [T] (the same for every row) or [B, T]; repeats allowed.
     Ids(Tensor),
+}
+
+impl Positions {
+    /// The rows of a per-position table [max, w] (a RoPE cache) for T tokens of B sequences:
+    /// [T, w] shared by every row, or [B, T, w] for per-row ids.
+    pub fn rows(&self, table: &Tensor, b: i64, t: i64) -> Result<Tensor> {
+        let max = table.size()[0];
+        match self {
+            Positions::From(start) => {
+                anyhow::ensure!(
+                    *start >= 0 && start + t <= max,
+                    "positions {start}..{} are beyond the rotary cache of {max} (model.block_size)",
+                    start + t
+                );
+                Ok(table.narrow(0, *start, t))
+            }
+            Positions::Ids(ids) => {
+                let shape = ids.size();
+                anyhow::ensure!(
+                    shape == [t] || shape == [b, t],
+                    "position ids have shape {shape:?}, expected [{t}] or [{b}, {t}]"
+                );
+                let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+                anyhow::ensure!(
+                    lo >= 0 && hi < max,
+                    "position ids {lo}..={hi} are beyond the rotary cache of {max} (model.block_size)"
+                );
+                let mut rows = shape.clone();
+                rows.push(table.size()[1]);
+                let flat = ids.flatten(0, -1).to_device(table.device());
+                Ok(table.index_select(0, &flat).view(rows.as_slice()))
+            }
+        }
+    }
 }
 
 /// Which of the L = past + T keys each new token may attend to.

@@ -7,9 +7,31 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use tch::Device;
 
-use crate::config::HuginnConfig;
+use crate::any::{Model, ModelConfig};
 use crate::huginn::{Huginn, Precision};
+use crate::params::FlatParams;
 use crate::st::{self, StFile};
+
+/// What a checkpoint holds of a model, of any family: its flat parameters and its shape.
+pub trait Stored {
+    fn params(&self) -> &FlatParams;
+    /// `[model]` as TOML, written as `config.toml`.
+    fn config_toml(&self) -> String;
+    /// The shape's name, for messages.
+    fn shape_name(&self) -> &str;
+}
+
+impl Stored for Huginn {
+    fn params(&self) -> &FlatParams {
+        Huginn::params(self)
+    }
+    fn config_toml(&self) -> String {
+        self.config().to_toml()
+    }
+    fn shape_name(&self) -> &str {
+        &self.config().name
+    }
+}
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.toml";
@@ -69,7 +91,7 @@ impl TensorFiles {
 /// Fills `model` from `files`, where parameter `p` is stored under `key(p)`. Every parameter must be
 /// present with its exact shape; keys that are neither parameters nor in `ignored` are refused.
 pub fn load_weights(
-    model: &Huginn,
+    model: &impl Stored,
     files: &TensorFiles,
     key: impl Fn(&str) -> String,
     ignored: &[&str],
@@ -86,7 +108,7 @@ pub fn load_weights(
         "{}: unexpected tensor `{}` (not a parameter of the `{}` shape{})",
         files.describe(),
         unexpected[0],
-        model.config().name,
+        model.shape_name(),
         if unexpected.len() > 1 {
             format!("; {} more", unexpected.len() - 1)
         } else {
@@ -110,15 +132,28 @@ pub fn load_weights(
     Ok(())
 }
 
-/// Reads a checkpoint directory into a model on `device`.
+/// Reads a Huginn checkpoint directory into a model on `device`; a checkpoint of another family is
+/// refused by name.
 pub fn load(dir: &Path, device: Device, precision: Precision) -> Result<Huginn> {
+    match load_any(dir, device, precision)? {
+        Model::Huginn(m) => Ok(m),
+        other => bail!(
+            "checkpoint {} holds a {} model; this needs a huginn one",
+            dir.display(),
+            other.family().name()
+        ),
+    }
+}
+
+/// Reads a checkpoint directory of any family into a model on `device`.
+pub fn load_any(dir: &Path, device: Device, precision: Precision) -> Result<Model> {
     ensure!(
         dir.is_dir(),
         "checkpoint {} is not a directory",
         dir.display()
     );
-    let cfg = HuginnConfig::from_toml_file(&dir.join(CONFIG_FILE))?;
-    let model = Huginn::new(cfg, device, precision)?;
+    let cfg = ModelConfig::from_toml_file(&dir.join(CONFIG_FILE))?;
+    let model = Model::new(cfg, device, precision)?;
     let files = TensorFiles::open(&[dir.join(MODEL_FILE)])?;
     load_weights(&model, &files, str::to_string, &[])
         .with_context(|| format!("loading checkpoint {}", dir.display()))?;
@@ -126,7 +161,7 @@ pub fn load(dir: &Path, device: Device, precision: Precision) -> Result<Huginn> 
 }
 
 /// Writes `model.safetensors` and `config.toml` into the existing directory `dir`.
-pub fn write_model_files(model: &Huginn, dir: &Path) -> Result<()> {
+pub fn write_model_files(model: &impl Stored, dir: &Path) -> Result<()> {
     let meta = HashMap::from([("format".to_string(), "muninn".to_string())]);
     st::write(
         &dir.join(MODEL_FILE),
@@ -134,13 +169,13 @@ pub fn write_model_files(model: &Huginn, dir: &Path) -> Result<()> {
         Some(meta),
     )?;
     let cfg_path = dir.join(CONFIG_FILE);
-    std::fs::write(&cfg_path, model.config().to_toml())
+    std::fs::write(&cfg_path, model.config_toml())
         .with_context(|| format!("writing {}", cfg_path.display()))
 }
 
 /// Writes a new checkpoint directory `out` atomically: everything goes into a temporary sibling that
 /// is renamed into place once complete. An existing `out` is never touched.
-pub fn save_new(model: &Huginn, out: &Path) -> Result<()> {
+pub fn save_new(model: &impl Stored, out: &Path) -> Result<()> {
     write_new_dir(out, |tmp| write_model_files(model, tmp))
 }
 

@@ -45,7 +45,7 @@ impl std::str::FromStr for ExportDtype {
 }
 
 impl ExportDtype {
-    fn kind(self) -> Kind {
+    pub(crate) fn kind(self) -> Kind {
         match self {
             ExportDtype::F32 => Kind::Float,
             ExportDtype::Bf16 => Kind::BFloat16,
@@ -215,7 +215,7 @@ pub fn export(model: &Huginn, out: &Path, dtype: ExportDtype) -> Result<()> {
 
 /// The safetensors files of an HF directory: `model.safetensors`, or the shards named by
 /// `model.safetensors.index.json`.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     if single.exists() {
         return Ok(vec![single]);

@@ -21,10 +21,15 @@ pub enum Part {
     Core,
     Coda,
     FinalNorm,
+    /// A plain transformer's stack of layers (GPT).
+    Layers,
+    /// An untied output head (GPT).
+    Head,
 }
 
 impl Part {
-    pub const ALL: [Part; 6] = [
+    /// Huginn's parts, in `model info`'s order.
+    pub const HUGINN: [Part; 6] = [
         Part::Embedding,
         Part::Prelude,
         Part::Adapter,
@@ -32,6 +37,9 @@ impl Part {
         Part::Coda,
         Part::FinalNorm,
     ];
+
+    /// The GPT family's parts.
+    pub const GPT: [Part; 4] = [Part::Embedding, Part::Layers, Part::FinalNorm, Part::Head];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -41,6 +49,8 @@ impl Part {
             Part::Core => "core block",
             Part::Coda => "coda",
             Part::FinalNorm => "ln_f",
+            Part::Layers => "layers",
+            Part::Head => "lm_head (untied)",
         }
     }
 }
@@ -180,8 +190,12 @@ pub struct ParamCounts {
 
 impl ParamCounts {
     pub fn of(cfg: &HuginnConfig) -> Self {
-        let specs = param_specs(cfg);
-        let by_part: Vec<(Part, i64)> = Part::ALL
+        Self::from_specs(&param_specs(cfg), &Part::HUGINN)
+    }
+
+    /// Counts of `parts` (in that order) over `specs`.
+    pub fn from_specs(specs: &[ParamSpec], parts: &[Part]) -> Self {
+        let by_part: Vec<(Part, i64)> = parts
             .iter()
             .map(|&p| {
                 (

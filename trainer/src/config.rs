@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use muninn_model::config::RawHuginnConfig;
-use muninn_model::{HuginnConfig, Precision};
+pub use muninn_model::FamilyKind;
+use muninn_model::{GptConfig, ModelConfig, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::optim::{OptimizerConfig, OptimizerKind};
@@ -291,29 +292,11 @@ pub struct RawRunConfig {
     pub dist: DistSection,
 }
 
-/// Which model family a run trains (`[model] family`); each reads its own keys of `[model]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FamilyKind {
-    /// The recurrent-depth transformer; its recipe's `[recurrence]` section draws (n, k).
-    #[default]
-    Huginn,
-}
-
-impl FamilyKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            FamilyKind::Huginn => "huginn",
-        }
-    }
-}
-
 /// A checked config, with the typed pieces the loop uses.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub raw: RawRunConfig,
-    pub family: FamilyKind,
-    pub model: HuginnConfig,
+    pub model: ModelConfig,
     pub sampler: DepthSampler,
     pub optimizer: OptimizerConfig,
     pub schedule: LrSchedule,
@@ -366,6 +349,20 @@ impl RunConfig {
         for o in overrides {
             apply_override(&mut doc, o)?;
         }
+        let family = doc
+            .get("model")
+            .and_then(|m| m.get("family"))
+            .and_then(toml::Value::as_str);
+        if family == Some("gpt") {
+            ensure!(
+                !doc.contains_key("recurrence"),
+                "[recurrence] is set, but model.family = \"gpt\" has no recurrence: remove the section"
+            );
+            ensure!(
+                doc.get("eval").and_then(|e| e.get("depths")).is_none(),
+                "eval.depths is set, but model.family = \"gpt\" has no test-time depth: remove it"
+            );
+        }
         let raw: RawRunConfig = toml::Value::Table(doc)
             .try_into()
             .context("reading the run config")?;
@@ -384,22 +381,29 @@ impl RunConfig {
         sampler.validate()?;
         let mut model_table = raw.model.clone();
         let family: FamilyKind = match model_table.remove("family") {
-            Some(v) => v.try_into().context("reading model.family")?,
+            Some(v) => v
+                .try_into()
+                .context("reading model.family (expected \"huginn\" or \"gpt\")")?,
             None => FamilyKind::default(),
         };
-        for (key, value) in [
-            ("mean_recurrence", r.mean_recurrence),
-            ("mean_backprop_depth", r.mean_backprop_depth),
-        ] {
-            if let Some(v) = model_table.get(key).and_then(toml::Value::as_integer) {
-                ensure!(v == value, "model.{key} = {v} disagrees with recurrence.{key} = {value}: set it in [recurrence] only");
+        let model = match family {
+            FamilyKind::Huginn => {
+                for (key, value) in [
+                    ("mean_recurrence", r.mean_recurrence),
+                    ("mean_backprop_depth", r.mean_backprop_depth),
+                ] {
+                    if let Some(v) = model_table.get(key).and_then(toml::Value::as_integer) {
+                        ensure!(v == value, "model.{key} = {v} disagrees with recurrence.{key} = {value}: set it in [recurrence] only");
+                    }
+                    model_table.insert(key.into(), toml::Value::Integer(value));
+                }
+                let model: RawHuginnConfig = toml::Value::Table(model_table)
+                    .try_into()
+                    .context("reading [model]")?;
+                ModelConfig::Huginn(model.resolve()?)
             }
-            model_table.insert(key.into(), toml::Value::Integer(value));
-        }
-        let model: RawHuginnConfig = toml::Value::Table(model_table)
-            .try_into()
-            .context("reading [model]")?;
-        let model = model.resolve()?;
+            FamilyKind::Gpt => ModelConfig::Gpt(GptConfig::from_table(model_table)?),
+        };
         let o = &raw.optimizer;
         let optimizer = OptimizerConfig {
             kind: o.kind,
@@ -481,7 +485,6 @@ impl RunConfig {
         );
         Ok(RunConfig {
             raw,
-            family,
             model,
             sampler,
             optimizer,
@@ -498,11 +501,17 @@ impl RunConfig {
     /// The resolved config as TOML (written to the run directory and into checkpoints).
     pub fn to_toml(&self) -> String {
         let mut raw = self.raw.clone();
-        raw.model = toml::Value::try_from(&self.model)
-            .ok()
-            .and_then(|v| v.as_table().cloned())
-            .expect("a resolved model config serialises");
-        raw.model.insert("family".into(), self.family.name().into());
-        toml::to_string(&raw).expect("a resolved config serialises")
+        raw.model = self.model.to_table();
+        if self.model.family() == FamilyKind::Huginn {
+            return toml::to_string(&raw).expect("a resolved config serialises");
+        }
+        // Only Huginn reads [recurrence] and eval.depths; written, they would be refused when the
+        // config is read back.
+        let mut doc = toml::Table::try_from(&raw).expect("a resolved config serialises");
+        doc.remove("recurrence");
+        if let Some(toml::Value::Table(eval)) = doc.get_mut("eval") {
+            eval.remove("depths");
+        }
+        toml::to_string(&doc).expect("a table serialises")
     }
 }

@@ -9,14 +9,15 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use muninn_data::{loader, Loader, TokenDataset, TokenizerInfo};
+use muninn_model::gpt_family::GptFamily;
 use muninn_model::huginn_family::HuginnFamily;
-use muninn_model::{Family, Huginn, MicroBatch, IGNORE};
+use muninn_model::{Family, Gpt, Huginn, MicroBatch, ModelConfig, IGNORE};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use crate::ckpt::{self, TrainerState};
-use crate::config::{FamilyKind, RunConfig};
+use crate::config::RunConfig;
 use crate::dist::{gather_full, Comm, GradSync, Layout, Op};
 use crate::eval::{ignore_targets, seed_torch, to_tensors, validate, ValBatch};
 use crate::metrics::Metrics;
@@ -72,14 +73,21 @@ pub fn train(
     let device = rank_device(t.device, comm)?;
     // The one place that names a family. Every rank builds the same weights (and rank 0's are
     // broadcast before training).
-    match cfg.family {
-        FamilyKind::Huginn => {
+    match &cfg.model {
+        ModelConfig::Huginn(shape) => {
             let family = HuginnFamily {
-                model: Huginn::new(cfg.model.clone(), device, cfg.precision)?,
+                model: Huginn::new(shape.clone(), device, cfg.precision)?,
                 sampler: cfg.sampler.clone(),
                 activation_checkpointing: cfg.raw.recurrence.activation_checkpointing,
                 eval_depths: cfg.raw.eval.depths.clone(),
                 seed: t.seed,
+            };
+            family.model.init(t.seed);
+            run(cfg, &family, device, resume, stop_signal, comm)
+        }
+        ModelConfig::Gpt(shape) => {
+            let family = GptFamily {
+                model: Gpt::new(shape.clone(), device, cfg.precision)?,
             };
             family.model.init(t.seed);
             run(cfg, &family, device, resume, stop_signal, comm)
@@ -251,10 +259,10 @@ impl<'a, F: Family> Trainer<'a, F> {
             consecutive_nonfinite: 0,
             tokens_seen: 0,
             model_sha256: model_sha256.clone(),
-            family: cfg.family,
+            family: cfg.model.family(),
         };
         if let Some(dir) = &from {
-            state = ckpt::load(dir, model, &mut opt, &model_sha256, cfg.family)?;
+            state = ckpt::load(dir, model, &mut opt, &model_sha256, cfg.model.family())?;
             loader
                 .load_state(&state.loader)
                 .with_context(|| format!("resuming the loader from {}", dir.display()))?;

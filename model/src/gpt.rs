@@ -1,0 +1,714 @@
+//! A plain decoder-only transformer in the Llama layout: the non-recurrent baseline.
+//!
+//! Pre-norm RMSNorm, rotate-half RoPE (`rope_theta`, Llama-3's `rope_scaling`), SwiGLU, grouped-query
+//! attention, tied or untied head; with `attention_bias` (Qwen2) and `norm = "post"` + `qk_norm`
+//! (OLMo-2) the same code reads those checkpoints. Parameter names are Hugging Face's
+//! (`model.layers.{i}.self_attn.q_proj.weight`, …), so the Llama export and import are the identity.
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::block::{attention, linear, rms_norm, Attend, Kv};
+use crate::flops::TrainFlops;
+use crate::huginn::{Input, Precision};
+use crate::loss::linear_cross_entropy;
+use crate::params::{FlatParams, Init, ParamSpec, Part};
+use crate::shim;
+
+/// Where a layer's two RMSNorms sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormPlacement {
+    /// x + Attn(norm(x)), x + MLP(norm(x)): Llama, Qwen2.
+    Pre,
+    /// x + norm(Attn(x)), x + norm(MLP(x)): OLMo-2.
+    Post,
+}
+
+/// Llama-3's frequency-dependent RoPE scaling (`rope_scaling` with `rope_type = "llama3"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: i64,
+}
+
+/// A resolved GPT shape (`[model] family = "gpt"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GptConfig {
+    pub name: String,
+    /// Width d (`hidden_size`).
+    pub n_embd: i64,
+    pub n_layers: i64,
+    /// Query heads; head dim = n_embd / n_heads.
+    pub n_heads: i64,
+    /// Key/value heads (`num_key_value_heads`): n_heads / n_kv_heads queries share each.
+    pub n_kv_heads: i64,
+    /// SwiGLU hidden size.
+    pub intermediate_size: i64,
+    pub vocab_size: i64,
+    /// Longest sequence (`max_position_embeddings`).
+    pub block_size: i64,
+    pub norm_eps: f64,
+    pub rope_theta: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+    /// The head is the embedding (`tie_word_embeddings`).
+    pub tie_embeddings: bool,
+    /// Biases on q, k and v (Qwen2).
+    pub attention_bias: bool,
+    pub norm: NormPlacement,
+    /// RMSNorm over the whole q and k projections before RoPE (OLMo-2).
+    pub qk_norm: bool,
+    /// σ of the normal init (`initializer_range`); the output projections take σ / sqrt(2·layers).
+    pub init_std: f64,
+}
+
+impl GptConfig {
+    pub fn head_dim(&self) -> i64 {
+        self.n_embd / self.n_heads
+    }
+
+    pub const PRESETS: [&'static str; 2] = ["gpt-micro", "gpt-tiny"];
+
+    pub fn preset(name: &str) -> Option<Self> {
+        let small = |name: &str, d, layers, heads, kv, i, v| GptConfig {
+            name: name.to_string(),
+            n_embd: d,
+            n_layers: layers,
+            n_heads: heads,
+            n_kv_heads: kv,
+            intermediate_size: i,
+            vocab_size: v,
+            block_size: 64,
+            norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            tie_embeddings: true,
+            attention_bias: false,
+            norm: NormPlacement::Pre,
+            qk_norm: false,
+            init_std: 0.02,
+        };
+        Some(match name {
+            "gpt-micro" => small(name, 64, 2, 4, 2, 256, 256),
+            "gpt-tiny" => small(name, 128, 4, 4, 2, 512, 512),
+            _ => return None,
+        })
+    }
+
+    /// The `[model]` table (without `family`): `preset` (if given) overridden key by key. Unknown
+    /// keys are refused by name, missing ones named.
+    pub fn from_table(mut table: toml::Table) -> Result<Self> {
+        let mut base = match table.remove("preset") {
+            Some(p) => {
+                let p = p.as_str().context("model.preset must be a string")?;
+                let cfg = Self::preset(p).with_context(|| {
+                    format!(
+                        "model.preset = \"{p}\" is not one of {} (family gpt)",
+                        Self::PRESETS.join(", ")
+                    )
+                })?;
+                toml::Table::try_from(&cfg).expect("a preset serialises")
+            }
+            None => toml::Table::new(),
+        };
+        base.entry("name").or_insert_with(|| "custom".into());
+        base.extend(table);
+        let cfg: GptConfig = toml::Value::Table(base)
+            .try_into()
+            .context("reading [model] (family gpt)")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The TOML form written into checkpoints: `[model]` with the family and every field.
+    pub fn to_toml(&self) -> String {
+        let mut model = toml::Table::try_from(self).expect("a resolved config serialises");
+        model.insert("family".into(), "gpt".into());
+        let mut doc = toml::Table::new();
+        doc.insert("model".into(), model.into());
+        toml::to_string(&doc).expect("a table serialises")
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        for (key, v) in [
+            ("n_embd", self.n_embd),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("n_kv_heads", self.n_kv_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("vocab_size", self.vocab_size),
+            ("block_size", self.block_size),
+        ] {
+            ensure!(v > 0, "model.{key} = {v}: must be positive");
+        }
+        ensure!(
+            self.n_embd % self.n_heads == 0,
+            "model.n_embd = {} is not divisible by model.n_heads = {}",
+            self.n_embd,
+            self.n_heads
+        );
+        ensure!(
+            self.n_heads % self.n_kv_heads == 0,
+            "model.n_heads = {} is not a multiple of model.n_kv_heads = {}",
+            self.n_heads,
+            self.n_kv_heads
+        );
+        ensure!(
+            self.head_dim() % 2 == 0,
+            "head dim n_embd / n_heads = {} must be even for RoPE",
+            self.head_dim()
+        );
+        ensure!(
+            self.norm_eps > 0.0 && self.norm_eps.is_finite(),
+            "model.norm_eps = {}: must be a positive number",
+            self.norm_eps
+        );
+        ensure!(
+            self.rope_theta > 1.0 && self.rope_theta.is_finite(),
+            "model.rope_theta = {}: must be > 1",
+            self.rope_theta
+        );
+        ensure!(
+            self.init_std > 0.0 && self.init_std.is_finite(),
+            "model.init_std = {}: must be positive",
+            self.init_std
+        );
+        if let Some(s) = &self.rope_scaling {
+            ensure!(
+                s.factor >= 1.0
+                    && s.low_freq_factor > 0.0
+                    && s.high_freq_factor > s.low_freq_factor
+                    && s.original_max_position_embeddings > 0,
+                "model.rope_scaling: need factor >= 1, 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0"
+            );
+        }
+        Ok(())
+    }
+
+    /// Matmul parameters of one layer.
+    fn layer_matmul_params(&self) -> f64 {
+        let (d, hd, i) = (
+            self.n_embd as f64,
+            self.head_dim() as f64,
+            self.intermediate_size as f64,
+        );
+        let (h, kv) = (self.n_heads as f64, self.n_kv_heads as f64);
+        2.0 * d * h * hd + 2.0 * d * kv * hd + 3.0 * d * i
+    }
+
+    /// Training FLOPs per token: 6·N (matmuls and the head) + 12·T·d per layer of attention,
+    /// counted full T×T like Huginn's ([`crate::flops`]).
+    pub fn train_flops_per_token(&self, seq_len: i64) -> TrainFlops {
+        let (l, d, t) = (self.n_layers as f64, self.n_embd as f64, seq_len as f64);
+        let n = l * self.layer_matmul_params() + self.vocab_size as f64 * d;
+        let model = 6.0 * n + 12.0 * t * d * l;
+        TrainFlops {
+            model,
+            hardware: model,
+        }
+    }
+
+    pub fn inference_flops_per_token(&self, seq_len: i64) -> f64 {
+        self.train_flops_per_token(seq_len).model / 3.0
+    }
+}
+
+/// The names of layer i's parameters.
+pub struct LayerNames {
+    pub attn_norm: String,
+    pub mlp_norm: String,
+    pub q: String,
+    pub k: String,
+    pub v: String,
+    pub o: String,
+    pub q_norm: String,
+    pub k_norm: String,
+    pub gate: String,
+    pub up: String,
+    pub down: String,
+}
+
+impl LayerNames {
+    pub fn new(cfg: &GptConfig, i: i64) -> Self {
+        let p = format!("model.layers.{i}");
+        // OLMo-2 names its norms after what they follow; Llama after what they precede.
+        let (attn_norm, mlp_norm) = match cfg.norm {
+            NormPlacement::Pre => ("input_layernorm", "post_attention_layernorm"),
+            NormPlacement::Post => ("post_attention_layernorm", "post_feedforward_layernorm"),
+        };
+        LayerNames {
+            attn_norm: format!("{p}.{attn_norm}.weight"),
+            mlp_norm: format!("{p}.{mlp_norm}.weight"),
+            q: format!("{p}.self_attn.q_proj"),
+            k: format!("{p}.self_attn.k_proj"),
+            v: format!("{p}.self_attn.v_proj"),
+            o: format!("{p}.self_attn.o_proj.weight"),
+            q_norm: format!("{p}.self_attn.q_norm.weight"),
+            k_norm: format!("{p}.self_attn.k_norm.weight"),
+            gate: format!("{p}.mlp.gate_proj.weight"),
+            up: format!("{p}.mlp.up_proj.weight"),
+            down: format!("{p}.mlp.down_proj.weight"),
+        }
+    }
+}
+
+pub const EMBED: &str = "model.embed_tokens.weight";
+pub const NORM: &str = "model.norm.weight";
+pub const LM_HEAD: &str = "lm_head.weight";
+
+/// Every parameter, in a fixed order: embedding, layers, final norm, untied head.
+pub fn param_specs(cfg: &GptConfig) -> Vec<ParamSpec> {
+    let (d, hd, i, v) = (
+        cfg.n_embd,
+        cfg.head_dim(),
+        cfg.intermediate_size,
+        cfg.vocab_size,
+    );
+    let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+    let std = Init::TruncNormal { std: cfg.init_std };
+    let out = Init::TruncNormal {
+        std: cfg.init_std / (2.0 * cfg.n_layers as f64).sqrt(),
+    };
+    let spec = |name: String, shape: Vec<i64>, part, init| ParamSpec {
+        name,
+        shape,
+        part,
+        init,
+    };
+    let mut specs = vec![spec(EMBED.into(), vec![v, d], Part::Embedding, std)];
+    for l in 0..cfg.n_layers {
+        let n = LayerNames::new(cfg, l);
+        let layer = Part::Layers;
+        specs.push(spec(n.attn_norm, vec![d], layer, Init::Ones));
+        for (name, rows) in [(&n.q, q_dim), (&n.k, kv_dim), (&n.v, kv_dim)] {
+            specs.push(spec(format!("{name}.weight"), vec![rows, d], layer, std));
+            if cfg.attention_bias {
+                specs.push(spec(format!("{name}.bias"), vec![rows], layer, Init::Zeros));
+            }
+        }
+        if cfg.qk_norm {
+            specs.push(spec(n.q_norm, vec![q_dim], layer, Init::Ones));
+            specs.push(spec(n.k_norm, vec![kv_dim], layer, Init::Ones));
+        }
+        specs.push(spec(n.o, vec![d, q_dim], layer, out));
+        specs.push(spec(n.mlp_norm, vec![d], layer, Init::Ones));
+        specs.push(spec(n.gate, vec![i, d], layer, std));
+        specs.push(spec(n.up, vec![i, d], layer, std));
+        specs.push(spec(n.down, vec![d, i], layer, out));
+    }
+    specs.push(spec(NORM.into(), vec![d], Part::FinalNorm, Init::Ones));
+    if !cfg.tie_embeddings {
+        specs.push(spec(LM_HEAD.into(), vec![v, d], Part::Head, std));
+    }
+    specs
+}
+
+/// Rotate-half RoPE (Hugging Face's `apply_rotary_pos_emb`): the pairs are (x[j], x[j + hd/2]).
+/// cos and sin [block_size, hd], fp32, computed as `LlamaRotaryEmbedding` does.
+pub struct RotaryHalf {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RotaryHalf {
+    pub fn new(cfg: &GptConfig, device: Device) -> Self {
+        let hd = cfg.head_dim();
+        let cpu = (Kind::Float, Device::Cpu);
+        let exponents = Tensor::arange_start_step(0, hd, 2, cpu) / hd as f64;
+        let mut inv_freq = Tensor::pow_scalar(cfg.rope_theta, &exponents).reciprocal();
+        if let Some(s) = &cfg.rope_scaling {
+            // transformers' `_compute_llama3_parameters`: long wavelengths slow down by `factor`,
+            // short ones stay, those between blend smoothly.
+            let old = s.original_max_position_embeddings as f64;
+            let (low_wavelen, high_wavelen) = (old / s.low_freq_factor, old / s.high_freq_factor);
+            let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
+            let scaled = inv_freq.where_self(&wavelen.le(low_wavelen), &(&inv_freq / s.factor));
+            let smooth = ((wavelen.reciprocal() * old) - s.low_freq_factor)
+                / (s.high_freq_factor - s.low_freq_factor);
+            let smoothed: Tensor = (1.0 - &smooth) * &scaled / s.factor + &smooth * &scaled;
+            let medium = wavelen
+                .ge(high_wavelen)
+                .logical_and(&wavelen.le(low_wavelen));
+            inv_freq = smoothed.where_self(&medium, &scaled);
+        }
+        let t = Tensor::arange(cfg.block_size, cpu);
+        let freqs = t.outer(&inv_freq); // [T, hd/2]
+        let emb = Tensor::cat(&[&freqs, &freqs], -1); // [T, hd]
+        RotaryHalf {
+            cos: emb.cos().to_device(device),
+            sin: emb.sin().to_device(device),
+        }
+    }
+
+    /// x [B, T, H, hd] at `positions` → rotated, in fp32, returned in x's dtype.
+    pub fn apply(&self, x: &Tensor, positions: &crate::block::Positions) -> Result<Tensor> {
+        let (b, t, _, hd) = x.size4()?;
+        let cos = positions.rows(&self.cos, b, t)?;
+        let sin = positions.rows(&self.sin, b, t)?;
+        let rows = if cos.dim() == 3 { b } else { 1 };
+        let (cos, sin) = (cos.view([rows, t, 1, hd]), sin.view([rows, t, 1, hd]));
+        let xf = x.to_kind(Kind::Float);
+        let halves = xf.chunk(2, -1);
+        let rotated = Tensor::cat(&[-&halves[1], halves[0].shallow_clone()], -1);
+        Ok((xf * cos + rotated * sin).to_kind(x.kind()))
+    }
+}
+
+/// One layer's weights for a forward pass (matmul weights in the compute dtype).
+struct Layer {
+    attn_norm: Tensor,
+    mlp_norm: Tensor,
+    /// (weight, bias) of q, k and v.
+    qkv: [(Tensor, Option<Tensor>); 3],
+    qk_norm: Option<[Tensor; 2]>,
+    o: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+/// The weights of one forward pass.
+struct Weights {
+    embed: Tensor,
+    /// The head in the compute dtype (the embedding's cast when tied).
+    head: Tensor,
+    /// The fp32 leaf whose `.grad` the head's gradient goes into.
+    head_leaf: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+}
+
+/// Logits and what the head reads.
+pub struct GptForward {
+    /// [B, T, V], fp32.
+    pub logits: Tensor,
+    /// The final norm's output, [B, T, d].
+    pub hidden: Tensor,
+}
+
+pub struct Gpt {
+    cfg: GptConfig,
+    params: FlatParams,
+    rope: RotaryHalf,
+    precision: Precision,
+}
+
+impl Gpt {
+    /// Allocates a model with zero weights; call [`Gpt::init`] or load a checkpoint.
+    pub fn new(cfg: GptConfig, device: Device, precision: Precision) -> Result<Self> {
+        cfg.validate()?;
+        Ok(Gpt {
+            params: FlatParams::zeros(param_specs(&cfg), device),
+            rope: RotaryHalf::new(&cfg, device),
+            cfg,
+            precision,
+        })
+    }
+
+    pub fn init(&self, seed: u64) {
+        self.params.init(seed);
+    }
+
+    pub fn config(&self) -> &GptConfig {
+        &self.cfg
+    }
+
+    pub fn params(&self) -> &FlatParams {
+        &self.params
+    }
+
+    pub fn device(&self) -> Device {
+        self.params.device()
+    }
+
+    fn weights(&self) -> Result<Weights> {
+        let compute = match self.precision {
+            Precision::F32 => Kind::Float,
+            Precision::Bf16Mixed => Kind::BFloat16,
+        };
+        let mut by_name: std::collections::HashMap<String, Tensor> = self
+            .params
+            .views()
+            .into_iter()
+            .map(|(n, t)| (n.to_string(), t))
+            .collect();
+        let mut take = |name: &str| {
+            by_name
+                .remove(name)
+                .with_context(|| format!("no parameter `{name}` (a bug in the GPT spec)"))
+        };
+        let embed = take(EMBED)?;
+        let mut layers = Vec::new();
+        for l in 0..self.cfg.n_layers {
+            let n = LayerNames::new(&self.cfg, l);
+            let mut proj = |name: &str| -> Result<(Tensor, Option<Tensor>)> {
+                let w = take(&format!("{name}.weight"))?.to_kind(compute);
+                let b = match self.cfg.attention_bias {
+                    true => Some(take(&format!("{name}.bias"))?),
+                    false => None,
+                };
+                Ok((w, b))
+            };
+            let qkv = [proj(&n.q)?, proj(&n.k)?, proj(&n.v)?];
+            let qk_norm = match self.cfg.qk_norm {
+                true => Some([take(&n.q_norm)?, take(&n.k_norm)?]),
+                false => None,
+            };
+            layers.push(Layer {
+                attn_norm: take(&n.attn_norm)?,
+                mlp_norm: take(&n.mlp_norm)?,
+                qkv,
+                qk_norm,
+                o: take(&n.o)?.to_kind(compute),
+                gate: take(&n.gate)?.to_kind(compute),
+                up: take(&n.up)?.to_kind(compute),
+                down: take(&n.down)?.to_kind(compute),
+            });
+        }
+        let head_leaf = match self.cfg.tie_embeddings {
+            true => embed.shallow_clone(),
+            false => take(LM_HEAD)?,
+        };
+        Ok(Weights {
+            head: head_leaf.to_kind(compute),
+            head_leaf,
+            embed,
+            layers,
+            norm: take(NORM)?,
+        })
+    }
+
+    /// The hidden state after the final norm, [B, T, d], and each layer's new keys and values.
+    fn hidden(
+        &self,
+        w: &Weights,
+        input: Input,
+        attend: &Attend,
+        mut cache: Option<&mut Vec<Kv>>,
+    ) -> Result<Tensor> {
+        let mut x = match input {
+            Input::Ids(ids) => {
+                ensure!(
+                    ids.dim() == 2,
+                    "token ids have shape {:?}, expected [B, T]",
+                    ids.size()
+                );
+                Tensor::embedding(&w.embed, ids, -1, false, false)
+            }
+            Input::Embeds(e) => {
+                let d = self.cfg.n_embd;
+                ensure!(
+                    e.dim() == 3 && e.size()[2] == d,
+                    "input embeddings have shape {:?}, expected [B, T, {d}]",
+                    e.size()
+                );
+                e.to_kind(Kind::Float)
+            }
+        };
+        for (l, layer) in w.layers.iter().enumerate() {
+            let past = cache.as_deref().and_then(|c| c.get(l));
+            let (y, new) = self.layer(layer, &x, attend, past)?;
+            if let Some(cache) = cache.as_deref_mut() {
+                match cache.get_mut(l) {
+                    Some(slot) => *slot = slot.cat(&new),
+                    None => cache.push(new),
+                }
+            }
+            x = y;
+        }
+        Ok(rms_norm(&x, &w.norm, self.cfg.norm_eps))
+    }
+
+    /// x [B, T, d] → [B, T, d] and the new tokens' keys and values.
+    fn layer(
+        &self,
+        w: &Layer,
+        x: &Tensor,
+        attend: &Attend,
+        past: Option<&Kv>,
+    ) -> Result<(Tensor, Kv)> {
+        let eps = self.cfg.norm_eps;
+        Ok(match self.cfg.norm {
+            NormPlacement::Pre => {
+                let (a, kv) = self.attention(w, &rms_norm(x, &w.attn_norm, eps), attend, past)?;
+                let x = a + x;
+                let m = self.mlp(w, &rms_norm(&x, &w.mlp_norm, eps));
+                (m + x, kv)
+            }
+            NormPlacement::Post => {
+                let (a, kv) = self.attention(w, x, attend, past)?;
+                let x = rms_norm(&a, &w.attn_norm, eps) + x;
+                let m = rms_norm(&self.mlp(w, &x), &w.mlp_norm, eps);
+                (m + x, kv)
+            }
+        })
+    }
+
+    fn attention(
+        &self,
+        w: &Layer,
+        x: &Tensor,
+        attend: &Attend,
+        past: Option<&Kv>,
+    ) -> Result<(Tensor, Kv)> {
+        let (b, t, d) = x.size3()?;
+        let (h, kv_h, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim());
+        let [q, k, v] = w.qkv.each_ref().map(|(weight, bias)| {
+            let y = linear(x, weight);
+            match bias {
+                Some(bias) => (y + bias).to_kind(weight.kind()),
+                None => y,
+            }
+        });
+        let (q, k) = match &w.qk_norm {
+            Some([qn, kn]) => {
+                let eps = self.cfg.norm_eps;
+                let kind = q.kind();
+                (
+                    rms_norm(&q, qn, eps).to_kind(kind),
+                    rms_norm(&k, kn, eps).to_kind(kind),
+                )
+            }
+            None => (q, k),
+        };
+        let heads = |y: &Tensor, n: i64| y.view([b, t, n, hd]);
+        let q = self
+            .rope
+            .apply(&heads(&q, h), &attend.positions)?
+            .transpose(1, 2);
+        let new = Kv {
+            k: self
+                .rope
+                .apply(&heads(&k, kv_h), &attend.positions)?
+                .transpose(1, 2),
+            v: heads(&v, kv_h).transpose(1, 2),
+        };
+        let all = match past {
+            Some(past) if !past.is_empty() => past.cat(&new),
+            _ => new.shallow_clone(),
+        };
+        // Grouped-query attention: each key/value head serves h / kv_h consecutive query heads
+        // (transformers' `repeat_kv`).
+        let rep = h / kv_h;
+        let (k_all, v_all) = match rep {
+            1 => (all.k.shallow_clone(), all.v.shallow_clone()),
+            _ => (
+                all.k.repeat_interleave_self_int(rep, 1, None),
+                all.v.repeat_interleave_self_int(rep, 1, None),
+            ),
+        };
+        let y = attention(&q, &k_all, &v_all, attend)?; // [B, H, T, hd]
+        let y = y.transpose(1, 2).reshape([b, t, h * hd]);
+        let _ = d;
+        Ok((linear(&y, &w.o), new))
+    }
+
+    fn mlp(&self, w: &Layer, x: &Tensor) -> Tensor {
+        linear(&(linear(x, &w.gate).silu() * linear(x, &w.up)), &w.down)
+    }
+
+    /// Logits [B, T, V] (fp32) of ids [B, T] under causal attention.
+    pub fn forward(&self, ids: &Tensor) -> Result<GptForward> {
+        self.forward_with(Input::Ids(ids), &Attend::causal())
+    }
+
+    /// [`Gpt::forward`] from ids or embeddings [B, T, d], with explicit positions and masks.
+    pub fn forward_with(&self, input: Input, attend: &Attend) -> Result<GptForward> {
+        let w = self.weights()?;
+        let hidden = self.hidden(&w, input, attend, None)?;
+        Ok(GptForward {
+            logits: linear(&hidden, &w.head).to_kind(Kind::Float),
+            hidden,
+        })
+    }
+
+    /// Forward, L = scale · Σ cross-entropy over the targets that count, and backward of L into
+    /// the flat gradient (the head's part fused with the loss, as Huginn's). Returns the detached L.
+    pub fn loss_backward_scaled(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let w = self.weights()?;
+        let h = self.hidden(&w, Input::Ids(ids), &Attend::causal(), None)?;
+        let (b, t, d) = h.size3()?;
+        ensure!(
+            targets.size() == [b, t],
+            "targets have shape {:?}, expected [{b}, {t}]",
+            targets.size()
+        );
+        let (loss, grad_h) = tch::no_grad(|| {
+            let x = h.detach().reshape([b * t, d]).to_kind(w.head.kind());
+            linear_cross_entropy(
+                &x,
+                &w.head,
+                &targets.reshape([b * t]),
+                &w.head_leaf.grad(),
+                scale,
+            )
+        })?;
+        shim::backward(&h, &grad_h.to_kind(h.kind()).view([b, t, d]))?;
+        Ok(loss)
+    }
+
+    /// (Σ cross-entropy, targets counted) of one batch, without a graph.
+    pub fn val_loss_sums(&self, ids: &Tensor, targets: &Tensor) -> Result<(f64, f64)> {
+        let (sum, count) = tch::no_grad(|| -> Result<_> {
+            crate::loss::cross_entropy_sum(&self.forward(ids)?.logits, targets)
+        })?;
+        Ok((sum.double_value(&[]), count.int64_value(&[]) as f64))
+    }
+
+    /// Greedy or sampled decoding of up to `max_tokens` after `prompt`, behind a KV cache (one
+    /// [`Kv`] per layer). Stops at `stop_token` or when the sequence fills `block_size`.
+    pub fn generate(
+        &self,
+        prompt: &[i64],
+        max_tokens: usize,
+        sampling: &crate::decode::Sampling,
+        stop_token: Option<i64>,
+    ) -> Result<Vec<i64>> {
+        ensure!(!prompt.is_empty(), "the prompt has no tokens");
+        if prompt.len() as i64 > self.cfg.block_size {
+            bail!(
+                "the prompt has {} tokens, more than block_size {}",
+                prompt.len(),
+                self.cfg.block_size
+            );
+        }
+        tch::no_grad(|| {
+            let w = self.weights()?;
+            let mut cache = Vec::new();
+            let (mut past, mut chunk, mut out) = (0i64, prompt.to_vec(), Vec::new());
+            loop {
+                let ids = Tensor::from_slice(&chunk)
+                    .view([1, -1])
+                    .to_device(self.device());
+                let h = self.hidden(
+                    &w,
+                    Input::Ids(&ids),
+                    &Attend::causal_from(past),
+                    Some(&mut cache),
+                )?;
+                past += chunk.len() as i64;
+                let last = linear(&h.get(0).get(-1), &w.head).to_kind(Kind::Float);
+                let next = sampling.sample(&last)?;
+                out.push(next);
+                if out.len() >= max_tokens
+                    || Some(next) == stop_token
+                    || past >= self.cfg.block_size
+                {
+                    return Ok(out);
+                }
+                chunk = vec![next];
+            }
+        })
+    }
+}

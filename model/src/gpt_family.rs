@@ -1,0 +1,86 @@
+//! The plain GPT as a trainable [`Family`]: no per-step plan, one backward, one validation loss.
+
+use std::ops::Range;
+use std::path::Path;
+
+use anyhow::Result;
+use tch::Tensor;
+
+use crate::checkpoint::{self, TensorFiles};
+use crate::family::{Family, Fields, GradEvent, MicroBatch};
+use crate::flops::TrainFlops;
+use crate::gpt::Gpt;
+use crate::params::FlatParams;
+
+pub struct GptFamily {
+    pub model: Gpt,
+}
+
+impl Family for GptFamily {
+    type Plan = ();
+
+    fn params(&self) -> &FlatParams {
+        self.model.params()
+    }
+
+    fn config_toml(&self) -> String {
+        self.model.config().to_toml()
+    }
+
+    fn vocab_size(&self) -> i64 {
+        self.model.config().vocab_size
+    }
+
+    fn block_size(&self) -> i64 {
+        self.model.config().block_size
+    }
+
+    /// One region: a single backward call finishes every gradient at once.
+    fn grad_regions(&self) -> Vec<Range<i64>> {
+        vec![0..self.model.params().numel()]
+    }
+
+    fn plan(&self, _step: u64) {}
+
+    fn plan_fields(&self, _plan: ()) -> (Fields, String) {
+        (Vec::new(), String::new())
+    }
+
+    fn micro_step(
+        &self,
+        batch: &MicroBatch,
+        _plan: (),
+        on_grad: &mut dyn FnMut(GradEvent),
+    ) -> Result<Tensor> {
+        let loss = self
+            .model
+            .loss_backward_scaled(batch.inputs, batch.targets, batch.scale)?;
+        on_grad(GradEvent::Final(0));
+        Ok(loss)
+    }
+
+    fn flops(&self, _plan: (), seq_len: i64) -> TrainFlops {
+        self.model.config().train_flops_per_token(seq_len)
+    }
+
+    fn telemetry(&self, _inputs: &Tensor, _plan: ()) -> Result<Fields> {
+        Ok(Vec::new())
+    }
+
+    fn val_metrics(&self) -> Vec<String> {
+        vec!["val_loss".to_string()]
+    }
+
+    fn validate(&self, _index: u64, inputs: &Tensor, targets: &Tensor) -> Result<Vec<(f64, f64)>> {
+        Ok(vec![self.model.val_loss_sums(inputs, targets)?])
+    }
+
+    fn save_model(&self, dir: &Path) -> Result<()> {
+        checkpoint::write_model_files(&self.model, dir)
+    }
+
+    fn load_model(&self, dir: &Path) -> Result<()> {
+        let files = TensorFiles::open(&[dir.join(checkpoint::MODEL_FILE)])?;
+        checkpoint::load_weights(&self.model, &files, str::to_string, &[])
+    }
+}

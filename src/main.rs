@@ -349,6 +349,9 @@ fn gpt_info(cfg: &GptConfig, seq_len: Option<i64>) -> Result<()> {
     );
     println!("parameters");
     for part in Part::GPT {
+        if part == Part::Head && cfg.tie_embeddings {
+            continue;
+        }
         let label = match part {
             Part::FinalNorm => "model.norm",
             Part::Embedding if !cfg.tie_embeddings => "embedding",

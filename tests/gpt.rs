@@ -154,7 +154,7 @@ fn gpt_trains_resumes_exactly_evaluates_and_generates() {
     );
     let gpt_row = out.lines().find(|l| l.starts_with("full")).unwrap();
     assert!(
-        gpt_row.contains(" gpt ") && gpt_row.contains(" - "),
+        gpt_row.trim_end().ends_with(" gpt") && gpt_row.split_whitespace().nth(1) == Some("-"),
         "{out}"
     );
     assert!(out.contains(&format!("{logged:.4}")), "{out}");

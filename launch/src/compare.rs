@@ -179,7 +179,6 @@ pub fn table(runs: &[RunSummary]) -> String {
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "-".into());
     let mut rows = vec![vec![
         "run".to_string(),
-        "family".into(),
         "k".into(),
         "r̄".into(),
         "steps".into(),
@@ -190,6 +189,7 @@ pub fn table(runs: &[RunSummary]) -> String {
         "MFU".into(),
         "peak GiB".into(),
         "GFLOP/tok".into(),
+        "family".into(),
     ]];
     for r in runs {
         let d = r.headline_depth();
@@ -197,7 +197,6 @@ pub fn table(runs: &[RunSummary]) -> String {
         let int = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
         rows.push(vec![
             r.name.clone(),
-            r.family.clone(),
             int(r.k),
             int(r.mean_recurrence),
             r.steps.to_string(),
@@ -208,6 +207,7 @@ pub fn table(runs: &[RunSummary]) -> String {
             opt(r.mfu, &|v| format!("{:.1}%", v * 100.0)),
             opt(r.peak_mem_gib, &|v| format!("{v:.2}")),
             opt(r.flops_per_token, &|v| format!("{:.3}", v / 1e9)),
+            r.family.clone(),
         ]);
     }
     let mut out = render(&rows);

@@ -9,7 +9,7 @@ use muninn_data::{atomic, loader, TokenDataset, TokenizerInfo};
 use muninn_model::decode::{self, Budget, GenerateOptions, Generation, Sampling, Start};
 use muninn_model::gpt_family::GptFamily;
 use muninn_model::{checkpoint, latents, ExitCriterion, Model, Precision};
-use muninn_trainer::config::RunConfig;
+use muninn_trainer::config::RawRunConfig;
 use muninn_trainer::eval::{depth_losses, validate, ValBatch};
 use serde_json::json;
 use tch::{Kind, Tensor};
@@ -91,7 +91,7 @@ pub struct PromptArgs {
     /// Text; encoded as <|begin_text|> followed by the text.
     #[arg(long)]
     prompt: String,
-    /// tokenizer.json [default: the tokenizer of the run that wrote the checkpoint].
+    /// tokenizer.json [default: the checkpoint's own, else the one of the run that wrote it].
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Where each token's recurrence starts.
@@ -158,13 +158,14 @@ pub struct LatentsArgs {
     on: RunOn,
 }
 
-/// The run that wrote a checkpoint at `RUN/checkpoints/step-N/`, from its resolved `config.toml`.
-fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RunConfig)>> {
+/// The run that wrote a checkpoint at `RUN/checkpoints/step-N/`, from its frozen `config.toml`
+/// (parsed, not checked against this machine: its data may be elsewhere).
+fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RawRunConfig)>> {
     let Some(run_dir) = muninn_trainer::ckpt::run_of(checkpoint) else {
         return Ok(None);
     };
     let path = run_dir.join("config.toml");
-    let cfg = RunConfig::load(&path, &[]).with_context(|| {
+    let cfg = RawRunConfig::parse_file(&path).with_context(|| {
         format!(
             "reading {}, the config of the run that wrote {}",
             path.display(),
@@ -192,7 +193,12 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let run = run_of(&a.checkpoint)?;
     let data = match (&a.data, &run) {
         (Some(d), _) => d.clone(),
-        (None, Some((_, rc))) => rc.raw.data.dir.clone(),
+        (None, Some((_, rc))) if !rc.data.dir.is_dir() => bail!(
+            "the run that wrote {} read its data from {}, which is not here: pass --data DIR",
+            a.checkpoint.display(),
+            rc.data.dir.display()
+        ),
+        (None, Some((_, rc))) => rc.data.dir.clone(),
         (None, None) => bail!(
             "{} is not inside a run directory (RUN/checkpoints/step-N with RUN/config.toml): pass --data DIR",
             a.checkpoint.display()
@@ -216,11 +222,11 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     );
     let max_rows = a
         .max_rows
-        .or(run.as_ref().map(|(_, rc)| rc.raw.eval.max_rows))
+        .or(run.as_ref().map(|(_, rc)| rc.eval.max_rows))
         .unwrap_or(256);
     let seed = a
         .seed
-        .or(run.as_ref().map(|(_, rc)| rc.raw.train.seed))
+        .or(run.as_ref().map(|(_, rc)| rc.train.seed))
         .unwrap_or(0);
     let out = match (&a.out, &run) {
         (Some(o), _) => o.clone(),
@@ -235,7 +241,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 
     let batch_size = a
         .batch_size
-        .or(run.as_ref().map(|(_, rc)| rc.raw.train.micro_batch_size))
+        .or(run.as_ref().map(|(_, rc)| rc.train.micro_batch_size))
         .unwrap_or(8);
     ensure!(batch_size >= 1, "--batch-size must be at least 1");
     ensure!(max_rows >= 1, "--max-rows must be at least 1");
@@ -370,19 +376,36 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// The tokenizer a checkpoint carries (`tokenizer.json`, copied in by training), else the one
+/// its run recorded.
+pub fn checkpoint_tokenizer(checkpoint: &Path) -> Result<PathBuf> {
+    let own = checkpoint.join(muninn_trainer::ckpt::TOKENIZER_FILE);
+    if own.is_file() {
+        return Ok(own);
+    }
+    match run_of(checkpoint)? {
+        Some((_, rc)) if rc.data.tokenizer.is_file() => Ok(rc.data.tokenizer),
+        Some((_, rc)) => bail!(
+            "{} has no tokenizer.json, and its run's tokenizer {} is not here: pass --tokenizer FILE",
+            checkpoint.display(),
+            rc.data.tokenizer.display()
+        ),
+        None => bail!(
+            "{} has no tokenizer.json and is not inside a run directory: pass --tokenizer FILE",
+            checkpoint.display()
+        ),
+    }
+}
+
 /// The model, tokenizer and prompt ids of `generate` and `latents`.
 fn prompt_ids(
     p: &PromptArgs,
     checkpoint: &Path,
     shape: &muninn_model::ModelConfig,
 ) -> Result<(TokenizerInfo, Vec<i64>)> {
-    let path = match (&p.tokenizer, run_of(checkpoint)?) {
-        (Some(t), _) => t.clone(),
-        (None, Some((_, rc))) => rc.raw.data.tokenizer.clone(),
-        (None, None) => bail!(
-            "{} is not inside a run directory: pass --tokenizer FILE",
-            checkpoint.display()
-        ),
+    let path = match &p.tokenizer {
+        Some(t) => t.clone(),
+        None => checkpoint_tokenizer(checkpoint)?,
     };
     let tok = TokenizerInfo::load(&path)?;
     ensure!(

@@ -140,10 +140,10 @@ struct ForwardArgs {
         conflicts_with = "text"
     )]
     tokens: Vec<i64>,
-    /// Text to encode with --tokenizer (wrapped as <|begin_text|> text), instead of --tokens.
-    #[arg(long, requires = "tokenizer")]
+    /// Text to encode (wrapped as <|begin_text|> text), instead of --tokens.
+    #[arg(long)]
     text: Option<String>,
-    /// tokenizer.json for --text.
+    /// tokenizer.json for --text [default: the checkpoint's own, else its run's].
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Recurrent iterations r [default: the checkpoint's mean_recurrence]; Huginn only.
@@ -462,7 +462,11 @@ fn forward(a: ForwardArgs) -> Result<()> {
     let vocab = model.config().vocab_size();
     let tokens = match (&a.text, &a.tokenizer) {
         (Some(text), Some(path)) => muninn_data::TokenizerInfo::load(path)?.encode_prompt(text)?,
-        _ => a.tokens.clone(),
+        (Some(text), None) => {
+            let path = eval_cmd::checkpoint_tokenizer(&a.checkpoint)?;
+            muninn_data::TokenizerInfo::load(&path)?.encode_prompt(text)?
+        }
+        (None, _) => a.tokens.clone(),
     };
     ensure!(
         !tokens.is_empty(),

@@ -577,3 +577,47 @@ timeout_s = 120
         "{one}"
     );
 }
+
+/// A save slower than `dist.timeout_s` (a slow filesystem, injected) does not end a healthy job:
+/// the ranks wait for it under `checkpoint.timeout_s`; with that bound shorter than the save, the
+/// job ends naming the checkpoint.
+#[test]
+fn a_slow_save_waits_under_the_checkpoint_timeout() {
+    let Some((_one_at_a_time, dir)) = mpi_test() else {
+        return;
+    };
+    let p = dir.path();
+    let cfg = write_config(p);
+    let run = |name: &str, ckpt_timeout: &str| {
+        mpirun(
+            2,
+            &[
+                "train",
+                cfg,
+                "--set",
+                &format!("run.name={name}"),
+                "--set",
+                "train.max_steps=2",
+                "--set",
+                "dist.timeout_s=1",
+                "--set",
+                &format!("checkpoint.timeout_s={ckpt_timeout}"),
+            ],
+            p,
+        )
+        .env(muninn_trainer::ckpt::SAVE_DELAY_ENV, "3000")
+        .output()
+        .unwrap()
+    };
+    let ok = run("patient", "60");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(ckpt(p, "patient", 2).join("model.safetensors").is_file());
+    let short = run("hasty", "1");
+    assert!(!short.status.success());
+    let err = String::from_utf8_lossy(&short.stderr);
+    assert!(err.contains("checkpoint"), "{err}");
+}

@@ -158,6 +158,7 @@ fn gpt_trains_resumes_exactly_evaluates_and_generates() {
         "{out}"
     );
     assert!(out.contains(&format!("{logged:.4}")), "{out}");
+    assert!(out.contains("host GiB") && out.contains("GPU GiB"), "{out}");
     assert_series_drawn(&p.join("cmp.png"), 3);
 }
 

@@ -6,6 +6,28 @@ use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 
+/// The name prefix of [`write_new_dir`]'s temporary directories: `.muninn-tmp-HOST-PID-XXXXXX`.
+pub const TMP_PREFIX: &str = ".muninn-tmp-";
+
+/// This machine's host name (`-` and dots kept; empty when unknown).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().replace('/', "_"))
+        .unwrap_or_default()
+}
+
+/// Who wrote a temporary directory of [`write_new_dir`]: (host, pid), or None for a name of
+/// another form (e.g. an older Muninn's `.muninn-tmp-XXXXXX`).
+pub fn tmp_owner(name: &str) -> Option<(String, u32)> {
+    let rest = name.strip_prefix(TMP_PREFIX)?;
+    // HOST-PID-RANDOM; the host may itself contain dashes.
+    let mut parts = rest.rsplitn(3, '-');
+    let (_random, pid, host) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((host.to_string(), pid.parse().ok()?))
+}
+
+/// Writes the new directory `out` through `fill(tmp)` on a temporary sibling, renamed into place
+/// once complete; an existing `out` is refused.
 pub fn write_new_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     ensure!(
         !out.exists(),
@@ -17,9 +39,11 @@ pub fn write_new_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Resu
         None => Path::new("."),
     };
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    // Removed on drop, so an error in `fill` cleans up after itself.
+    // Removed on drop, so an error in `fill` cleans up after itself. The name says who writes it
+    // (host and process), so that a later run can tell a dead writer's leftovers from a live one's.
+    let prefix = format!("{TMP_PREFIX}{}-{}-", host_name(), std::process::id());
     let tmp = tempfile::Builder::new()
-        .prefix(".muninn-tmp-")
+        .prefix(&prefix)
         .tempdir_in(parent)
         .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
     fill(tmp.path())?;

@@ -31,8 +31,10 @@ pub struct RunSummary {
     /// Median over the logged windows after the first (start-up is not throughput).
     pub tokens_per_s: Option<f64>,
     pub mfu: Option<f64>,
-    /// Largest peak memory logged, GiB.
+    /// Largest peak host memory (RSS) logged, GiB.
     pub peak_mem_gib: Option<f64>,
+    /// Largest peak GPU memory reserved by libtorch's caching allocator, GiB (GPU runs only).
+    pub gpu_peak_gib: Option<f64>,
     /// Mean model FLOPs per token over the run (6N-style, recurrence included).
     pub flops_per_token: Option<f64>,
 }
@@ -169,6 +171,10 @@ pub fn summarize(dir: &Path) -> Result<RunSummary> {
             .iter()
             .filter_map(|r| r["peak_mem_gib"].as_f64())
             .reduce(f64::max),
+        gpu_peak_gib: records
+            .iter()
+            .filter_map(|r| r["gpu_peak_reserved_gib"].as_f64())
+            .reduce(f64::max),
         flops_per_token: (!flops.is_empty())
             .then(|| flops.iter().sum::<f64>() / flops.len() as f64),
     })
@@ -187,7 +193,8 @@ pub fn table(runs: &[RunSummary]) -> String {
         "best val".into(),
         "tok/s".into(),
         "MFU".into(),
-        "peak GiB".into(),
+        "host GiB".into(),
+        "GPU GiB".into(),
         "GFLOP/tok".into(),
         "family".into(),
     ]];
@@ -206,6 +213,7 @@ pub fn table(runs: &[RunSummary]) -> String {
             opt(r.tokens_per_s, &|v| format!("{v:.0}")),
             opt(r.mfu, &|v| format!("{:.1}%", v * 100.0)),
             opt(r.peak_mem_gib, &|v| format!("{v:.2}")),
+            opt(r.gpu_peak_gib, &|v| format!("{v:.2}")),
             opt(r.flops_per_token, &|v| format!("{:.3}", v / 1e9)),
             r.family.clone(),
         ]);

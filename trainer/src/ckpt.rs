@@ -18,6 +18,10 @@ use crate::optim::FlatOptimizer;
 
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "trainer_state.json";
+/// The run's tokenizer, copied into every checkpoint: inference needs nothing outside it.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// Fault injection for tests: milliseconds every save sleeps before writing (a slow filesystem).
+pub const SAVE_DELAY_ENV: &str = "MUNINN_FAULT_SAVE_DELAY_MS";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
@@ -78,13 +82,15 @@ pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Writes a checkpoint; `optimizer` is the optimizer state over the whole flat buffer (gathered
-/// from every rank's shard under ZeRO-1, so any world size can resume it).
+/// from every rank's shard under ZeRO-1, so any world size can resume it), `tokenizer` the run's
+/// tokenizer, copied in.
 pub fn save<F: Family>(
     run_dir: &Path,
     model: &F,
     optimizer: &[(String, Tensor)],
     state: &TrainerState,
     keep: usize,
+    tokenizer: &Path,
 ) -> Result<PathBuf> {
     let finite = model
         .params()
@@ -103,8 +109,16 @@ pub fn save<F: Family>(
     if out.exists() {
         return Ok(out); // already saved at this step (e.g. interval and end coincide)
     }
+    if let Some(ms) = std::env::var(SAVE_DELAY_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     checkpoint::write_new_dir(&out, |dir| {
         model.save_model(dir)?;
+        std::fs::copy(tokenizer, dir.join(TOKENIZER_FILE))
+            .with_context(|| format!("copying {} into the checkpoint", tokenizer.display()))?;
         st::write(&dir.join(OPTIMIZER_FILE), optimizer, None)?;
         let path = dir.join(STATE_FILE);
         let mut f =
@@ -163,12 +177,94 @@ pub fn load<F: Family>(
     }
     model.load_model(dir)?;
     let o = st::StFile::open(&dir.join(OPTIMIZER_FILE))?;
-    let device = model.params().device();
+    // Host tensors: the optimizer copies only its own shard to its device.
     opt.load_state(
-        &o.get("exp_avg")?.to_device(device),
-        &o.get("exp_avg_sq")?.to_device(device),
+        &o.get("exp_avg")?,
+        &o.get("exp_avg_sq")?,
         state.optimizer_steps,
     )
     .with_context(|| format!("loading {}", dir.join(OPTIMIZER_FILE).display()))?;
     Ok(state)
+}
+
+/// Resuming from step `step` of `run_dir` while newer checkpoints exist would mix two trajectories
+/// (a later save skips a step that exists; pruning deletes the newest first). Moves every newer
+/// checkpoint into `checkpoints/superseded-<step>-<unix seconds>/` (nothing is deleted) and returns
+/// that directory and the steps moved, or None when there were none.
+pub fn supersede_newer(run_dir: &Path, step: u64) -> Result<Option<(PathBuf, Vec<u64>)>> {
+    let newer: Vec<(u64, PathBuf)> = list(run_dir)?
+        .into_iter()
+        .filter(|(s, _)| *s > step)
+        .collect();
+    if newer.is_empty() {
+        return Ok(None);
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = run_dir
+        .join("checkpoints")
+        .join(format!("superseded-{step:08}-{secs}"));
+    std::fs::create_dir_all(&aside).with_context(|| format!("creating {}", aside.display()))?;
+    for (_, path) in &newer {
+        let to = aside.join(path.file_name().expect("step-N"));
+        std::fs::rename(path, &to)
+            .with_context(|| format!("moving {} to {}", path.display(), to.display()))?;
+    }
+    Ok(Some((aside, newer.into_iter().map(|(s, _)| s).collect())))
+}
+
+/// Removes the temporary directories interrupted saves left in `run_dir/checkpoints`
+/// (`.muninn-tmp-HOST-PID-*`): those of this host whose process is gone, and, since a process on
+/// another node cannot be asked, those older than `max_age` (no live save takes longer than its
+/// bound). Returns what it removed.
+pub fn remove_stale_temps(run_dir: &Path, max_age: std::time::Duration) -> Result<Vec<PathBuf>> {
+    use muninn_data::atomic::{host_name, tmp_owner, TMP_PREFIX};
+    let dir = run_dir.join("checkpoints");
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let host = host_name();
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !name.starts_with(TMP_PREFIX) || !path.is_dir() {
+            continue;
+        }
+        let old = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > max_age);
+        let stale = match tmp_owner(name) {
+            Some((h, pid)) if h == host => !process_alive(pid),
+            _ => old,
+        };
+        if stale {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("removing {}", path.display()))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether a process with this id runs on this machine.
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        // SAFETY: signal 0 only checks that the process exists and may be signalled.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+        rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        true
+    }
 }

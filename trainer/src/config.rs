@@ -165,6 +165,9 @@ pub struct CheckpointSection {
     pub interval: u64,
     /// Keep the newest this many checkpoints.
     pub keep: usize,
+    /// How long every rank waits for a checkpoint to be written, in seconds: a bound of its own,
+    /// longer than `dist.timeout_s`, so that a slow filesystem does not end a healthy job.
+    pub timeout_s: f64,
 }
 
 impl Default for CheckpointSection {
@@ -172,6 +175,7 @@ impl Default for CheckpointSection {
         CheckpointSection {
             interval: 100,
             keep: 3,
+            timeout_s: 3600.0,
         }
     }
 }
@@ -335,6 +339,16 @@ pub fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<()> {
     Ok(())
 }
 
+impl RawRunConfig {
+    /// Parses a run config without checking it against this machine (its data may live elsewhere):
+    /// what inference reads from the config of the run that wrote a checkpoint.
+    pub fn parse_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading run config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
 impl RunConfig {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -449,6 +463,11 @@ impl RunConfig {
             raw.checkpoint.keep >= 1,
             "checkpoint.keep must be at least 1"
         );
+        ensure!(
+            raw.checkpoint.timeout_s > 0.0 && raw.checkpoint.timeout_s.is_finite(),
+            "checkpoint.timeout_s = {} must be positive",
+            raw.checkpoint.timeout_s
+        );
         ensure!(raw.log.interval >= 1, "log.interval must be at least 1");
         ensure!(raw.log.peak_flops >= 0.0, "log.peak_flops must be >= 0");
         ensure!(!raw.eval.depths.is_empty(), "eval.depths is empty");
@@ -496,6 +515,18 @@ impl RunConfig {
 
     pub fn run_dir(&self) -> PathBuf {
         self.raw.run.dir.join(&self.raw.run.name)
+    }
+
+    /// [`RunConfig::to_toml`] with absolute paths (`run.dir`, `data.dir`, `data.tokenizer`): the
+    /// frozen config of a run, which evaluation may read from any directory.
+    pub fn to_toml_resolved(&self) -> Result<String> {
+        let mut cfg = self.clone();
+        let abs =
+            |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
+        cfg.raw.run.dir = abs(&self.raw.run.dir)?;
+        cfg.raw.data.dir = abs(&self.raw.data.dir)?;
+        cfg.raw.data.tokenizer = abs(&self.raw.data.tokenizer)?;
+        Ok(cfg.to_toml())
     }
 
     /// The resolved config as TOML (written to the run directory and into checkpoints).

@@ -216,6 +216,10 @@ impl<'a, F: Family> Trainer<'a, F> {
         if root {
             std::fs::create_dir_all(&run_dir)
                 .with_context(|| format!("creating {}", run_dir.display()))?;
+            let bound = std::time::Duration::from_secs_f64(raw.checkpoint.timeout_s);
+            for stale in ckpt::remove_stale_temps(&run_dir, bound)? {
+                eprintln!("removed {}, left by an interrupted save", stale.display());
+            }
         }
         let val_batches: Vec<ValBatch> =
             loader::val_batches(val_ds, t.micro_batch_size, raw.eval.max_rows, rank, world)
@@ -268,6 +272,13 @@ impl<'a, F: Family> Trainer<'a, F> {
                 .with_context(|| format!("resuming the loader from {}", dir.display()))?;
             if root {
                 eprintln!("resumed from {} at step {}", dir.display(), state.step);
+                if let Some((aside, steps)) = ckpt::supersede_newer(&run_dir, state.step)? {
+                    eprintln!(
+                        "moved the newer checkpoints of steps {steps:?} to {} (nothing deleted): this run continues from step {}",
+                        aside.display(),
+                        state.step
+                    );
+                }
             }
         }
         // Every rank must start from the same step: the run directory has to be shared storage.
@@ -294,7 +305,7 @@ impl<'a, F: Family> Trainer<'a, F> {
         let metrics = match root {
             true => {
                 let config_path = run_dir.join("config.toml");
-                std::fs::write(&config_path, cfg.to_toml())
+                std::fs::write(&config_path, cfg.to_toml_resolved()?)
                     .with_context(|| format!("writing {}", config_path.display()))?;
                 Some(Metrics::open(&run_dir, raw.log.tensorboard)?)
             }
@@ -641,6 +652,9 @@ impl<'a, F: Family> Trainer<'a, F> {
         }
         let dir = save(
             self.comm,
+            &raw.dist,
+            &raw.checkpoint,
+            &raw.data.tokenizer,
             &self.run_dir,
             self.model,
             &self.opt,
@@ -649,7 +663,6 @@ impl<'a, F: Family> Trainer<'a, F> {
                 .filter(|_| self.zero1)
                 .map(GradSync::layout),
             &self.state,
-            raw.checkpoint.keep,
         )?;
         let Some(stop) = stop else {
             return Ok(None);
@@ -770,9 +783,40 @@ fn peak_rss_gib() -> f64 {
 
 /// A checkpoint, collectively: under ZeRO-1 (`shards`, the layout of the optimizer's shards) every
 /// rank sends its optimizer shard, rank 0 writes, and all ranks learn whether that worked, so none of
-/// them trains on after a failed save.
+/// them trains on after a failed save. The ranks wait for the write under `checkpoint.timeout_s`,
+/// not the (shorter) bound of the gradient messages.
+#[allow(clippy::too_many_arguments)]
 fn save<F: Family>(
+    comm: &mut Comm,
+    dist: &crate::config::DistSection,
+    ckpt_cfg: &crate::config::CheckpointSection,
+    tokenizer: &std::path::Path,
+    run_dir: &std::path::Path,
+    model: &F,
+    opt: &FlatOptimizer,
+    shards: Option<&Layout>,
+    state: &TrainerState,
+) -> Result<PathBuf> {
+    use std::time::Duration;
+    comm.set_timeout(Duration::from_secs_f64(ckpt_cfg.timeout_s));
+    let saved = save_collectively(
+        comm,
+        tokenizer,
+        run_dir,
+        model,
+        opt,
+        shards,
+        state,
+        ckpt_cfg.keep,
+    );
+    comm.set_timeout(Duration::from_secs_f64(dist.timeout_s));
+    saved
+}
+
+#[allow(clippy::too_many_arguments)]
+fn save_collectively<F: Family>(
     comm: &Comm,
+    tokenizer: &std::path::Path,
     run_dir: &std::path::Path,
     model: &F,
     opt: &FlatOptimizer,
@@ -789,7 +833,9 @@ fn save<F: Family>(
         None => opt.state_tensors(),
     };
     let written = match comm.is_root() {
-        true => Some(ckpt::save(run_dir, model, &optimizer, state, keep)),
+        true => Some(ckpt::save(
+            run_dir, model, &optimizer, state, keep, tokenizer,
+        )),
         false => None,
     };
     let mut failed = [matches!(written, Some(Err(_))) as u8 as f64];

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use muninn_data::prepare::Part;
 use muninn_data::{
     corpus, prepare, tokenizer, Loader, Packing, PrepareOptions, TokenDataset, TokenizerInfo,
 };
@@ -13,13 +14,14 @@ use muninn_data::{
 pub enum DataCommand {
     /// Train a byte-level BPE tokenizer with Huginn's special tokens at the top of the vocabulary.
     Tokenizer {
-        /// .txt / .jsonl files or directories of them.
+        /// Corpus files (.txt, .jsonl, .json, .jsonl.zst, .json.zst, .jsonl.gz, .json.gz, .parquet)
+        /// or directories of them.
         #[arg(long, num_args = 1.., required = true)]
         input: Vec<PathBuf>,
         /// Vocabulary size, special tokens included.
         #[arg(long)]
         vocab_size: usize,
-        /// JSON field holding the text in .jsonl files.
+        /// JSON field (or Parquet column) holding the text.
         #[arg(long, default_value = "text")]
         text_field: String,
         /// Output tokenizer.json (must not exist).
@@ -31,7 +33,8 @@ pub enum DataCommand {
         /// tokenizer.json (trained by `muninn data tokenizer`, or any with <|begin_text|>, <|end_text|>, <|pad|>).
         #[arg(long)]
         tokenizer: PathBuf,
-        /// .txt / .jsonl files or directories of them.
+        /// Corpus files (.txt, .jsonl, .json, .jsonl.zst, .json.zst, .jsonl.gz, .json.gz, .parquet)
+        /// or directories of them.
         #[arg(long, num_args = 1.., required = true)]
         input: Vec<PathBuf>,
         /// Tokens per training sequence; rows hold block_size + 1.
@@ -55,10 +58,24 @@ pub enum DataCommand {
         /// Tokenizer threads [default: one per core]. The output does not depend on it.
         #[arg(long)]
         threads: Option<usize>,
-        /// JSON field holding the text in .jsonl files.
+        /// JSON field (or Parquet column) holding the text.
         #[arg(long, default_value = "text")]
         text_field: String,
+        /// MB of text read, tokenized, shuffled and packed at a time: the bound on memory. A corpus
+        /// within one buffer is shuffled as a whole.
+        #[arg(long, default_value_t = 1024.0)]
+        buffer_mb: f64,
+        /// Prepare part i of N (every N-th input file from the i-th, in sorted order) into
+        /// OUT/parts/i-of-N/; `muninn data merge OUT` joins the parts.
+        #[arg(long)]
+        part: Option<Part>,
+        /// Name of this part's directory under OUT/parts/ (e.g. another corpus added later).
+        #[arg(long)]
+        part_name: Option<String>,
     },
+    /// Join the parts of OUT/parts/ (written by `prepare --part`) into one dataset: writes
+    /// OUT/dataset.json naming every part's shards. Run again after adding parts.
+    Merge { dir: PathBuf },
     /// Check a prepared dataset (headers, checksums, tokenizer) and read every row through the loader.
     Verify {
         dir: PathBuf,
@@ -114,7 +131,14 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             shard_rows,
             threads,
             text_field,
+            buffer_mb,
+            part,
+            part_name,
         } => {
+            anyhow::ensure!(
+                buffer_mb > 0.0 && buffer_mb.is_finite(),
+                "--buffer-mb must be positive"
+            );
             let tok = TokenizerInfo::load(&tokenizer)?;
             let opts = PrepareOptions {
                 block_size,
@@ -125,12 +149,22 @@ pub fn run(cmd: DataCommand) -> Result<()> {
                 shard_rows,
                 threads,
                 progress: console(),
+                buffer_bytes: (buffer_mb * 1e6) as usize,
+                part,
+                part_name: part_name.clone(),
             };
             let r = prepare(&tok, &input, &out, &opts)
                 .with_context(|| format!("preparing {}", out.display()))?;
+            let written = match (part, &part_name) {
+                (None, None) => out.clone(),
+                (p, name) => out.join(muninn_data::prepare::PARTS_DIR).join(
+                    name.clone()
+                        .unwrap_or_else(|| p.unwrap_or(Part::WHOLE).name()),
+                ),
+            };
             println!(
                 "wrote {}: {} documents, {} tokens → {} train + {} val rows of {} tokens ({} tokens dropped by {} packing)",
-                out.display(),
+                written.display(),
                 r.documents,
                 r.tokens,
                 r.train_rows,
@@ -144,6 +178,20 @@ pub fn run(cmd: DataCommand) -> Result<()> {
                 r.tokens_per_second(),
                 threads.map_or_else(|| rayon_default_threads().to_string(), |n| n.to_string()),
                 r.total_seconds
+            );
+            Ok(())
+        }
+        DataCommand::Merge { dir } => {
+            let index = muninn_data::prepare::merge(&dir)
+                .with_context(|| format!("merging the parts of {}", dir.display()))?;
+            let shards = |s: &str| index.splits.get(s).map_or(0, Vec::len);
+            println!(
+                "wrote {}: {} documents, {} tokens in {} train and {} val shards",
+                dir.join(muninn_data::shard::INDEX_FILE).display(),
+                index.documents,
+                index.tokens,
+                shards("train"),
+                shards("val")
             );
             Ok(())
         }

@@ -126,42 +126,105 @@ pub fn write_shard(
     tokenizer_sha256: &str,
 ) -> Result<ShardHeader> {
     let row_len = rows.first().map_or(0, |r| r.len());
-    let mut bytes = Vec::with_capacity(rows.len() * row_len * dtype.bytes());
+    let mut w = ShardWriter::create(dir, name, row_len, dtype, vocab_size, tokenizer_sha256)?;
     for row in rows {
+        w.push(row)?;
+    }
+    w.finish()
+}
+
+/// A shard written row by row: the `.bin` grows as rows arrive (its checksum computed on the
+/// way), and `finish` writes the `.json` header. Memory: one row.
+pub struct ShardWriter {
+    bin: PathBuf,
+    json: PathBuf,
+    file: std::io::BufWriter<File>,
+    hasher: Sha256,
+    header: ShardHeader,
+    bytes: Vec<u8>,
+}
+
+impl ShardWriter {
+    pub fn create(
+        dir: &Path,
+        name: &str,
+        row_len: usize,
+        dtype: TokenDtype,
+        vocab_size: usize,
+        tokenizer_sha256: &str,
+    ) -> Result<Self> {
+        let bin = dir.join(format!("{name}.bin"));
+        let file = File::create(&bin).with_context(|| format!("creating {}", bin.display()))?;
+        Ok(ShardWriter {
+            json: dir.join(format!("{name}.json")),
+            bin,
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            header: ShardHeader {
+                format: FORMAT.to_string(),
+                version: VERSION,
+                dtype,
+                row_len,
+                rows: 0,
+                vocab_size,
+                tokenizer_sha256: tokenizer_sha256.to_string(),
+                tokens_sha256: String::new(),
+            },
+            bytes: Vec::with_capacity(row_len * dtype.bytes()),
+        })
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.header.rows
+    }
+
+    pub fn push(&mut self, row: &[u32]) -> Result<()> {
+        let h = &self.header;
         ensure!(
-            row.len() == row_len,
-            "internal: ragged rows in shard {name}"
+            row.len() == h.row_len,
+            "internal: ragged rows in shard {}",
+            self.bin.display()
         );
-        for &t in *row {
+        self.bytes.clear();
+        for &t in row {
             ensure!(
-                (t as usize) < vocab_size,
-                "token id {t} is outside the vocabulary of {vocab_size}"
+                (t as usize) < h.vocab_size,
+                "token id {t} is outside the vocabulary of {}",
+                h.vocab_size
             );
-            match dtype {
-                TokenDtype::U16 => bytes.extend_from_slice(&(t as u16).to_le_bytes()),
-                TokenDtype::U32 => bytes.extend_from_slice(&t.to_le_bytes()),
+            match h.dtype {
+                TokenDtype::U16 => self.bytes.extend_from_slice(&(t as u16).to_le_bytes()),
+                TokenDtype::U32 => self.bytes.extend_from_slice(&t.to_le_bytes()),
             }
         }
+        self.hasher.update(&self.bytes);
+        self.file
+            .write_all(&self.bytes)
+            .with_context(|| format!("writing {}", self.bin.display()))?;
+        self.header.rows += 1;
+        Ok(())
     }
-    let header = ShardHeader {
-        format: FORMAT.to_string(),
-        version: VERSION,
-        dtype,
-        row_len,
-        rows: rows.len() as u64,
-        vocab_size,
-        tokenizer_sha256: tokenizer_sha256.to_string(),
-        tokens_sha256: sha256_hex(&bytes),
-    };
-    let bin = dir.join(format!("{name}.bin"));
-    let mut f = File::create(&bin).with_context(|| format!("creating {}", bin.display()))?;
-    f.write_all(&bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", bin.display()))?;
-    let json = dir.join(format!("{name}.json"));
-    std::fs::write(&json, serde_json::to_string_pretty(&header)?)
-        .with_context(|| format!("writing {}", json.display()))?;
-    Ok(header)
+
+    /// Flushes and syncs the `.bin`, then writes the header.
+    pub fn finish(self) -> Result<ShardHeader> {
+        let ShardWriter {
+            bin,
+            json,
+            file,
+            hasher,
+            mut header,
+            ..
+        } = self;
+        let file = file
+            .into_inner()
+            .map_err(|e| anyhow::anyhow!("writing {}: {}", bin.display(), e.error()))?;
+        file.sync_all()
+            .with_context(|| format!("writing {}", bin.display()))?;
+        header.tokens_sha256 = format!("{:x}", hasher.finalize());
+        std::fs::write(&json, serde_json::to_string_pretty(&header)?)
+            .with_context(|| format!("writing {}", json.display()))?;
+        Ok(header)
+    }
 }
 
 /// A memory-mapped shard whose header and checksum were verified.

@@ -48,6 +48,9 @@ enum Command {
         #[arg(long)]
         resume: Option<String>,
     },
+    /// Training checkpoints.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
     /// Write a freshly initialised checkpoint (model.safetensors + config.toml).
     Init {
         /// A named shape (nebel-raven-3.5b, micro, tiny, mini-huginn, gpt-micro, gpt-tiny) or a TOML
@@ -111,6 +114,18 @@ enum ModelCommand {
         /// Sequence length for the attention FLOPs [default: block_size].
         #[arg(long)]
         seq_len: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// Write a training checkpoint in the single-file form: one optimizer.safetensors over the
+    /// whole flat buffer instead of one shard per rank (for tools; training resumes from either).
+    Consolidate {
+        checkpoint: PathBuf,
+        /// New checkpoint directory (must not exist).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -250,6 +265,16 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Init { shape, seed, out } => init(&shape, seed, &out),
+        Command::Checkpoint(CheckpointCommand::Consolidate { checkpoint, out }) => {
+            muninn_trainer::ckpt::consolidate(&checkpoint, &out)
+                .with_context(|| format!("consolidating {}", checkpoint.display()))?;
+            println!(
+                "wrote {} (consolidated from {})",
+                out.display(),
+                checkpoint.display()
+            );
+            Ok(())
+        }
         Command::Export {
             checkpoint,
             format,

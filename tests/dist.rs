@@ -124,10 +124,32 @@ fn assert_same_run(p: &Path, a: &str, b: &str, step: u64) {
             "losses differ: {a} {la:?} vs {b} {lb:?}"
         );
     }
-    for file in ["model.safetensors", "optimizer.safetensors"] {
-        let d = max_diff(&ckpt(p, a, step).join(file), &ckpt(p, b, step).join(file));
-        assert!(d < TOL, "{file} of {a} and {b} differ by {d}");
-    }
+    assert_same_state(p, a, b, step);
+}
+
+/// The weights and the optimizer state of two runs at `step` agree.
+fn assert_same_state(p: &Path, a: &str, b: &str, step: u64) {
+    let file = "model.safetensors";
+    let d = max_diff(&ckpt(p, a, step).join(file), &ckpt(p, b, step).join(file));
+    assert!(d < TOL, "{file} of {a} and {b} differ by {d}");
+    // The optimizer state over the whole flat buffer, from however many shards each run wrote.
+    let full = |run: &str| {
+        let dir = ckpt(p, run, step);
+        let numel: i64 = StFile::open(&dir.join(file))
+            .unwrap()
+            .shapes()
+            .iter()
+            .map(|(_, s)| s.iter().product::<i64>())
+            .sum();
+        muninn_trainer::ckpt::read_optimizer(&dir, &[(0, numel)]).unwrap()
+    };
+    let ((ma, va), (mb, vb)) = (full(a), full(b));
+    let d = (ma - mb)
+        .abs()
+        .max()
+        .double_value(&[])
+        .max((va - vb).abs().max().double_value(&[]));
+    assert!(d < TOL, "the optimizer states of {a} and {b} differ by {d}");
 }
 
 #[test]
@@ -620,4 +642,114 @@ fn a_slow_save_waits_under_the_checkpoint_timeout() {
     assert!(!short.status.success());
     let err = String::from_utf8_lossy(&short.stderr);
     assert!(err.contains("checkpoint"), "{err}");
+}
+
+/// A checkpoint written by 2 ranks is one shard file per rank plus a manifest (written last); it
+/// resumes on 3 ranks (with ZeRO-1: every rank reads only the pieces it owns) to the uninterrupted
+/// run's weights and state; without its manifest it is not a checkpoint; `muninn checkpoint
+/// consolidate` writes the single-file form, which resumes too.
+#[test]
+fn sharded_checkpoints_reshard_on_resume_and_consolidate() {
+    let Some((_one_at_a_time, dir)) = mpi_test() else {
+        return;
+    };
+    let p = dir.path();
+    let cfg = write_config(p);
+    let set = |name: &str| format!("run.name={name}");
+    muninn_ok(
+        &[
+            "train",
+            cfg,
+            "--set",
+            &set("one"),
+            "--set",
+            "train.grad_accum=6",
+        ],
+        p,
+    );
+    // Same global batch on 2 and 3 ranks: micro-batch 4 × accumulation 3 × 2 ranks, 2 × 3 ranks.
+    let two = [
+        "train",
+        cfg,
+        "--set",
+        "dist.zero1=true",
+        "--set",
+        "train.grad_accum=3",
+    ];
+    mpirun_ok(
+        2,
+        &[
+            &two[..],
+            &["--set", &set("re"), "--set", "train.exit_interval=3"],
+        ]
+        .concat(),
+        p,
+    );
+    let step3 = ckpt(p, "re", 3);
+    for f in [
+        "manifest.json",
+        "optimizer-00000-of-00002.safetensors",
+        "optimizer-00001-of-00002.safetensors",
+    ] {
+        assert!(step3.join(f).is_file(), "{f}");
+    }
+    assert!(!step3.join("optimizer.safetensors").exists());
+    let consolidated = p.join("consolidated");
+    let out = muninn_ok(
+        &[
+            "checkpoint",
+            "consolidate",
+            step3.to_str().unwrap(),
+            "--out",
+            consolidated.to_str().unwrap(),
+        ],
+        p,
+    );
+    assert!(out.contains("consolidated"), "{out}");
+    assert!(
+        consolidated.join("optimizer.safetensors").is_file()
+            && !consolidated.join("manifest.json").exists()
+    );
+    mpirun_ok(
+        3,
+        &[
+            "train",
+            cfg,
+            "--set",
+            &set("re"),
+            "--set",
+            "dist.zero1=true",
+            "--set",
+            "train.grad_accum=2",
+            "--resume",
+            "auto",
+        ],
+        p,
+    );
+    assert_same_run(p, "one", "re", 6);
+
+    // The single-file form resumes as well (one rank, the old layout's loader).
+    muninn_ok(
+        &[
+            "train",
+            cfg,
+            "--set",
+            &set("single"),
+            "--set",
+            "train.grad_accum=6",
+            "--resume",
+            consolidated.to_str().unwrap(),
+        ],
+        p,
+    );
+    assert_same_state(p, "one", "single", 6);
+
+    // A step directory without its manifest is never taken for a checkpoint.
+    std::fs::remove_file(ckpt(p, "re", 6).join("manifest.json")).unwrap();
+    let listed: Vec<u64> = muninn_trainer::ckpt::list(&p.join("runs/re"))
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(listed, vec![3]);
 }

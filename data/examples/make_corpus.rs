@@ -9,8 +9,15 @@ use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() == 4, "usage: make_corpus SRC MB OUT.{{jsonl.zst,parquet}}");
-    let (src, mb, out) = (Path::new(&args[1]), args[2].parse::<f64>()?, Path::new(&args[3]));
+    anyhow::ensure!(
+        args.len() == 4,
+        "usage: make_corpus SRC MB OUT.{{jsonl.zst,parquet}}"
+    );
+    let (src, mb, out) = (
+        Path::new(&args[1]),
+        args[2].parse::<f64>()?,
+        Path::new(&args[3]),
+    );
     let files = muninn_data::corpus::input_files(&[src.to_path_buf()])?;
     let mut paragraphs = Vec::new();
     for d in muninn_data::corpus::read_documents(&files, "text")? {
@@ -56,7 +63,8 @@ fn main() -> anyhow::Result<()> {
             let mut rg = w.next_row_group()?;
             let mut col = rg.next_column()?.expect("one column");
             let values: Vec<ByteArray> = group.iter().map(|d| ByteArray::from(*d)).collect();
-            col.typed::<ByteArrayType>().write_batch(&values, None, None)?;
+            col.typed::<ByteArrayType>()
+                .write_batch(&values, None, None)?;
             col.close()?;
             rg.close()?;
         }

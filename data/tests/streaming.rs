@@ -18,7 +18,11 @@ fn documents() -> Vec<String> {
     src.lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            format!("{}\n{}", v["question"].as_str().unwrap(), v["answer"].as_str().unwrap())
+            format!(
+                "{}\n{}",
+                v["question"].as_str().unwrap(),
+                v["answer"].as_str().unwrap()
+            )
         })
         .collect()
 }
@@ -37,12 +41,13 @@ fn write_parquet(path: &Path, docs: &[String]) {
     use parquet::file::writer::SerializedFileWriter;
     use parquet::schema::parser::parse_message_type;
     let schema = Arc::new(
-        parse_message_type("message doc { required int64 id; optional binary text (UTF8); }").unwrap(),
+        parse_message_type("message doc { required int64 id; optional binary text (UTF8); }")
+            .unwrap(),
     );
     let props = Arc::new(
         WriterProperties::builder()
             .set_compression(parquet::basic::Compression::SNAPPY)
-            .set_max_row_group_size(300) // several row groups
+            .set_max_row_group_row_count(Some(300)) // several row groups
             .build(),
     );
     let file = std::fs::File::create(path).unwrap();
@@ -98,7 +103,10 @@ fn files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
             if p.is_dir() {
                 walk(root, &p, out);
             } else {
-                out.insert(p.strip_prefix(root).unwrap().into(), std::fs::read(&p).unwrap());
+                out.insert(
+                    p.strip_prefix(root).unwrap().into(),
+                    std::fs::read(&p).unwrap(),
+                );
             }
         }
     }
@@ -130,7 +138,10 @@ fn compressed_json_lines_and_parquet_give_the_shards_of_plain_json_lines() {
     for (input, name) in [(zst, "zst"), (gz, "gz"), (pq, "parquet")] {
         let r = prepare(&tok, &[input], &p.join(name), &opts(2)).unwrap();
         assert_eq!(r.documents, docs.len(), "{name}");
-        assert!(files(&p.join(name)) == want, "{name}: other bytes than the .jsonl");
+        assert!(
+            files(&p.join(name)) == want,
+            "{name}: other bytes than the .jsonl"
+        );
     }
     // A column that is not there is named, with the ones that are.
     let err = prepare(
@@ -144,7 +155,10 @@ fn compressed_json_lines_and_parquet_give_the_shards_of_plain_json_lines() {
     )
     .unwrap_err();
     let e = format!("{err:#}");
-    assert!(e.contains("no column `content`") && e.contains("text"), "{e}");
+    assert!(
+        e.contains("no column `content`") && e.contains("text"),
+        "{e}"
+    );
     assert!(!p.join("bad").exists());
 }
 
@@ -162,12 +176,20 @@ fn a_small_buffer_streams_deterministically_and_keeps_every_document() {
     };
     let one = prepare(&tok, &[input.clone()], &p.join("one"), &small(1)).unwrap();
     prepare(&tok, &[input.clone()], &p.join("two"), &small(2)).unwrap();
-    assert!(files(&p.join("one")) == files(&p.join("two")), "threads changed the bytes");
+    assert!(
+        files(&p.join("one")) == files(&p.join("two")),
+        "threads changed the bytes"
+    );
     let whole = prepare(&tok, &[input], &p.join("whole"), &opts(2)).unwrap();
     assert_eq!((one.documents, one.tokens), (whole.documents, whole.tokens));
     // Each buffer sends at least one row to validation; the rest is the same concat stream.
-    assert!(one.val_rows >= 10 && one.train_rows + one.val_rows == whole.train_rows + whole.val_rows);
-    assert!(files(&p.join("one")) != files(&p.join("whole")), "the buffers shuffle apart");
+    assert!(
+        one.val_rows >= 10 && one.train_rows + one.val_rows == whole.train_rows + whole.val_rows
+    );
+    assert!(
+        files(&p.join("one")) != files(&p.join("whole")),
+        "the buffers shuffle apart"
+    );
     let ds = TokenDataset::open(&p.join("one"), "train", Some(&tok)).unwrap();
     assert_eq!(ds.rows(), one.train_rows);
 }
@@ -199,7 +221,10 @@ fn parts_prepared_apart_merge_into_one_dataset_that_can_grow() {
     prepare(&tok, &[p.join("in")], &out, &part(1)).unwrap();
     let index = merge(&out).unwrap();
     let whole = prepare(&tok, &inputs, &p.join("whole"), &opts(1)).unwrap();
-    assert_eq!((index.documents, index.tokens), (whole.documents, whole.tokens as u64));
+    assert_eq!(
+        (index.documents, index.tokens),
+        (whole.documents, whole.tokens as u64)
+    );
     let train = TokenDataset::open(&out, "train", Some(&tok)).unwrap();
     let val = TokenDataset::open(&out, "val", Some(&tok)).unwrap();
     // Each part drops only its own last partial row.
@@ -227,5 +252,10 @@ fn parts_prepared_apart_merge_into_one_dataset_that_can_grow() {
     let after = files(&out.join("parts"));
     assert!(before.iter().all(|(k, v)| after.get(k) == Some(v)));
     let train = TokenDataset::open(&out, "train", Some(&tok)).unwrap();
-    assert!(train.rows() > 0 && grown.splits["train"].iter().any(|s| s.starts_with("parts/extra/")));
+    assert!(
+        train.rows() > 0
+            && grown.splits["train"]
+                .iter()
+                .any(|s| s.starts_with("parts/extra/"))
+    );
 }

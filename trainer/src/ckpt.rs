@@ -1,7 +1,9 @@
 //! Training checkpoints: `checkpoints/step-XXXXXXXX/` with the model (model.safetensors +
-//! config.toml), the optimizer (optimizer.safetensors) and the trainer state (trainer_state.json).
-//! Each is written into a temporary directory and renamed into place, so a checkpoint directory
-//! exists only once complete; resume takes the newest one.
+//! config.toml), the tokenizer, one optimizer shard per rank (`optimizer-RRRRR-of-WWWWW.safetensors`,
+//! written by every rank in parallel), the trainer state (trainer_state.json) and, last, a manifest.
+//! Everything is written into a staging directory renamed into place by rank 0, so a checkpoint
+//! directory exists only once complete; resume takes the newest one, on any world size. Older
+//! single-file checkpoints (`optimizer.safetensors`, no manifest) still load.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -72,7 +74,10 @@ pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
             .strip_prefix("step-")
             .and_then(|s| s.parse::<u64>().ok())
         {
-            if path.join(STATE_FILE).is_file() {
+            // Complete: a manifest (written last), or an older single-file checkpoint.
+            let sharded = path.join(MANIFEST_FILE).is_file();
+            let single = path.join(OPTIMIZER_FILE).is_file() && path.join(STATE_FILE).is_file();
+            if sharded || single {
                 found.push((step, path));
             }
         }
@@ -81,14 +86,82 @@ pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// Writes a checkpoint; `optimizer` is the optimizer state over the whole flat buffer (gathered
-/// from every rank's shard under ZeRO-1, so any world size can resume it), `tokenizer` the run's
-/// tokenizer, copied in.
-pub fn save<F: Family>(
+/// What makes a checkpoint complete, written last: the world size that wrote it and each
+/// optimizer shard file with the ranges of the flat buffer it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub step: u64,
+    pub world: usize,
+    /// Elements of the flat parameter (and optimizer-state) buffer.
+    pub numel: i64,
+    pub optimizer: Vec<OptimizerShard>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerShard {
+    pub file: String,
+    /// (offset, length) ranges of the flat buffer, laid end to end in the file's tensors.
+    pub pieces: Vec<(i64, i64)>,
+}
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Rank r's optimizer shard file of a checkpoint written by `world` ranks.
+pub fn shard_file(rank: usize, world: usize) -> String {
+    format!("optimizer-{rank:05}-of-{world:05}.safetensors")
+}
+
+/// Where every rank writes its part of step `step`'s checkpoint before rank 0 renames it into place.
+pub fn staging_dir(run_dir: &Path, step: u64) -> PathBuf {
+    run_dir
+        .join("checkpoints")
+        .join(format!("{}step-{step:08}", muninn_data::atomic::TMP_PREFIX))
+}
+
+/// Rank 0, before a save: None when step `step` is already saved (interval and end coincide), else
+/// an empty staging directory (a leftover of an interrupted save of the same step is replaced).
+pub fn begin_save(run_dir: &Path, step: u64) -> Result<Option<PathBuf>> {
+    if step_dir(run_dir, step).exists() {
+        return Ok(None);
+    }
+    let staging = staging_dir(run_dir, step);
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("removing {}", staging.display()))?;
+    }
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    Ok(Some(staging))
+}
+
+/// Every rank: writes its optimizer state over `pieces` of the flat buffer (`m`, `v` hold exactly
+/// those elements, end to end) into the staging directory, in parallel with the others.
+pub fn write_optimizer_shard(
+    staging: &Path,
+    rank: usize,
+    world: usize,
+    m: &Tensor,
+    v: &Tensor,
+    pieces: &[(i64, i64)],
+) -> Result<()> {
+    let meta =
+        std::collections::HashMap::from([("pieces".to_string(), serde_json::to_string(pieces)?)]);
+    let tensors = [
+        ("exp_avg".to_string(), m.shallow_clone()),
+        ("exp_avg_sq".to_string(), v.shallow_clone()),
+    ];
+    st::write(&staging.join(shard_file(rank, world)), &tensors, Some(meta))
+}
+
+/// Rank 0, once every shard is written: the model files, the tokenizer, the trainer state and last
+/// the manifest into the staging directory, which is then renamed to `step-N` (durably); then the
+/// oldest checkpoints beyond `keep` are removed.
+pub fn commit_save<F: Family>(
     run_dir: &Path,
+    staging: &Path,
     model: &F,
-    optimizer: &[(String, Tensor)],
     state: &TrainerState,
+    manifest: &Manifest,
     keep: usize,
     tokenizer: &Path,
 ) -> Result<PathBuf> {
@@ -105,28 +178,29 @@ pub fn save<F: Family>(
         "refusing to save step {}: the weights are not finite",
         state.step
     );
-    let out = step_dir(run_dir, state.step);
-    if out.exists() {
-        return Ok(out); // already saved at this step (e.g. interval and end coincide)
-    }
     if let Some(ms) = std::env::var(SAVE_DELAY_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
     {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
-    checkpoint::write_new_dir(&out, |dir| {
-        model.save_model(dir)?;
-        std::fs::copy(tokenizer, dir.join(TOKENIZER_FILE))
-            .with_context(|| format!("copying {} into the checkpoint", tokenizer.display()))?;
-        st::write(&dir.join(OPTIMIZER_FILE), optimizer, None)?;
-        let path = dir.join(STATE_FILE);
-        let mut f =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        f.write_all(serde_json::to_string_pretty(state)?.as_bytes())
-            .and_then(|_| f.sync_all())
-            .with_context(|| format!("writing {}", path.display()))
-    })?;
+    model.save_model(staging)?;
+    std::fs::copy(tokenizer, staging.join(TOKENIZER_FILE))
+        .with_context(|| format!("copying {} into the checkpoint", tokenizer.display()))?;
+    write_synced(
+        &staging.join(STATE_FILE),
+        &serde_json::to_string_pretty(state)?,
+    )?;
+    write_synced(
+        &staging.join(MANIFEST_FILE),
+        &serde_json::to_string_pretty(manifest)?,
+    )?;
+    std::fs::File::open(staging)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", staging.display()))?;
+    let out = step_dir(run_dir, state.step);
+    std::fs::rename(staging, &out)
+        .with_context(|| format!("renaming {} to {}", staging.display(), out.display()))?;
     // The rename is durable once the parent directory is synced.
     if let Some(parent) = out.parent() {
         std::fs::File::open(parent)
@@ -139,6 +213,111 @@ pub fn save<F: Family>(
             .with_context(|| format!("removing old checkpoint {}", old.display()))?;
     }
     Ok(out)
+}
+
+fn write_synced(path: &Path, text: &str) -> Result<()> {
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The optimizer state (m, v) of a checkpoint over `want`, ranges of the flat buffer laid end to
+/// end, on the host: from the shard files of a sharded checkpoint (reading only the files that
+/// overlap `want`, one at a time), or from an older checkpoint's single `optimizer.safetensors`.
+pub fn read_optimizer(dir: &Path, want: &[(i64, i64)]) -> Result<(Tensor, Tensor)> {
+    let len: i64 = want.iter().map(|p| p.1).sum();
+    let manifest_path = dir.join(MANIFEST_FILE);
+    if !manifest_path.is_file() {
+        let o = st::StFile::open(&dir.join(OPTIMIZER_FILE))?;
+        let (m, v) = (o.get("exp_avg")?, o.get("exp_avg_sq")?);
+        let pick = |t: &Tensor| crate::optim::gather_pieces(t, want);
+        return Ok((pick(&m), pick(&v)));
+    }
+    let manifest: Manifest = serde_json::from_str(
+        &std::fs::read_to_string(&manifest_path)
+            .with_context(|| format!("reading {}", manifest_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", manifest_path.display()))?;
+    let (m, v) = (
+        Tensor::zeros([len], (tch::Kind::Float, tch::Device::Cpu)),
+        Tensor::zeros([len], (tch::Kind::Float, tch::Device::Cpu)),
+    );
+    let mut covered = 0i64;
+    for shard in &manifest.optimizer {
+        // (file position, want position, length) of every overlap.
+        let mut copies = Vec::new();
+        let mut fpos = 0;
+        for &(fo, fl) in &shard.pieces {
+            let mut wpos = 0;
+            for &(wo, wl) in want {
+                let (lo, hi) = (fo.max(wo), (fo + fl).min(wo + wl));
+                if lo < hi {
+                    copies.push((fpos + lo - fo, wpos + lo - wo, hi - lo));
+                }
+                wpos += wl;
+            }
+            fpos += fl;
+        }
+        if copies.is_empty() {
+            continue;
+        }
+        let path = dir.join(&shard.file);
+        let f = st::StFile::open(&path)?;
+        let (fm, fv) = (f.get("exp_avg")?, f.get("exp_avg_sq")?);
+        ensure!(
+            fm.size() == [fpos] && fv.size() == [fpos],
+            "{}: {:?} elements, the manifest says {fpos}",
+            path.display(),
+            fm.size()
+        );
+        tch::no_grad(|| {
+            for &(src, dst, n) in &copies {
+                m.narrow(0, dst, n).copy_(&fm.narrow(0, src, n));
+                v.narrow(0, dst, n).copy_(&fv.narrow(0, src, n));
+                covered += n;
+            }
+        });
+    }
+    ensure!(
+        covered == len,
+        "{}: the optimizer shards cover {covered} of the {len} elements this rank needs",
+        manifest_path.display()
+    );
+    Ok((m, v))
+}
+
+/// Writes checkpoint `dir` in the single-file form (one `optimizer.safetensors` over the whole
+/// flat buffer, no manifest) into the new directory `out`, for tools that read one file.
+pub fn consolidate(dir: &Path, out: &Path) -> Result<()> {
+    let state: TrainerState = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(STATE_FILE))
+            .with_context(|| format!("reading {}", dir.join(STATE_FILE).display()))?,
+    )?;
+    let numel = st::StFile::open(&dir.join(checkpoint::MODEL_FILE))?
+        .shapes()
+        .into_iter()
+        .map(|(_, s)| s.iter().product::<i64>())
+        .sum::<i64>();
+    let (m, v) = read_optimizer(dir, &[(0, numel)])?;
+    checkpoint::write_new_dir(out, |o| {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name == MANIFEST_FILE || name.starts_with("optimizer-") || !path.is_file() {
+                continue;
+            }
+            std::fs::copy(&path, o.join(name))
+                .with_context(|| format!("copying {}", path.display()))?;
+        }
+        st::write(
+            &o.join(OPTIMIZER_FILE),
+            &[("exp_avg".into(), m), ("exp_avg_sq".into(), v)],
+            None,
+        )?;
+        write_synced(&o.join(STATE_FILE), &serde_json::to_string_pretty(&state)?)
+    })
 }
 
 /// Loads a checkpoint into `model` and `opt`; returns its trainer state.
@@ -176,14 +355,10 @@ pub fn load<F: Family>(
         );
     }
     model.load_model(dir)?;
-    let o = st::StFile::open(&dir.join(OPTIMIZER_FILE))?;
-    // Host tensors: the optimizer copies only its own shard to its device.
-    opt.load_state(
-        &o.get("exp_avg")?,
-        &o.get("exp_avg_sq")?,
-        state.optimizer_steps,
-    )
-    .with_context(|| format!("loading {}", dir.join(OPTIMIZER_FILE).display()))?;
+    // Only this rank's pieces, on the host; the optimizer copies them to its device.
+    let (m, v) = read_optimizer(dir, opt.pieces())
+        .with_context(|| format!("loading the optimizer state of {}", dir.display()))?;
+    opt.load_shard_state(&m, &v, state.optimizer_steps)?;
     Ok(state)
 }
 

@@ -271,6 +271,27 @@ impl FlatOptimizer {
         ]
     }
 
+    /// This shard's (offset, length) pieces of the flat buffer.
+    pub fn pieces(&self) -> &[(i64, i64)] {
+        &self.pieces
+    }
+
+    /// Loads this shard's state: `m`, `v` hold exactly [`FlatOptimizer::pieces`], end to end.
+    pub fn load_shard_state(&mut self, m: &Tensor, v: &Tensor, steps: u64) -> Result<()> {
+        let len: i64 = self.pieces.iter().map(|p| p.1).sum();
+        ensure!(
+            m.size() == [len] && v.size() == [len],
+            "optimizer shard state has {:?} elements, this shard {len}",
+            m.size()
+        );
+        tch::no_grad(|| {
+            self.m.copy_(m);
+            self.v.copy_(v);
+        });
+        self.steps = steps;
+        Ok(())
+    }
+
     /// Loads state saved for the whole flat buffer (`m`, `v` in flat order), keeping this shard's
     /// pieces: a checkpoint from any world size loads into any other.
     pub fn load_state(&mut self, m: &Tensor, v: &Tensor, steps: u64) -> Result<()> {

@@ -18,7 +18,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::ckpt::{self, TrainerState};
 use crate::config::RunConfig;
-use crate::dist::{gather_full, Comm, GradSync, Layout, Op};
+use crate::dist::{Comm, GradSync, Layout, Op};
 use crate::eval::{ignore_targets, seed_torch, to_tensors, validate, ValBatch};
 use crate::metrics::Metrics;
 use crate::optim::{clip_to_norm, FlatOptimizer};
@@ -658,10 +658,7 @@ impl<'a, F: Family> Trainer<'a, F> {
             &self.run_dir,
             self.model,
             &self.opt,
-            self.sync
-                .as_ref()
-                .filter(|_| self.zero1)
-                .map(GradSync::layout),
+            self.zero1,
             &self.state,
         )?;
         let Some(stop) = stop else {
@@ -781,10 +778,12 @@ fn peak_rss_gib() -> f64 {
     kib / (1024.0 * 1024.0)
 }
 
-/// A checkpoint, collectively: under ZeRO-1 (`shards`, the layout of the optimizer's shards) every
-/// rank sends its optimizer shard, rank 0 writes, and all ranks learn whether that worked, so none of
-/// them trains on after a failed save. The ranks wait for the write under `checkpoint.timeout_s`,
-/// not the (shorter) bound of the gradient messages.
+/// A checkpoint, collectively: rank 0 prepares a staging directory, every rank writes its slice of
+/// the optimizer state into it in parallel (its ZeRO-1 shard, or without ZeRO-1 the same slice of
+/// the full state every rank holds), then rank 0 adds the model, the trainer state and last the
+/// manifest and renames it into place. After each phase all ranks learn whether it worked, so none
+/// trains on after a failed save. They wait under `checkpoint.timeout_s`, not the (shorter) bound
+/// of the gradient messages.
 #[allow(clippy::too_many_arguments)]
 fn save<F: Family>(
     comm: &mut Comm,
@@ -794,18 +793,19 @@ fn save<F: Family>(
     run_dir: &std::path::Path,
     model: &F,
     opt: &FlatOptimizer,
-    shards: Option<&Layout>,
+    zero1: bool,
     state: &TrainerState,
 ) -> Result<PathBuf> {
     use std::time::Duration;
     comm.set_timeout(Duration::from_secs_f64(ckpt_cfg.timeout_s));
     let saved = save_collectively(
         comm,
+        dist,
         tokenizer,
         run_dir,
         model,
         opt,
-        shards,
+        zero1,
         state,
         ckpt_cfg.keep,
     );
@@ -816,38 +816,86 @@ fn save<F: Family>(
 #[allow(clippy::too_many_arguments)]
 fn save_collectively<F: Family>(
     comm: &Comm,
+    dist: &crate::config::DistSection,
     tokenizer: &std::path::Path,
     run_dir: &std::path::Path,
     model: &F,
     opt: &FlatOptimizer,
-    shards: Option<&Layout>,
+    zero1: bool,
     state: &TrainerState,
     keep: usize,
 ) -> Result<PathBuf> {
-    let optimizer = match shards {
-        Some(layout) => opt
-            .state_tensors()
-            .into_iter()
-            .map(|(name, shard)| Ok((name, gather_full(comm, layout, &shard)?)))
-            .collect::<Result<Vec<_>>>()?,
-        None => opt.state_tensors(),
+    let (rank, world, step) = (comm.rank(), comm.world(), state.step);
+    let failed_anywhere = |failed: bool, what: &str| -> Result<bool> {
+        let mut n = [failed as u8 as f64];
+        comm.sum_f64(&mut n, what)?;
+        Ok(n[0] > 0.0)
     };
-    let written = match comm.is_root() {
-        true => Some(ckpt::save(
-            run_dir, model, &optimizer, state, keep, tokenizer,
-        )),
-        false => None,
+    // Rank 0 prepares the staging directory, or finds the step saved already (interval and end
+    // coincide).
+    let begun = match comm.is_root() {
+        true => ckpt::begin_save(run_dir, step),
+        false => Ok(Some(PathBuf::new())),
     };
-    let mut failed = [matches!(written, Some(Err(_))) as u8 as f64];
-    comm.sum_f64(&mut failed, "agreeing that the checkpoint was written")?;
-    match written {
-        Some(result) => result,
-        None if failed[0] > 0.0 => bail!(
-            "rank 0 could not write the checkpoint of step {}",
-            state.step
-        ),
-        None => Ok(ckpt::step_dir(run_dir, state.step)),
+    let mut flags = [
+        begun.is_err() as u8 as f64,
+        matches!(begun, Ok(None)) as u8 as f64,
+    ];
+    comm.sum_f64(&mut flags, "starting the checkpoint")?;
+    if flags[0] > 0.0 {
+        begun?;
+        bail!("rank 0 could not start the checkpoint of step {step}");
     }
+    if flags[1] > 0.0 {
+        return Ok(ckpt::step_dir(run_dir, step));
+    }
+    let layouts: Vec<Layout> = (0..world)
+        .map(|r| Layout::new(&model.grad_regions(), dist.chunk_elems(), r, world))
+        .collect();
+    let pieces = layouts[rank].pieces();
+    let staging = ckpt::staging_dir(run_dir, step);
+    let written = (|| {
+        let state = opt.state_tensors();
+        let slice = |t: &Tensor| match zero1 {
+            true => t.to_device(Device::Cpu),
+            false => crate::optim::gather_pieces(t, &pieces).to_device(Device::Cpu),
+        };
+        let (m, v) = (slice(&state[0].1), slice(&state[1].1));
+        ckpt::write_optimizer_shard(&staging, rank, world, &m, &v, &pieces)
+    })();
+    if failed_anywhere(
+        written.is_err(),
+        "writing the optimizer shards of the checkpoint",
+    )? {
+        written?;
+        bail!("another rank could not write its part of the checkpoint of step {step}");
+    }
+    let manifest = ckpt::Manifest {
+        version: 1,
+        step,
+        world,
+        numel: model.params().numel(),
+        optimizer: layouts
+            .iter()
+            .enumerate()
+            .map(|(r, l)| ckpt::OptimizerShard {
+                file: ckpt::shard_file(r, world),
+                pieces: l.pieces(),
+            })
+            .collect(),
+    };
+    let committed = match comm.is_root() {
+        true => ckpt::commit_save(run_dir, &staging, model, state, &manifest, keep, tokenizer),
+        false => Ok(ckpt::step_dir(run_dir, step)),
+    };
+    if failed_anywhere(
+        committed.is_err(),
+        "agreeing that the checkpoint was written",
+    )? {
+        committed?;
+        bail!("rank 0 could not write the checkpoint of step {step}");
+    }
+    committed
 }
 
 /// Sets `flag` on SIGTERM and SIGUSR1, which SLURM sends before a time limit.

@@ -70,12 +70,6 @@ impl Mpi {
             bail!("MPI was already initialised in this process");
         };
         let world = universe.world();
-        // Errors come back as codes that name the failed operation (then the job ends), instead of
-        // MPI's default abort without context.
-        // SAFETY: `world` is a valid communicator; ERRORS_RETURN is a link-time constant.
-        unsafe {
-            ffi::MPI_Comm_set_errhandler(world.as_raw(), ffi::RSMPI_ERRORS_RETURN);
-        }
         let shared = world.split_shared(world.rank());
         Ok(Mpi {
             roll_call: world.duplicate(),

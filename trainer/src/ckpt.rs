@@ -443,3 +443,15 @@ fn process_alive(pid: u32) -> bool {
         true
     }
 }
+
+/// Bytes of the files in a checkpoint directory.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|it| {
+            it.filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -266,12 +266,18 @@ impl<'a, F: Family> Trainer<'a, F> {
             family: cfg.model.family(),
         };
         if let Some(dir) = &from {
+            let t0 = Instant::now();
             state = ckpt::load(dir, model, &mut opt, &model_sha256, cfg.model.family())?;
+            let secs = t0.elapsed().as_secs_f64();
             loader
                 .load_state(&state.loader)
                 .with_context(|| format!("resuming the loader from {}", dir.display()))?;
             if root {
-                eprintln!("resumed from {} at step {}", dir.display(), state.step);
+                eprintln!(
+                    "resumed from {} at step {} (rank 0 read it in {secs:.2} s)",
+                    dir.display(),
+                    state.step
+                );
                 if let Some((aside, steps)) = ckpt::supersede_newer(&run_dir, state.step)? {
                     eprintln!(
                         "moved the newer checkpoints of steps {steps:?} to {} (nothing deleted): this run continues from step {}",
@@ -650,6 +656,7 @@ impl<'a, F: Family> Trainer<'a, F> {
         if stop.is_none() && !due {
             return Ok(None);
         }
+        let t0 = Instant::now();
         let dir = save(
             self.comm,
             &raw.dist,
@@ -661,6 +668,20 @@ impl<'a, F: Family> Trainer<'a, F> {
             self.zero1,
             &self.state,
         )?;
+        if self.root {
+            let mb = ckpt::dir_bytes(&dir) as f64 / 1e6;
+            let secs = t0.elapsed().as_secs_f64();
+            let line = format!(
+                "saved {} at step {step} ({mb:.1} MB in {secs:.2} s, {:.0} MB/s, {} writer(s))",
+                dir.display(),
+                mb / secs.max(1e-9),
+                self.world
+            );
+            match &self.bar {
+                Some(bar) if stop.is_none() => bar.println(line),
+                _ => eprintln!("{line}"),
+            }
+        }
         let Some(stop) = stop else {
             return Ok(None);
         };
@@ -668,7 +689,6 @@ impl<'a, F: Family> Trainer<'a, F> {
             bar.finish();
         }
         if self.root {
-            eprintln!("saved {} at step {step}", dir.display());
             if stop == Stop::Finished {
                 mark_finished(&self.finished_marker, step)?;
             }

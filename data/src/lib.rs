@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod corpus;
 pub mod loader;
+pub mod mixture;
 pub mod perm;
 pub mod prepare;
 pub mod shard;

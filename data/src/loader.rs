@@ -10,6 +10,7 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::mixture::Mixture;
 use crate::perm::Permutation;
 use crate::shard::{DatasetIndex, Shard};
 use crate::tokenizer::TokenizerInfo;
@@ -21,12 +22,18 @@ pub struct TokenDataset {
     shards: Vec<Shard>,
     /// First global row of each shard, plus the total at the end.
     starts: Vec<u64>,
+    /// A mixture's schedule, with the first global row and the row count of each source (whose
+    /// shards follow each other in `shards`).
+    mixture: Option<(Mixture, Vec<u64>, Vec<u64>)>,
 }
 
 impl TokenDataset {
     /// Opens `split` of the dataset in `dir`. With `tokenizer`, refuses shards prepared with another
     /// tokenizer or whose dtype cannot hold its ids.
     pub fn open(dir: &Path, split: &str, tokenizer: Option<&TokenizerInfo>) -> Result<Self> {
+        if let Some(m) = Mixture::read(dir)? {
+            return Self::open_mixture(dir, m, split, tokenizer);
+        }
         let index = DatasetIndex::read(dir)?;
         if let Some(tok) = tokenizer {
             ensure!(
@@ -73,6 +80,7 @@ impl TokenDataset {
             split: split.to_string(),
             shards,
             starts,
+            mixture: None,
         };
         ensure!(
             ds.rows() > 0,
@@ -80,6 +88,66 @@ impl TokenDataset {
             dir.display()
         );
         Ok(ds)
+    }
+
+    /// The sources of a mixture, one after the other; every source must agree on block size,
+    /// dtype and tokenizer.
+    fn open_mixture(
+        dir: &Path,
+        m: Mixture,
+        split: &str,
+        tokenizer: Option<&TokenizerInfo>,
+    ) -> Result<Self> {
+        let mut sources = Vec::new();
+        for d in &m.dirs {
+            let ds = TokenDataset::open(d, split, tokenizer)
+                .with_context(|| format!("source {} of the mixture {}", d.display(), dir.display()))?;
+            ensure!(
+                ds.mixture.is_none(),
+                "{}: a mixture's source may not be a mixture",
+                d.display()
+            );
+            sources.push(ds);
+        }
+        let first = &sources[0].index;
+        for (d, s) in m.dirs.iter().zip(&sources) {
+            ensure!(
+                s.index.row_len == first.row_len
+                    && s.index.dtype == first.dtype
+                    && s.index.tokenizer_sha256 == first.tokenizer_sha256,
+                "{}: block size, dtype or tokenizer differ from the mixture's first source {}",
+                d.display(),
+                m.dirs[0].display()
+            );
+        }
+        let mut index = first.clone();
+        index.documents = sources.iter().map(|s| s.index.documents).sum();
+        index.tokens = sources.iter().map(|s| s.index.tokens).sum();
+        let (mut shards, mut starts, mut firsts, mut counts) = (Vec::new(), vec![0u64], Vec::new(), Vec::new());
+        for s in sources {
+            let base = *starts.last().expect("starts");
+            firsts.push(base);
+            counts.push(s.rows());
+            starts.extend(s.starts[1..].iter().map(|r| base + r));
+            shards.extend(s.shards);
+        }
+        Ok(TokenDataset {
+            index,
+            split: split.to_string(),
+            shards,
+            starts,
+            mixture: Some((m, firsts, counts)),
+        })
+    }
+
+    /// The dataset row of sample `g` of a run with `seed`: a source's epoch permutation for a
+    /// mixture, None for a plain dataset (whose loader permutes all rows).
+    fn mixture_row(&self, seed: u64, g: u64) -> Option<u64> {
+        let (m, firsts, counts) = self.mixture.as_ref()?;
+        let (s, j) = m.sample(seed, g);
+        let n = counts[s];
+        let source_seed = seed.wrapping_add((s as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        Some(firsts[s] + Permutation::new(n, source_seed, j / n).apply(j % n))
     }
 
     pub fn rows(&self) -> u64 {
@@ -101,6 +169,11 @@ impl TokenDataset {
         let mut h = Sha256::new();
         for s in &self.shards {
             h.update(s.header.tokens_sha256.as_bytes());
+        }
+        if let Some((m, _, _)) = &self.mixture {
+            for w in &m.slots {
+                h.update(w.to_le_bytes());
+            }
         }
         format!("{:x}", h.finalize())[..16].to_string()
     }
@@ -165,6 +238,9 @@ impl<'a> Loader<'a> {
 
     /// Dataset row of global sample `g`.
     pub fn row_of(&self, g: u64) -> u64 {
+        if let Some(row) = self.ds.mixture_row(self.seed, g) {
+            return row;
+        }
         let n = self.ds.rows();
         Permutation::new(n, self.seed, g / n).apply(g % n)
     }
@@ -231,7 +307,8 @@ pub fn val_batches(
     world: usize,
 ) -> Vec<Batch> {
     let n = ds.rows().min(max_rows);
-    let ids: Vec<u64> = (0..n).collect();
+    // A mixture's validation rows follow its schedule (seed 0), so every source is represented.
+    let ids: Vec<u64> = (0..n).map(|i| ds.mixture_row(0, i).unwrap_or(i)).collect();
     ids.chunks(micro_batch)
         .enumerate()
         .filter(|(i, _)| i % world == rank)

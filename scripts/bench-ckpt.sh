@@ -81,7 +81,7 @@ params=$($bin model info "$tmp/cfg.toml" | sed -n 's/.*total (tied) *\([0-9,]*\)
 {
   echo "# Checkpoint throughput"
   echo
-  echo "Written by \`scripts/bench-ckpt.sh\` on $(date -u +%Y-%m-%d), $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), commit $(git rev-parse --short HEAD)."
+  echo "Written by \`scripts/bench-ckpt.sh\` on $(date -u +%Y-%m-%d), $(nproc --all) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), commit $(git rev-parse --short HEAD)."
   echo "Huginn d1024, 2/4/2, V 4096: $params parameters; a checkpoint holds fp32 weights, m and v (and the"
   echo "tokenizer, config, state). The disk: \`dd bs=1M count=$mb conv=fdatasync\` = **$disk MB/s** in this run."
   echo "Save: from the start of the save to the rename (every rank writes its optimizer shard, rank 0 the"

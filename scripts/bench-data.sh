@@ -16,7 +16,7 @@ mkdir -p bench
 {
   echo "# Data pipeline benchmark"
   echo
-  echo "$(date -u +%Y-%m-%d), $(nproc) cores, \`$bin\` (release), default corpus (5.06 MB), tokenizer 4096 ids, block size 256."
+  echo "$(date -u +%Y-%m-%d), $(nproc --all) cores, \`$bin\` (release), default corpus (5.06 MB), tokenizer 4096 ids, block size 256."
   echo
   echo '| command | figure |'
   echo '|---|---|'

@@ -73,6 +73,28 @@ pub struct SweepArgs {
 }
 
 #[derive(Args)]
+pub struct LaunchDataArgs {
+    /// A cluster profile: frontier, slurm-cuda, local, or a TOML file (configs/clusters/*.toml).
+    #[arg(long)]
+    cluster: String,
+    /// Parts: processes (SLURM array tasks), each preparing every N-th input file.
+    #[arg(long)]
+    parts: u32,
+    /// Walltime of each part on SLURM.
+    #[arg(long, default_value_t = 2.0)]
+    hours: f64,
+    /// SLURM account [default: the profile's].
+    #[arg(long)]
+    account: Option<String>,
+    /// Write the scripts but do not submit or run them.
+    #[arg(long)]
+    dry_run: bool,
+    /// The arguments of `muninn data prepare` (with --out; without --part), after `--`.
+    #[arg(last = true, required = true)]
+    prepare: Vec<String>,
+}
+
+#[derive(Args)]
 pub struct CompareArgs {
     /// Run directories (runs/<name>).
     #[arg(required = true)]
@@ -431,5 +453,69 @@ pub fn compare(a: CompareArgs) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
+    Ok(())
+}
+
+/// `muninn launch-data`: a corpus prepared in parts by a job array, then merged.
+pub fn launch_data(a: LaunchDataArgs) -> Result<()> {
+    use muninn_launch::data_job::DataJob;
+    ensure!(a.parts >= 1, "--parts must be at least 1");
+    ensure!(a.hours > 0.0, "--hours must be positive");
+    ensure!(
+        !a.prepare.iter().any(|x| x == "--part" || x.starts_with("--part=") || x == "--part-name"),
+        "launch-data sets --part itself: drop it from the prepare arguments"
+    );
+    let out = a
+        .prepare
+        .iter()
+        .position(|x| x == "--out")
+        .and_then(|i| a.prepare.get(i + 1))
+        .map(PathBuf::from)
+        .context("the prepare arguments need --out DIR (the dataset the parts are merged into)")?;
+    let cluster = Cluster::find(&a.cluster)?;
+    if cluster.profile.scheduler == Scheduler::Slurm && !a.dry_run {
+        let found = Command::new("sbatch").arg("--version").output();
+        ensure!(
+            matches!(found, Ok(o) if o.status.success()),
+            "sbatch not found: submit from a login node of the cluster, or pass --dry-run to only write the scripts"
+        );
+    }
+    let out = absolute(&out)?;
+    let dir = absolute(&muninn_launch::next_launch_dir(&out)?)?;
+    let job = DataJob {
+        account: a.account.clone().unwrap_or_else(|| cluster.profile.account.clone()),
+        name: format!(
+            "muninn-data-{}",
+            out.file_name().map_or("corpus".into(), |n| n.to_string_lossy().into_owned())
+        ),
+        cluster,
+        dir: dir.clone(),
+        workdir: std::env::current_dir().context("reading the current directory")?,
+        binary: std::env::current_exe().context("finding the muninn binary")?,
+        parts: a.parts,
+        hours: a.hours,
+        prepare: a.prepare.clone(),
+        out,
+    };
+    let files: Vec<(String, String)> = job
+        .files()
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
+        .collect();
+    muninn_launch::write_dir(&dir, &files)?;
+    println!("wrote {}/", dir.display());
+    for (name, _) in &files {
+        println!("  {name}");
+    }
+    let submit = dir.join("submit.sh");
+    if a.dry_run {
+        println!("dry run: nothing submitted; run {} to submit", submit.display());
+        return Ok(());
+    }
+    let status = Command::new("bash")
+        .arg(&submit)
+        .status()
+        .with_context(|| format!("running {}", submit.display()))?;
+    ensure!(status.success(), "{} failed ({status})", submit.display());
     Ok(())
 }

@@ -93,6 +93,8 @@ enum Command {
     Latents(eval_cmd::LatentsArgs),
     /// Write a batch job for a cluster (SLURM or this machine) and submit it, in resuming segments.
     Launch(launch_cmd::LaunchArgs),
+    /// Prepare a corpus in N parts as a job (a SLURM array, or one after another here), then merge.
+    LaunchData(launch_cmd::LaunchDataArgs),
     /// One run per point of a grid of config values (e.g. truncation depths k), as one job.
     Sweep(launch_cmd::SweepArgs),
     /// Compare finished runs: validation loss by k and test-time depth, throughput, memory; a PNG plot.
@@ -336,6 +338,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Latents(args) => eval_cmd::latents(args),
         Command::Launch(args) => launch_cmd::launch(args),
         Command::Sweep(args) => launch_cmd::sweep(args),
+        Command::LaunchData(args) => launch_cmd::launch_data(args),
         Command::Compare(args) => launch_cmd::compare(args),
     }
 }

@@ -630,3 +630,59 @@ fn a_finished_run_is_refused_or_continued_with_more_steps() {
         "step 6\n"
     );
 }
+
+/// `muninn launch-data`: locally the parts run one after another and merge into one dataset; for
+/// SLURM it renders a job array of parts and a merge that waits for all of them.
+#[test]
+fn launch_data_prepares_parts_and_merges_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    prepare_gsm8k(p);
+    // Three input files to share between two parts.
+    let src = std::fs::read_to_string(repo_root().join("tests/fixtures/gsm8k/test.jsonl")).unwrap();
+    let lines: Vec<&str> = src.lines().collect();
+    std::fs::create_dir(p.join("in")).unwrap();
+    for (i, chunk) in lines.chunks(lines.len() / 3 + 1).enumerate() {
+        std::fs::write(p.join(format!("in/{i}.jsonl")), chunk.join("\n") + "\n").unwrap();
+    }
+    let prepare = [
+        "--", "--tokenizer", "tok.json", "--input", "in", "--text-field", "question", "--block-size",
+        "32", "--out", "big",
+    ];
+    let out = muninn_ok(
+        &[&["launch-data", "--cluster", "local", "--parts", "2"][..], &prepare].concat(),
+        p,
+    );
+    assert!(out.contains("prepare.sh"), "{out}");
+    for part in ["big/parts/0-of-2", "big/parts/1-of-2"] {
+        assert!(p.join(part).join("dataset.json").is_file(), "{part}");
+    }
+    let verify = muninn_ok(&["data", "verify", "big", "--tokenizer", "tok.json"], p);
+    assert!(verify.contains("train:") && verify.contains("val:"), "{verify}");
+
+    let out = muninn_ok(
+        &[
+            &["launch-data", "--cluster", "frontier", "--parts", "64", "--hours", "1.5", "--dry-run"][..],
+            &prepare[..prepare.len() - 1],
+            &["lustre-ds"],
+        ]
+        .concat(),
+        p,
+    );
+    assert!(out.contains("dry run"), "{out}");
+    let launch = p.join("lustre-ds/launch/1");
+    let array = std::fs::read_to_string(launch.join("prepare.sbatch")).unwrap();
+    assert!(array.contains("#SBATCH --array=0-63%"), "{array}");
+    assert!(array.contains("--time=01:30:00") && array.contains("--part $SLURM_ARRAY_TASK_ID/64"), "{array}");
+    let submit = std::fs::read_to_string(launch.join("submit.sh")).unwrap();
+    assert!(submit.contains("--dependency=afterok:"), "{submit}");
+    for f in ["prepare.sbatch", "merge.sbatch", "submit.sh"] {
+        let ok = std::process::Command::new("bash").args(["-n"]).arg(launch.join(f)).status().unwrap();
+        assert!(ok.success(), "{f} is not valid bash");
+    }
+    let err = muninn_err(
+        &[&["launch-data", "--cluster", "local", "--parts", "2"][..], &prepare[..prepare.len() - 2]].concat(),
+        p,
+    );
+    assert!(err.contains("--out"), "{err}");
+}

@@ -459,7 +459,7 @@ pub fn hhmmss(hours: f64) -> String {
 }
 
 /// A path as one shell word.
-fn q(p: &Path) -> String {
+pub(crate) fn q(p: &Path) -> String {
     let s = p.to_string_lossy();
     shlex::try_quote(&s)
         .map(|c| c.into_owned())
@@ -467,7 +467,7 @@ fn q(p: &Path) -> String {
 }
 
 /// Escapes text for the inside of double quotes, keeping `$VAR` expansion.
-fn dq(s: &str) -> String {
+pub(crate) fn dq(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('`', "\\`")

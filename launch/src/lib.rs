@@ -3,6 +3,7 @@
 //! configs and hands over their resolved TOML.
 
 pub mod compare;
+pub mod data_job;
 pub mod job;
 pub mod profile;
 pub mod provenance;

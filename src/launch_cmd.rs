@@ -462,7 +462,9 @@ pub fn launch_data(a: LaunchDataArgs) -> Result<()> {
     ensure!(a.parts >= 1, "--parts must be at least 1");
     ensure!(a.hours > 0.0, "--hours must be positive");
     ensure!(
-        !a.prepare.iter().any(|x| x == "--part" || x.starts_with("--part=") || x == "--part-name"),
+        !a.prepare
+            .iter()
+            .any(|x| x == "--part" || x.starts_with("--part=") || x == "--part-name"),
         "launch-data sets --part itself: drop it from the prepare arguments"
     );
     let out = a
@@ -483,10 +485,14 @@ pub fn launch_data(a: LaunchDataArgs) -> Result<()> {
     let out = absolute(&out)?;
     let dir = absolute(&muninn_launch::next_launch_dir(&out)?)?;
     let job = DataJob {
-        account: a.account.clone().unwrap_or_else(|| cluster.profile.account.clone()),
+        account: a
+            .account
+            .clone()
+            .unwrap_or_else(|| cluster.profile.account.clone()),
         name: format!(
             "muninn-data-{}",
-            out.file_name().map_or("corpus".into(), |n| n.to_string_lossy().into_owned())
+            out.file_name()
+                .map_or("corpus".into(), |n| n.to_string_lossy().into_owned())
         ),
         cluster,
         dir: dir.clone(),
@@ -509,7 +515,10 @@ pub fn launch_data(a: LaunchDataArgs) -> Result<()> {
     }
     let submit = dir.join("submit.sh");
     if a.dry_run {
-        println!("dry run: nothing submitted; run {} to submit", submit.display());
+        println!(
+            "dry run: nothing submitted; run {} to submit",
+            submit.display()
+        );
         return Ok(());
     }
     let status = Command::new("bash")

@@ -415,7 +415,7 @@ fn huginn_info(
         "--n {n} --k {k}: need n, k >= 0 and n + k >= 1"
     );
     ensure!(t >= 1, "--seq-len must be positive");
-    let counts = ParamCounts::of(&cfg);
+    let counts = ParamCounts::of(cfg);
     println!("model {}", cfg.name);
     println!(
         "  d={} heads={} (head dim {}) I={} V={} block_size={} layers prelude/core/coda={}/{}/{} r̄={} k̄={}",
@@ -445,15 +445,15 @@ fn huginn_info(
         format!("unrolled at r={}", cfg.mean_recurrence),
         group_digits(counts.unrolled(cfg.mean_recurrence))
     );
-    let ckpt = train_flops_per_token(&cfg, n, k, t, true);
-    let plain = train_flops_per_token(&cfg, n, k, t, false);
+    let ckpt = train_flops_per_token(cfg, n, k, t, true);
+    let plain = train_flops_per_token(cfg, n, k, t, false);
     println!("training FLOPs per token at (n, k) = ({n}, {k}), T = {t}");
     println!("  {:<24}{:>18.4e}", "model (MFU)", plain.model);
     println!("  {:<24}{:>18.4e}", "hardware, checkpointed", ckpt.hardware);
     println!(
         "inference FLOPs per token at r = {}: {:.4e}",
         cfg.mean_recurrence,
-        inference_flops_per_token(&cfg, cfg.mean_recurrence, t)
+        inference_flops_per_token(cfg, cfg.mean_recurrence, t)
     );
     Ok(())
 }

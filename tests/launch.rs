@@ -646,11 +646,24 @@ fn launch_data_prepares_parts_and_merges_them() {
         std::fs::write(p.join(format!("in/{i}.jsonl")), chunk.join("\n") + "\n").unwrap();
     }
     let prepare = [
-        "--", "--tokenizer", "tok.json", "--input", "in", "--text-field", "question", "--block-size",
-        "32", "--out", "big",
+        "--",
+        "--tokenizer",
+        "tok.json",
+        "--input",
+        "in",
+        "--text-field",
+        "question",
+        "--block-size",
+        "32",
+        "--out",
+        "big",
     ];
     let out = muninn_ok(
-        &[&["launch-data", "--cluster", "local", "--parts", "2"][..], &prepare].concat(),
+        &[
+            &["launch-data", "--cluster", "local", "--parts", "2"][..],
+            &prepare,
+        ]
+        .concat(),
         p,
     );
     assert!(out.contains("prepare.sh"), "{out}");
@@ -658,11 +671,23 @@ fn launch_data_prepares_parts_and_merges_them() {
         assert!(p.join(part).join("dataset.json").is_file(), "{part}");
     }
     let verify = muninn_ok(&["data", "verify", "big", "--tokenizer", "tok.json"], p);
-    assert!(verify.contains("train:") && verify.contains("val:"), "{verify}");
+    assert!(
+        verify.contains("train:") && verify.contains("val:"),
+        "{verify}"
+    );
 
     let out = muninn_ok(
         &[
-            &["launch-data", "--cluster", "frontier", "--parts", "64", "--hours", "1.5", "--dry-run"][..],
+            &[
+                "launch-data",
+                "--cluster",
+                "frontier",
+                "--parts",
+                "64",
+                "--hours",
+                "1.5",
+                "--dry-run",
+            ][..],
             &prepare[..prepare.len() - 1],
             &["lustre-ds"],
         ]
@@ -673,15 +698,26 @@ fn launch_data_prepares_parts_and_merges_them() {
     let launch = p.join("lustre-ds/launch/1");
     let array = std::fs::read_to_string(launch.join("prepare.sbatch")).unwrap();
     assert!(array.contains("#SBATCH --array=0-63%"), "{array}");
-    assert!(array.contains("--time=01:30:00") && array.contains("--part $SLURM_ARRAY_TASK_ID/64"), "{array}");
+    assert!(
+        array.contains("--time=01:30:00") && array.contains("--part $SLURM_ARRAY_TASK_ID/64"),
+        "{array}"
+    );
     let submit = std::fs::read_to_string(launch.join("submit.sh")).unwrap();
     assert!(submit.contains("--dependency=afterok:"), "{submit}");
     for f in ["prepare.sbatch", "merge.sbatch", "submit.sh"] {
-        let ok = std::process::Command::new("bash").args(["-n"]).arg(launch.join(f)).status().unwrap();
+        let ok = std::process::Command::new("bash")
+            .args(["-n"])
+            .arg(launch.join(f))
+            .status()
+            .unwrap();
         assert!(ok.success(), "{f} is not valid bash");
     }
     let err = muninn_err(
-        &[&["launch-data", "--cluster", "local", "--parts", "2"][..], &prepare[..prepare.len() - 2]].concat(),
+        &[
+            &["launch-data", "--cluster", "local", "--parts", "2"][..],
+            &prepare[..prepare.len() - 2],
+        ]
+        .concat(),
         p,
     );
     assert!(err.contains("--out"), "{err}");

@@ -269,7 +269,9 @@ fn parquet_column(
             }
             let mut v = values.iter();
             for r in 0..records {
-                let present = desc.max_def_level() == 0 || defs[r] == desc.max_def_level();
+                // A required column has no definition levels; an optional one has one per record.
+                let present =
+                    desc.max_def_level() == 0 || defs.get(r) == Some(&desc.max_def_level());
                 row += 1;
                 if !present {
                     continue; // null

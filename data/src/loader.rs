@@ -100,8 +100,9 @@ impl TokenDataset {
     ) -> Result<Self> {
         let mut sources = Vec::new();
         for d in &m.dirs {
-            let ds = TokenDataset::open(d, split, tokenizer)
-                .with_context(|| format!("source {} of the mixture {}", d.display(), dir.display()))?;
+            let ds = TokenDataset::open(d, split, tokenizer).with_context(|| {
+                format!("source {} of the mixture {}", d.display(), dir.display())
+            })?;
             ensure!(
                 ds.mixture.is_none(),
                 "{}: a mixture's source may not be a mixture",
@@ -123,7 +124,8 @@ impl TokenDataset {
         let mut index = first.clone();
         index.documents = sources.iter().map(|s| s.index.documents).sum();
         index.tokens = sources.iter().map(|s| s.index.tokens).sum();
-        let (mut shards, mut starts, mut firsts, mut counts) = (Vec::new(), vec![0u64], Vec::new(), Vec::new());
+        let (mut shards, mut starts, mut firsts, mut counts) =
+            (Vec::new(), vec![0u64], Vec::new(), Vec::new());
         for s in sources {
             let base = *starts.last().expect("starts");
             firsts.push(base);

@@ -50,8 +50,8 @@ impl Mixture {
         if !path.is_file() {
             return Ok(None);
         }
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let file: MixtureFile =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         ensure!(
@@ -105,7 +105,9 @@ fn slots(weights: &[f64]) -> Vec<u64> {
         i += 1;
     }
     while slots.iter().sum::<u64>() > BLOCK {
-        let big = (0..slots.len()).max_by_key(|&i| slots[i]).expect("a source");
+        let big = (0..slots.len())
+            .max_by_key(|&i| slots[i])
+            .expect("a source");
         slots[big] -= 1;
     }
     slots

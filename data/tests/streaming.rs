@@ -174,8 +174,20 @@ fn a_small_buffer_streams_deterministically_and_keeps_every_document() {
         buffer_bytes: 40_000, // about 1/10 of the corpus per buffer
         ..opts(threads)
     };
-    let one = prepare(&tok, &[input.clone()], &p.join("one"), &small(1)).unwrap();
-    prepare(&tok, &[input.clone()], &p.join("two"), &small(2)).unwrap();
+    let one = prepare(
+        &tok,
+        std::slice::from_ref(&input),
+        &p.join("one"),
+        &small(1),
+    )
+    .unwrap();
+    prepare(
+        &tok,
+        std::slice::from_ref(&input),
+        &p.join("two"),
+        &small(2),
+    )
+    .unwrap();
     assert!(
         files(&p.join("one")) == files(&p.join("two")),
         "threads changed the bytes"
@@ -279,8 +291,16 @@ fn a_mixture_draws_its_weights_deterministically_and_resumes_exactly() {
     )
     .unwrap();
     let mix = TokenDataset::open(&p.join("mix"), "train", Some(&tok)).unwrap();
-    let rows_a = TokenDataset::open(&p.join("a"), "train", Some(&tok)).unwrap().rows();
-    assert_eq!(mix.rows(), rows_a + TokenDataset::open(&p.join("b"), "train", Some(&tok)).unwrap().rows());
+    let rows_a = TokenDataset::open(&p.join("a"), "train", Some(&tok))
+        .unwrap()
+        .rows();
+    assert_eq!(
+        mix.rows(),
+        rows_a
+            + TokenDataset::open(&p.join("b"), "train", Some(&tok))
+                .unwrap()
+                .rows()
+    );
     // Two blocks of the schedule: each source exactly its slots (3072 and 1024 per 4096).
     let loader = muninn_data::Loader::new(&mix, 11);
     let from_a = (0..8192).filter(|&g| loader.row_of(g) < rows_a).count();
@@ -295,13 +315,18 @@ fn a_mixture_draws_its_weights_deterministically_and_resumes_exactly() {
     let (x, y) = (first.next_batch(0, 1, 8), resumed.next_batch(0, 1, 8));
     assert_eq!(x, y);
     // Another seed draws other rows; the state refuses another mixture.
-    assert_ne!(muninn_data::Loader::new(&mix, 12).next_batch(0, 1, 8), muninn_data::Loader::new(&mix, 11).next_batch(0, 1, 8));
+    assert_ne!(
+        muninn_data::Loader::new(&mix, 12).next_batch(0, 1, 8),
+        muninn_data::Loader::new(&mix, 11).next_batch(0, 1, 8)
+    );
     let plain = TokenDataset::open(&p.join("a"), "train", Some(&tok)).unwrap();
     let mut other = muninn_data::Loader::new(&plain, 11);
     assert!(other.load_state(&first.state()).is_err());
     // Validation follows the schedule too: both sources appear among the first rows.
     let val = TokenDataset::open(&p.join("mix"), "val", Some(&tok)).unwrap();
-    let rows_a_val = TokenDataset::open(&p.join("a"), "val", Some(&tok)).unwrap().rows();
+    let rows_a_val = TokenDataset::open(&p.join("a"), "val", Some(&tok))
+        .unwrap()
+        .rows();
     let ids: Vec<u64> = muninn_data::loader::val_batches(&val, 4, 40, 0, 1)
         .iter()
         .flat_map(|b| b.row_ids.clone())

@@ -93,7 +93,11 @@ impl DataJob {
 
     fn prepare_line(&self, part: &str) -> String {
         let args: Vec<String> = self.prepare.iter().map(|a| q(Path::new(a))).collect();
-        format!("\"$muninn\" data prepare {} --part {part}/{}", args.join(" "), self.parts)
+        format!(
+            "\"$muninn\" data prepare {} --part {part}/{}",
+            args.join(" "),
+            self.parts
+        )
     }
 
     fn prepare_script(&self) -> String {
@@ -147,7 +151,9 @@ impl DataJob {
             true => {
                 s.push_str("array=$(sbatch --parsable prepare.sbatch)\n");
                 s.push_str("echo \"submitted the parts: job $array\"\n");
-                s.push_str("merge=$(sbatch --parsable --dependency=afterok:${array%%;*} merge.sbatch)\n");
+                s.push_str(
+                    "merge=$(sbatch --parsable --dependency=afterok:${array%%;*} merge.sbatch)\n",
+                );
                 s.push_str("echo \"submitted the merge: job $merge (after every part)\"\n");
             }
             false => s.push_str("bash prepare.sh\n"),

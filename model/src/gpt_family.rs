@@ -36,6 +36,7 @@ impl Family for GptFamily {
     }
 
     /// One region: a single backward call finishes every gradient at once.
+    #[allow(clippy::single_range_in_vec_init)]
     fn grad_regions(&self) -> Vec<Range<i64>> {
         vec![0..self.model.params().numel()]
     }

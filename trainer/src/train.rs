@@ -688,10 +688,8 @@ impl<'a, F: Family> Trainer<'a, F> {
         if let Some(bar) = &self.bar {
             bar.finish();
         }
-        if self.root {
-            if stop == Stop::Finished {
-                mark_finished(&self.finished_marker, step)?;
-            }
+        if self.root && stop == Stop::Finished {
+            mark_finished(&self.finished_marker, step)?;
         }
         Ok(Some(Outcome {
             step,
@@ -874,15 +872,13 @@ fn save_collectively<F: Family>(
         .collect();
     let pieces = layouts[rank].pieces();
     let staging = ckpt::staging_dir(run_dir, step);
-    let written = (|| {
-        let state = opt.state_tensors();
-        let slice = |t: &Tensor| match zero1 {
-            true => t.to_device(Device::Cpu),
-            false => crate::optim::gather_pieces(t, &pieces).to_device(Device::Cpu),
-        };
-        let (m, v) = (slice(&state[0].1), slice(&state[1].1));
-        ckpt::write_optimizer_shard(&staging, rank, world, &m, &v, &pieces)
-    })();
+    let state_tensors = opt.state_tensors();
+    let slice = |t: &Tensor| match zero1 {
+        true => t.to_device(Device::Cpu),
+        false => crate::optim::gather_pieces(t, &pieces).to_device(Device::Cpu),
+    };
+    let (m, v) = (slice(&state_tensors[0].1), slice(&state_tensors[1].1));
+    let written = ckpt::write_optimizer_shard(&staging, rank, world, &m, &v, &pieces);
     if failed_anywhere(
         written.is_err(),
         "writing the optimizer shards of the checkpoint",

@@ -15,8 +15,6 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use muninn_model::st::StFile;
-
 /// The MPI tests share two cores: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -95,26 +93,6 @@ fn ckpt(dir: &Path, run: &str, step: u64) -> PathBuf {
     dir.join(format!("runs/{run}/checkpoints/step-{step:08}"))
 }
 
-/// Largest absolute difference over every tensor of two safetensors files with the same names.
-fn max_diff(a: &Path, b: &Path) -> f64 {
-    let (fa, fb) = (StFile::open(a).unwrap(), StFile::open(b).unwrap());
-    let names = fa.shapes();
-    assert_eq!(
-        names,
-        fb.shapes(),
-        "{} and {} differ in tensors",
-        a.display(),
-        b.display()
-    );
-    names
-        .iter()
-        .map(|(n, _)| {
-            let (x, y) = (fa.get(n).unwrap(), fb.get(n).unwrap());
-            (x - y).abs().max().double_value(&[])
-        })
-        .fold(0.0, f64::max)
-}
-
 fn assert_same_run(p: &Path, a: &str, b: &str, step: u64) {
     let (la, lb) = (losses(p, a), losses(p, b));
     assert_eq!(la.len(), lb.len(), "{a}: {la:?}\n{b}: {lb:?}");
@@ -129,19 +107,22 @@ fn assert_same_run(p: &Path, a: &str, b: &str, step: u64) {
 
 /// The weights and the optimizer state of two runs at `step` agree.
 fn assert_same_state(p: &Path, a: &str, b: &str, step: u64) {
-    let file = "model.safetensors";
-    let d = max_diff(&ckpt(p, a, step).join(file), &ckpt(p, b, step).join(file));
-    assert!(d < TOL, "{file} of {a} and {b} differ by {d}");
+    use muninn_model::checkpoint::{model_files, TensorFiles};
+    // The weights, from one file or a rank's share each.
+    let weights =
+        |run: &str| TensorFiles::open(&model_files(&ckpt(p, run, step)).unwrap()).unwrap();
+    let (wa, wb) = (weights(a), weights(b));
+    assert_eq!(wa.names(), wb.names(), "{a} and {b} hold other tensors");
+    let mut numel = 0;
+    for n in wa.names() {
+        let (x, y) = (wa.get(n).unwrap(), wb.get(n).unwrap());
+        numel += x.numel() as i64;
+        let d = (x - y).abs().max().double_value(&[]);
+        assert!(d < TOL, "weight {n} of {a} and {b} differs by {d}");
+    }
     // The optimizer state over the whole flat buffer, from however many shards each run wrote.
     let full = |run: &str| {
-        let dir = ckpt(p, run, step);
-        let numel: i64 = StFile::open(&dir.join(file))
-            .unwrap()
-            .shapes()
-            .iter()
-            .map(|(_, s)| s.iter().product::<i64>())
-            .sum();
-        muninn_trainer::ckpt::read_optimizer(&dir, &[(0, numel)]).unwrap()
+        muninn_trainer::ckpt::read_optimizer(&ckpt(p, run, step), &[(0, numel)]).unwrap()
     };
     let ((ma, va), (mb, vb)) = (full(a), full(b));
     let d = (ma - mb)
@@ -721,12 +702,53 @@ fn sharded_checkpoints_reshard_on_resume_and_consolidate() {
             "dist.zero1=true",
             "--set",
             "train.grad_accum=2",
+            // Each of the 3 ranks also writes a share of the weights (HF-style shards, an index).
+            "--set",
+            "checkpoint.shard_weights_mb=0",
             "--resume",
             "auto",
         ],
         p,
     );
+    let step6 = ckpt(p, "re", 6);
+    for f in [
+        "model-00001-of-00003.safetensors",
+        "model-00003-of-00003.safetensors",
+        "model.safetensors.index.json",
+    ] {
+        assert!(step6.join(f).is_file(), "{f}");
+    }
+    assert!(!step6.join("model.safetensors").exists());
+    // Inference reads sharded weights as they are.
+    muninn_ok(
+        &[
+            "forward",
+            step6.to_str().unwrap(),
+            "--tokens",
+            "1,2,3",
+            "--depth",
+            "2",
+            "--out",
+            "f.safetensors",
+        ],
+        p,
+    );
     assert_same_run(p, "one", "re", 6);
+    let single6 = p.join("single6");
+    muninn_ok(
+        &[
+            "checkpoint",
+            "consolidate",
+            step6.to_str().unwrap(),
+            "--out",
+            single6.to_str().unwrap(),
+        ],
+        p,
+    );
+    assert!(
+        single6.join("model.safetensors").is_file()
+            && !single6.join("model.safetensors.index.json").exists()
+    );
 
     // The single-file form resumes as well (one rank, the old layout's loader).
     muninn_ok(

@@ -36,6 +36,12 @@ impl Stored for Huginn {
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.toml";
 
+/// A checkpoint's weight files: `model.safetensors`, or the shards a
+/// `model.safetensors.index.json` names (a large model saved by several ranks, as HF shards).
+pub fn model_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    crate::hf::weight_files(dir)
+}
+
 /// Tensors spread over one or more safetensors files (an HF directory may shard them).
 pub struct TensorFiles {
     files: Vec<StFile>,
@@ -154,7 +160,7 @@ pub fn load_any(dir: &Path, device: Device, precision: Precision) -> Result<Mode
     );
     let cfg = ModelConfig::from_toml_file(&dir.join(CONFIG_FILE))?;
     let model = Model::new(cfg, device, precision)?;
-    let files = TensorFiles::open(&[dir.join(MODEL_FILE)])?;
+    let files = TensorFiles::open(&model_files(dir)?)?;
     load_weights(&model, &files, str::to_string, &[])
         .with_context(|| format!("loading checkpoint {}", dir.display()))?;
     Ok(model)

@@ -81,7 +81,7 @@ impl Family for GptFamily {
     }
 
     fn load_model(&self, dir: &Path) -> Result<()> {
-        let files = TensorFiles::open(&[dir.join(checkpoint::MODEL_FILE)])?;
+        let files = TensorFiles::open(&checkpoint::model_files(dir)?)?;
         checkpoint::load_weights(&self.model, &files, str::to_string, &[])
     }
 }

@@ -124,7 +124,7 @@ impl Family for HuginnFamily {
     }
 
     fn load_model(&self, dir: &Path) -> Result<()> {
-        let files = TensorFiles::open(&[dir.join(checkpoint::MODEL_FILE)])?;
+        let files = TensorFiles::open(&checkpoint::model_files(dir)?)?;
         checkpoint::load_weights(&self.model, &files, str::to_string, &[])
     }
 }

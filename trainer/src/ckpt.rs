@@ -96,6 +96,69 @@ pub struct Manifest {
     /// Elements of the flat parameter (and optimizer-state) buffer.
     pub numel: i64,
     pub optimizer: Vec<OptimizerShard>,
+    /// The weight shard files, when every rank wrote a share of the weights (else `model.safetensors`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<String>,
+}
+
+/// Rank r's weight shard of `world` (HF's 1-based `model-00001-of-00002.safetensors`).
+pub fn weight_file(rank: usize, world: usize) -> String {
+    format!("model-{:05}-of-{world:05}.safetensors", rank + 1)
+}
+
+/// Which rank writes each parameter tensor when the weights are sharded: the largest first, each
+/// to the rank with the fewest bytes so far (deterministic; every rank computes the same).
+pub fn weight_owners(specs: &[muninn_model::params::ParamSpec], world: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..specs.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(specs[i].numel()), i));
+    let (mut load, mut owner) = (vec![0i64; world], vec![0usize; specs.len()]);
+    for i in order {
+        let r = (0..world).min_by_key(|&r| (load[r], r)).expect("a rank");
+        owner[i] = r;
+        load[r] += specs[i].numel();
+    }
+    owner
+}
+
+/// Every rank, when the weights are sharded: its share of the parameter tensors.
+pub fn write_weight_shard<F: Family>(
+    staging: &Path,
+    model: &F,
+    rank: usize,
+    world: usize,
+) -> Result<()> {
+    let owners = weight_owners(model.params().specs(), world);
+    let mine: Vec<(String, Tensor)> = model
+        .params()
+        .named_detached()
+        .into_iter()
+        .zip(owners)
+        .filter(|(_, o)| *o == rank)
+        .map(|((n, t), _)| (n, t.to_device(tch::Device::Cpu)))
+        .collect();
+    let meta = std::collections::HashMap::from([("format".to_string(), "muninn".to_string())]);
+    st::write(&staging.join(weight_file(rank, world)), &mine, Some(meta))
+}
+
+/// Rank 0, when the weights are sharded: `config.toml` and the HF index naming each tensor's file.
+fn write_weight_index<F: Family>(staging: &Path, model: &F, world: usize) -> Result<()> {
+    let owners = weight_owners(model.params().specs(), world);
+    let map: serde_json::Map<String, serde_json::Value> = model
+        .params()
+        .specs()
+        .iter()
+        .zip(owners)
+        .map(|(s, o)| (s.name.clone(), weight_file(o, world).into()))
+        .collect();
+    let index = serde_json::json!({
+        "metadata": {"total_size": model.params().numel() * 4},
+        "weight_map": map,
+    });
+    write_synced(
+        &staging.join("model.safetensors.index.json"),
+        &serde_json::to_string_pretty(&index)?,
+    )?;
+    write_synced(&staging.join(checkpoint::CONFIG_FILE), &model.config_toml())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,7 +247,10 @@ pub fn commit_save<F: Family>(
     {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
-    model.save_model(staging)?;
+    match manifest.weights.is_empty() {
+        true => model.save_model(staging)?,
+        false => write_weight_index(staging, model, manifest.world)?,
+    }
     std::fs::copy(tokenizer, staging.join(TOKENIZER_FILE))
         .with_context(|| format!("copying {} into the checkpoint", tokenizer.display()))?;
     write_synced(
@@ -295,21 +361,37 @@ pub fn consolidate(dir: &Path, out: &Path) -> Result<()> {
         &std::fs::read_to_string(dir.join(STATE_FILE))
             .with_context(|| format!("reading {}", dir.join(STATE_FILE).display()))?,
     )?;
-    let numel = st::StFile::open(&dir.join(checkpoint::MODEL_FILE))?
-        .shapes()
-        .into_iter()
-        .map(|(_, s)| s.iter().product::<i64>())
-        .sum::<i64>();
+    let weights = checkpoint::TensorFiles::open(&checkpoint::model_files(dir)?)?;
+    let names: Vec<String> = weights.names().into_iter().map(String::from).collect();
+    let numel: i64 = names
+        .iter()
+        .map(|n| weights.shape(n).map_or(0, |s| s.iter().product::<i64>()))
+        .sum();
     let (m, v) = read_optimizer(dir, &[(0, numel)])?;
+    let sharded_weights = !dir.join(checkpoint::MODEL_FILE).is_file();
     checkpoint::write_new_dir(out, |o| {
         for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
             let path = entry?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name == MANIFEST_FILE || name.starts_with("optimizer-") || !path.is_file() {
+            let weight_shard = name.starts_with("model-") || name == "model.safetensors.index.json";
+            if name == MANIFEST_FILE
+                || name.starts_with("optimizer-")
+                || weight_shard
+                || !path.is_file()
+            {
                 continue;
             }
             std::fs::copy(&path, o.join(name))
                 .with_context(|| format!("copying {}", path.display()))?;
+        }
+        if sharded_weights {
+            let tensors = names
+                .iter()
+                .map(|n| Ok((n.clone(), weights.get(n)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let meta =
+                std::collections::HashMap::from([("format".to_string(), "muninn".to_string())]);
+            st::write(&o.join(checkpoint::MODEL_FILE), &tensors, Some(meta))?;
         }
         st::write(
             &o.join(OPTIMIZER_FILE),

@@ -168,6 +168,10 @@ pub struct CheckpointSection {
     /// How long every rank waits for a checkpoint to be written, in seconds: a bound of its own,
     /// longer than `dist.timeout_s`, so that a slow filesystem does not end a healthy job.
     pub timeout_s: f64,
+    /// Weights larger than this (fp32 MB) are written by every rank of a multi-rank job, a share
+    /// of the parameter tensors each (`model-RRRRR-of-WWWWW.safetensors` and an HF index), instead
+    /// of by rank 0 alone.
+    pub shard_weights_mb: f64,
 }
 
 impl Default for CheckpointSection {
@@ -176,6 +180,7 @@ impl Default for CheckpointSection {
             interval: 100,
             keep: 3,
             timeout_s: 3600.0,
+            shard_weights_mb: 1024.0,
         }
     }
 }
@@ -462,6 +467,11 @@ impl RunConfig {
         ensure!(
             raw.checkpoint.keep >= 1,
             "checkpoint.keep must be at least 1"
+        );
+        ensure!(
+            raw.checkpoint.shard_weights_mb >= 0.0,
+            "checkpoint.shard_weights_mb = {} must be >= 0",
+            raw.checkpoint.shard_weights_mb
         );
         ensure!(
             raw.checkpoint.timeout_s > 0.0 && raw.checkpoint.timeout_s.is_finite(),

@@ -816,6 +816,8 @@ fn save<F: Family>(
 ) -> Result<PathBuf> {
     use std::time::Duration;
     comm.set_timeout(Duration::from_secs_f64(ckpt_cfg.timeout_s));
+    let shard_weights =
+        comm.world() > 1 && model.params().numel() as f64 * 4.0 > ckpt_cfg.shard_weights_mb * 1e6;
     let saved = save_collectively(
         comm,
         dist,
@@ -826,6 +828,7 @@ fn save<F: Family>(
         zero1,
         state,
         ckpt_cfg.keep,
+        shard_weights,
     );
     comm.set_timeout(Duration::from_secs_f64(dist.timeout_s));
     saved
@@ -842,6 +845,7 @@ fn save_collectively<F: Family>(
     zero1: bool,
     state: &TrainerState,
     keep: usize,
+    shard_weights: bool,
 ) -> Result<PathBuf> {
     let (rank, world, step) = (comm.rank(), comm.world(), state.step);
     let failed_anywhere = |failed: bool, what: &str| -> Result<bool> {
@@ -878,7 +882,13 @@ fn save_collectively<F: Family>(
         false => crate::optim::gather_pieces(t, &pieces).to_device(Device::Cpu),
     };
     let (m, v) = (slice(&state_tensors[0].1), slice(&state_tensors[1].1));
-    let written = ckpt::write_optimizer_shard(&staging, rank, world, &m, &v, &pieces);
+    let written =
+        ckpt::write_optimizer_shard(&staging, rank, world, &m, &v, &pieces).and_then(|()| {
+            match shard_weights {
+                true => ckpt::write_weight_shard(&staging, model, rank, world),
+                false => Ok(()),
+            }
+        });
     if failed_anywhere(
         written.is_err(),
         "writing the optimizer shards of the checkpoint",
@@ -899,6 +909,10 @@ fn save_collectively<F: Family>(
                 pieces: l.pieces(),
             })
             .collect(),
+        weights: match shard_weights {
+            true => (0..world).map(|r| ckpt::weight_file(r, world)).collect(),
+            false => Vec::new(),
+        },
     };
     let committed = match comm.is_root() {
         true => ckpt::commit_save(run_dir, &staging, model, state, &manifest, keep, tokenizer),

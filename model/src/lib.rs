@@ -24,6 +24,7 @@ pub mod params;
 pub mod sampler;
 pub mod shim;
 pub mod st;
+pub mod trm;
 
 pub use any::{FamilyKind, Model, ModelConfig};
 pub use block::{Attend, Mask, Positions};

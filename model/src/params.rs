@@ -62,6 +62,13 @@ pub enum Init {
     TruncNormal {
         std: f64,
     },
+    /// JAX's corrected truncated normal (TRM): Normal(0, σ′) clipped at ±2σ′ with
+    /// σ′ = std / 0.8796, so that the truncated draw's std is `std` itself.
+    JaxTruncNormal {
+        std: f64,
+    },
+    /// Every element `value` (e.g. TRM's q-head bias, −5).
+    Const(f64),
     Ones,
     Zeros,
 }
@@ -236,6 +243,19 @@ fn sample_trunc_normal(rng: &mut ChaCha8Rng, std: f64) -> f64 {
     }
 }
 
+/// The std of a standard normal truncated to ±2: JAX's `truncated_normal` divides by it.
+pub const TRUNC2_STD: f64 = 0.879_626_29;
+
+/// One draw of JAX's corrected truncated normal: Normal(0, σ′) clipped at ±2σ′, σ′ = std / 0.8796.
+pub fn sample_jax_trunc_normal(rng: &mut ChaCha8Rng, std: f64) -> f64 {
+    loop {
+        let z: f64 = StandardNormal.sample(rng);
+        if z.abs() <= 2.0 {
+            return z * std / TRUNC2_STD;
+        }
+    }
+}
+
 /// Draws a ±3σ truncated normal in place from torch's RNG (on the tensor's device), the way `torch.nn.init.trunc_normal_` does: inverse-CDF sampling.
 pub fn trunc_normal_(t: &mut Tensor, std: f64) {
     // u ~ U(2Φ(a)−1, 2Φ(b)−1) with a = −3, b = 3 in units of σ; then σ·√2·erfinv(u), clamped.
@@ -343,6 +363,14 @@ impl FlatParams {
                             .map(|_| sample_trunc_normal(&mut rng, std) as f32)
                             .collect()
                     }
+                    Init::JaxTruncNormal { std } => {
+                        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                        rng.set_stream(i as u64);
+                        (0..n)
+                            .map(|_| sample_jax_trunc_normal(&mut rng, std) as f32)
+                            .collect()
+                    }
+                    Init::Const(c) => vec![c as f32; n],
                     Init::Ones => vec![1.0; n],
                     Init::Zeros => vec![0.0; n],
                 }
@@ -486,6 +514,7 @@ mod tests {
         for (spec, t) in a.specs().iter().zip(a.detached_views()) {
             match spec.init {
                 Init::Ones => assert!(t.eq(1.0).all().int64_value(&[]) == 1, "{}", spec.name),
+                Init::JaxTruncNormal { .. } | Init::Const(_) => unreachable!("not in Huginn"),
                 Init::Zeros => assert!(t.eq(0.0).all().int64_value(&[]) == 1, "{}", spec.name),
                 Init::TruncNormal { std } => {
                     let max = t.abs().max().double_value(&[]);

@@ -1,0 +1,132 @@
+//! TRM's network against the specification's computed figures (`trm-reference.md` §1, §6) and its
+//! formulas: parameter counts of the paper and tiny shapes, the SwiGLU width rule, the init, the
+//! stablemax, and one supervision step's shapes and graph.
+
+use muninn_model::params::ParamCounts;
+use muninn_model::trm::{log_stablemax, param_specs, swiglu_width, Carry, Trm, TrmConfig};
+use muninn_model::Part;
+use tch::{Device, Kind, Tensor};
+
+fn count(cfg: &TrmConfig) -> i64 {
+    ParamCounts::from_specs(
+        &param_specs(cfg),
+        &[Part::Embedding, Part::Layers, Part::Head],
+    )
+    .total
+}
+
+#[test]
+fn parameter_counts_match_the_reference() {
+    let p = |n| TrmConfig::preset(n).unwrap();
+    assert_eq!(count(&p("trm-sudoku-mlp")), 5_028_866);
+    assert_eq!(count(&p("trm-sudoku-att")), 6_828_034);
+    assert_eq!(count(&p("trm-sudoku6")), 160_898);
+    assert_eq!(count(&p("trm-sudoku4")), 129_922);
+    // Maze-Hard (V 6, L 900): attention 6,822,914, MLP-t 18,795,522.
+    let maze = |mlp_t: bool| TrmConfig {
+        vocab_size: 6,
+        seq_len: 900,
+        mlp_t,
+        pos_encodings: if mlp_t {
+            muninn_model::trm::PosEncoding::None
+        } else {
+            muninn_model::trm::PosEncoding::Rope
+        },
+        ..p("trm-sudoku-att")
+    };
+    assert_eq!(count(&maze(false)), 6_822_914);
+    assert_eq!(count(&maze(true)), 18_795_522);
+    assert_eq!(
+        (
+            swiglu_width(4.0, 512),
+            swiglu_width(4.0, 97),
+            swiglu_width(4.0, 64)
+        ),
+        (1536, 512, 256)
+    );
+}
+
+#[test]
+fn init_follows_the_reference() {
+    tch::set_num_threads(1);
+    let m = Trm::new(TrmConfig::preset("trm-sudoku-mlp").unwrap(), Device::Cpu).unwrap();
+    m.init(3);
+    let named: std::collections::HashMap<String, Tensor> =
+        m.params().named_detached().into_iter().collect();
+    assert_eq!(
+        named["inner.q_head.weight"].abs().max().double_value(&[]),
+        0.0
+    );
+    assert!(named["inner.q_head.bias"].eq(-5.0).all().int64_value(&[]) == 1);
+    // JAX's corrected truncated normal: the actual std is the target, values within ±2σ′.
+    let w = &named["inner.L_level.layers.0.mlp.gate_up_proj.weight"];
+    let target = 1.0 / 512f64.sqrt();
+    let std = w.std(true).double_value(&[]);
+    assert!((std / target - 1.0).abs() < 0.01, "std {std} vs {target}");
+    assert!(w.abs().max().double_value(&[]) <= 2.0 * target / 0.8796 * (1.0 + 1e-5));
+    assert!((m.h_init.std(true).double_value(&[]) - 1.0).abs() < 0.2);
+    assert!(m.puzzle_table.abs().max().double_value(&[]) == 0.0);
+}
+
+#[test]
+fn stablemax_is_the_reference_formula() {
+    let v = Tensor::from_slice(&[-2.0f64, 0.0, 1.5, 3.0]).view([1, 4]);
+    let s = [1.0 / 3.0, 1.0, 2.5, 4.0];
+    let total: f64 = s.iter().sum();
+    let got = log_stablemax(&v);
+    for (i, si) in s.iter().enumerate() {
+        assert!((got.double_value(&[0, i as i64]) - (si / total).ln()).abs() < 1e-12);
+    }
+    assert_eq!(got.kind(), Kind::Double);
+}
+
+#[test]
+fn a_supervision_step_has_the_reference_shapes_and_one_cycle_of_graph() {
+    tch::set_num_threads(1);
+    for name in ["trm-sudoku4", "trm-sudoku-att"] {
+        let mut cfg = TrmConfig::preset(name).unwrap();
+        cfg.hidden_size = 64;
+        cfg.num_heads = 2;
+        let m = Trm::new(cfg.clone(), Device::Cpu).unwrap();
+        m.init(1);
+        let b = 3;
+        tch::manual_seed(0);
+        let inputs = Tensor::randint(cfg.vocab_size, [b, cfg.seq_len], (Kind::Int64, Device::Cpu));
+        let ids = Tensor::zeros([b], (Kind::Int64, Device::Cpu));
+        let carry = m.initial_carry(b);
+        let out = m.step(&carry, &inputs, &ids).unwrap();
+        assert_eq!(
+            out.logits.size(),
+            [b, cfg.seq_len, cfg.vocab_size],
+            "{name}"
+        );
+        assert_eq!(out.q_halt.size(), [b]);
+        // q starts at the bias: weight 0, bias −5.
+        assert!((out.q_halt + 5.0).abs().max().double_value(&[]) < 1e-6);
+        assert_eq!(out.carry.y.size(), [b, cfg.positions(), cfg.hidden_size]);
+        assert!(!out.carry.y.requires_grad(), "the carry is detached");
+        // Stepping on from the carry changes the answer; the same carry gives the same step.
+        let again = m
+            .step(
+                &Carry {
+                    y: carry.y.copy(),
+                    z: carry.z.copy(),
+                },
+                &inputs,
+                &ids,
+            )
+            .unwrap();
+        assert!(again.logits.equal(&out.logits));
+        let next = m.step(&out.carry, &inputs, &ids).unwrap();
+        assert!((next.logits - &out.logits).abs().max().double_value(&[]) > 1e-6);
+        // The loss reaches every trained parameter through the graph cycle.
+        let loss = out.logits.square().mean(Kind::Float) + again.q_continue.sum(Kind::Float);
+        loss.backward();
+        for (n, g) in m.params().named_grads() {
+            assert!(
+                g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                "{name}: {n} has no gradient"
+            );
+        }
+    }
+}

@@ -73,6 +73,24 @@ pub enum DataCommand {
         #[arg(long)]
         part_name: Option<String>,
     },
+    /// Generate sudoku puzzles for TRM: minimal puzzles with a unique solution, in the
+    /// Sudoku-Extreme CSV layout (OUT/train.csv, OUT/test.csv).
+    Sudoku {
+        /// Box shape RxC (N = R·C): 2x2 (4×4 grids), 2x3 (6×6), 3x3 (9×9).
+        #[arg(long = "box")]
+        boxes: muninn_data::sudoku::Boxes,
+        /// Training puzzles.
+        #[arg(long, default_value_t = 1000)]
+        train: usize,
+        /// Held-out puzzles (drawn from their own stream: independent of --train).
+        #[arg(long, default_value_t = 500)]
+        test: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// New output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Join the parts of OUT/parts/ (written by `prepare --part`) into one dataset: writes
     /// OUT/dataset.json naming every part's shards. Run again after adding parts.
     Merge { dir: PathBuf },
@@ -178,6 +196,26 @@ pub fn run(cmd: DataCommand) -> Result<()> {
                 r.tokens_per_second(),
                 threads.map_or_else(|| rayon_default_threads().to_string(), |n| n.to_string()),
                 r.total_seconds
+            );
+            Ok(())
+        }
+        DataCommand::Sudoku {
+            boxes,
+            train,
+            test,
+            seed,
+            out,
+        } => {
+            let start = Instant::now();
+            muninn_data::sudoku::write_generated(&out, boxes, train, test, seed)
+                .with_context(|| format!("generating {}", out.display()))?;
+            println!(
+                "wrote {}: {train} training and {test} test {n}×{n} puzzles ({}x{} boxes, seed {seed}) in {:.1} s",
+                out.display(),
+                boxes.rows,
+                boxes.cols,
+                start.elapsed().as_secs_f64(),
+                n = boxes.n()
             );
             Ok(())
         }

@@ -8,6 +8,7 @@ pub mod mixture;
 pub mod perm;
 pub mod prepare;
 pub mod shard;
+pub mod sudoku;
 pub mod tokenizer;
 
 pub use loader::{Batch, Loader, LoaderState, TokenDataset};

@@ -1,0 +1,119 @@
+//! The sudoku generator and the Sudoku-Extreme CSV importer (`trm-reference.md` §4, §6).
+
+use muninn_data::sudoku::{
+    augment, count_solutions, generate, is_solution, read_csv, solved_grid, write_generated, Boxes,
+};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+const SHAPES: [Boxes; 3] = [
+    Boxes { rows: 2, cols: 2 },
+    Boxes { rows: 2, cols: 3 },
+    Boxes { rows: 3, cols: 3 },
+];
+
+#[test]
+fn generated_grids_are_solved_and_augmentations_keep_them_solved() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for b in SHAPES {
+        for _ in 0..20 {
+            let g = solved_grid(b, &mut rng);
+            assert!(is_solution(&g, b), "{b:?}: {g:?}");
+            let aug = augment(&[&g], b, &mut rng);
+            assert!(is_solution(&aug[0], b));
+        }
+    }
+    // A broken grid is not a solution.
+    let mut g = solved_grid(SHAPES[1], &mut rng);
+    g.swap(0, 1);
+    assert!(!is_solution(&g, SHAPES[1]));
+}
+
+#[test]
+fn puzzles_have_one_solution_and_no_clue_to_spare() {
+    for (b, count, blanks) in [(SHAPES[0], 40, (9.0, 13.0)), (SHAPES[1], 20, (22.0, 30.0))] {
+        let pairs = generate(b, count, 7, 0);
+        let mut total = 0usize;
+        for (q, a) in &pairs {
+            let (n, sol) = count_solutions(q, b, 2);
+            assert_eq!(n, 1, "{b:?}: {q:?}");
+            assert_eq!(sol.as_ref(), Some(a));
+            // Minimal: removing any remaining clue allows a second solution.
+            for cell in (0..q.len()).filter(|&c| q[c] != 0) {
+                let mut fewer = q.clone();
+                fewer[cell] = 0;
+                assert!(
+                    count_solutions(&fewer, b, 2).0 > 1,
+                    "{b:?}: clue {cell} was spare"
+                );
+            }
+            total += q.iter().filter(|&&v| v == 0).count();
+        }
+        // The specification's minimal puzzles: about 12/16 (4×4) and 26/36 (6×6) blanks.
+        let mean = total as f64 / pairs.len() as f64;
+        assert!(
+            mean > blanks.0 && mean < blanks.1,
+            "{b:?}: {mean} blanks on average"
+        );
+        // Deterministic by seed and stream.
+        assert_eq!(generate(b, 3, 7, 0), pairs[..3].to_vec());
+        assert_ne!(generate(b, 3, 8, 0), pairs[..3].to_vec());
+    }
+    // A 9×9 puzzle too (slower: one).
+    let (q, _) = &generate(SHAPES[2], 1, 3, 0)[0];
+    assert_eq!(count_solutions(q, SHAPES[2], 2).0, 1);
+}
+
+#[test]
+fn the_csv_round_trips_and_bad_rows_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    write_generated(&p.join("s6"), SHAPES[1], 12, 5, 4).unwrap();
+    let (b, train) = read_csv(&p.join("s6/train.csv"), true).unwrap();
+    assert_eq!(b, SHAPES[1]);
+    assert_eq!(train, generate(SHAPES[1], 12, 4, 0));
+    let (_, test) = read_csv(&p.join("s6/test.csv"), true).unwrap();
+    assert_eq!(test.len(), 5);
+    assert!(
+        write_generated(&p.join("s6"), SHAPES[1], 1, 1, 4).is_err(),
+        "an existing dataset is never overwritten"
+    );
+
+    let good = std::fs::read_to_string(p.join("s6/train.csv")).unwrap();
+    let row2: Vec<&str> = good.lines().nth(1).unwrap().split(',').collect();
+    let (q, a) = (row2[0], row2[1]);
+    let bad = |name: &str, body: &str, unique: bool| {
+        let f = p.join(name);
+        std::fs::write(&f, format!("question,answer,rating\n{}", body)).unwrap();
+        format!("{:#}", read_csv(&f, unique).unwrap_err())
+    };
+    let e = bad("short.csv", &format!("{},{a},1\n", &q[1..]), false);
+    assert!(e.contains("short.csv row 2") && e.contains("N×N"), "{e}");
+    let e = bad("digit.csv", &format!("{}7,{a},1\n", &q[..35]), false);
+    assert!(e.contains("row 2") && e.contains("`7`"), "{e}");
+    let mut wrong = a.to_string().into_bytes();
+    wrong.swap(0, 1);
+    let e = bad(
+        "wrong.csv",
+        &format!("{q},{},1\n", String::from_utf8(wrong).unwrap()),
+        false,
+    );
+    assert!(e.contains("not a solved"), "{e}");
+    let blank = ".".repeat(36);
+    let e = bad("many.csv", &format!("{blank},{a},36\n"), true);
+    assert!(e.contains("more than one solution"), "{e}");
+    // Sudoku-Extreme's own layout reads as is (a 9×9 row, `.` blanks).
+    let (q9, a9) = &generate(SHAPES[2], 1, 5, 0)[0];
+    let s = |g: &[u8]| {
+        g.iter()
+            .map(|&v| if v == 0 { '.' } else { (b'0' + v) as char })
+            .collect::<String>()
+    };
+    std::fs::write(
+        p.join("x.csv"),
+        format!("source,question,answer,rating\nhf,{},{},30\n", s(q9), s(a9)),
+    )
+    .unwrap();
+    let (b9, rows) = read_csv(&p.join("x.csv"), true).unwrap();
+    assert_eq!((b9, rows.len()), (SHAPES[2], 1));
+}

@@ -12,6 +12,9 @@ use anyhow::{bail, ensure, Context, Result};
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// A puzzle (0 = blank) and its solution, cells in raster order.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// Box shape: `rows` × `cols` cells per box; N = rows·cols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Boxes {
@@ -231,7 +234,7 @@ pub fn minimal_puzzle(solution: &[u8], b: Boxes, rng: &mut ChaCha8Rng) -> Vec<u8
 }
 
 /// `count` (puzzle, solution) pairs from the ChaCha8 stream `stream` of `seed`.
-pub fn generate(b: Boxes, count: usize, seed: u64, stream: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub fn generate(b: Boxes, count: usize, seed: u64, stream: u64) -> Vec<Pair> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(stream);
     (0..count)
@@ -250,7 +253,7 @@ fn cell_char(v: u8) -> char {
 }
 
 /// Writes pairs in the Sudoku-Extreme layout; `rating` is the number of blanks.
-pub fn write_csv(path: &Path, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+pub fn write_csv(path: &Path, pairs: &[Pair]) -> Result<()> {
     let mut text = String::from("question,answer,rating\n");
     for (q, a) in pairs {
         let blanks = q.iter().filter(|&&v| v == 0).count();
@@ -266,7 +269,7 @@ pub fn write_csv(path: &Path, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
 /// order; `.` or `0` for a blank; any N×N grid with N ≤ 9). Every row must have a square length, digits
 /// in 1..=N, an answer that is a solved grid agreeing with every clue, and, with `check_unique`, no
 /// other solution. Errors name the file and row. Returns the box shape and the pairs.
-pub fn read_csv(path: &Path, check_unique: bool) -> Result<(Boxes, Vec<(Vec<u8>, Vec<u8>)>)> {
+pub fn read_csv(path: &Path, check_unique: bool) -> Result<(Boxes, Vec<Pair>)> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut lines = std::io::BufReader::new(f).lines();
     let header = lines

@@ -130,3 +130,63 @@ fn a_supervision_step_has_the_reference_shapes_and_one_cycle_of_graph() {
         }
     }
 }
+
+/// The reference code's own outputs (tests/reference/trm_fixture.py on SamsungSAILMontreal/
+/// TinyRecursiveModels e7b6871, float32): the same weights, batch and initial carry give the same
+/// logits, q logits and states for 3 supervision steps, both variants, within 1e-4.
+#[test]
+fn three_supervision_steps_equal_the_reference_code() {
+    tch::set_num_threads(1);
+    for variant in ["mlp", "att"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../tests/fixtures/trm/{variant}.safetensors"));
+        let f = muninn_model::st::StFile::open(&path).unwrap();
+        let mut cfg = TrmConfig::preset("trm-sudoku4").unwrap();
+        cfg.num_puzzle_identifiers = 2;
+        if variant == "att" {
+            cfg.mlp_t = false;
+            cfg.pos_encodings = muninn_model::trm::PosEncoding::Rope;
+        }
+        let m = Trm::new(cfg, Device::Cpu).unwrap();
+        for spec in param_specs(m.config()) {
+            m.params()
+                .set(&spec.name, &f.get(&spec.name).unwrap())
+                .unwrap();
+        }
+        tch::no_grad(|| {
+            m.h_init
+                .shallow_clone()
+                .copy_(&f.get("inner.H_init").unwrap());
+            m.l_init
+                .shallow_clone()
+                .copy_(&f.get("inner.L_init").unwrap());
+            m.puzzle_table
+                .shallow_clone()
+                .copy_(&f.get("inner.puzzle_emb.weights").unwrap());
+        });
+        let (inputs, ids) = (
+            f.get("batch.inputs").unwrap(),
+            f.get("batch.puzzle_identifiers").unwrap(),
+        );
+        let mut carry = m.initial_carry(inputs.size()[0]);
+        for k in 0..3 {
+            let out = tch::no_grad(|| m.step(&carry, &inputs, &ids)).unwrap();
+            let close = |what: &str, ours: &Tensor| {
+                let theirs = f.get(&format!("step{k}.{what}")).unwrap();
+                assert_eq!(ours.size(), theirs.size(), "{variant} step {k}: {what}");
+                let d = (ours - &theirs).abs().max().double_value(&[]);
+                let scale = theirs.abs().max().double_value(&[]).max(1.0);
+                assert!(
+                    d <= 1e-4 * scale,
+                    "{variant} step {k}: {what} differs by {d}"
+                );
+            };
+            close("logits", &out.logits);
+            close("q_halt_logits", &out.q_halt);
+            close("q_continue_logits", &out.q_continue);
+            close("z_H", &out.carry.y);
+            close("z_L", &out.carry.z);
+            carry = out.carry;
+        }
+    }
+}

@@ -1,0 +1,65 @@
+"""Writes the TRM parity fixture of tests/trm_reference.rs from the reference code.
+
+  python tests/reference/trm_fixture.py --repo PATH/TinyRecursiveModels --variant mlp|att --out FILE
+
+PATH is SamsungSAILMontreal/TinyRecursiveModels at e7b6871 (its model files need torch, pydantic and
+einops). A tiny float32 model (4×4 sudoku shape: D 64, 2 layers, T = n = 2, P = 4, two puzzle ids)
+is built from the reference's config dict with a fixed seed; the puzzle table and the q head are moved
+off their zero init so every path shows. FILE holds the state dict under its own keys, the batch
+(`batch.inputs`, `batch.puzzle_identifiers`) and, for K = 3 supervision steps in eval mode from the
+initial carry, `step{k}.logits`, `.q_halt_logits`, `.q_continue_logits`, `.z_H`, `.z_L` (fp32).
+"""
+
+import argparse
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--repo", required=True)
+    p.add_argument("--variant", choices=["mlp", "att"], required=True)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    sys.path.insert(0, a.repo)
+    from models.recursive_reasoning.trm import TinyRecursiveReasoningModel_ACTV1
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    B, L = 3, 16
+    cfg = dict(
+        batch_size=B, seq_len=L, puzzle_emb_ndim=64, num_puzzle_identifiers=2, vocab_size=6,
+        H_cycles=2, L_cycles=2, H_layers=1, L_layers=2, hidden_size=64, expansion=4.0, num_heads=2,
+        pos_encodings="none" if a.variant == "mlp" else "rope", halt_max_steps=6,
+        halt_exploration_prob=0.1, forward_dtype="float32", mlp_t=a.variant == "mlp",
+        puzzle_emb_len=4, no_ACT_continue=True, rms_norm_eps=1e-5, rope_theta=10000.0,
+    )
+    model = TinyRecursiveReasoningModel_ACTV1(cfg).eval()
+    with torch.no_grad():
+        model.inner.puzzle_emb.weights.copy_(0.5 * torch.randn_like(model.inner.puzzle_emb.weights))
+        model.inner.q_head.weight.copy_(0.1 * torch.randn_like(model.inner.q_head.weight))
+    batch = dict(
+        inputs=torch.randint(1, 6, (B, L), dtype=torch.int32),
+        labels=torch.randint(2, 6, (B, L), dtype=torch.int32),
+        puzzle_identifiers=torch.tensor([0, 1, 0], dtype=torch.int32),
+    )
+    out = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    out["batch.inputs"] = batch["inputs"].long()
+    out["batch.puzzle_identifiers"] = batch["puzzle_identifiers"].long()
+    carry = model.initial_carry(batch)
+    with torch.no_grad():
+        for k in range(3):
+            carry, o = model(carry=carry, batch=batch)
+            out[f"step{k}.logits"] = o["logits"].float().contiguous()
+            out[f"step{k}.q_halt_logits"] = o["q_halt_logits"].float().contiguous()
+            out[f"step{k}.q_continue_logits"] = o["q_continue_logits"].float().contiguous()
+            out[f"step{k}.z_H"] = carry.inner_carry.z_H.float().contiguous()
+            out[f"step{k}.z_L"] = carry.inner_carry.z_L.float().contiguous()
+    save_file(out, a.out)
+    print(f"wrote {a.out}: {len(out)} tensors")
+
+
+if __name__ == "__main__":
+    main()

@@ -495,3 +495,61 @@ pub fn log_stablemax(logits: &Tensor) -> Tensor {
     let total = s.sum_dim_intlist(-1, true, Kind::Double);
     (s / total).log()
 }
+
+/// One supervision step's loss and correctness (the reference's `ACTLossHead`, §2), summed over the
+/// rows of the batch; the trainer divides by the global batch.
+pub struct Loss {
+    /// lm + 0.5 · q_halt, fp64 scalar.
+    pub total: Tensor,
+    /// Σ_b mean over row b's valid cells of −log stablemax(logits)[label], fp64.
+    pub lm: Tensor,
+    /// Σ_b BCEWithLogits(q_halt_b, 1[row b fully correct]).
+    pub q_halt: Tensor,
+    /// [B] bool: every valid cell predicted right (argmax).
+    pub row_correct: Tensor,
+    /// [B] fp32: the share of row b's valid cells predicted right.
+    pub cell_accuracy: Tensor,
+    /// [B] i64: valid cells per row.
+    pub counts: Tensor,
+}
+
+/// The loss of `step` against `labels` [B, L] ([`crate::IGNORE`] where a cell does not count).
+pub fn loss(step: &Step, labels: &Tensor) -> Result<Loss> {
+    let (b, l, _) = step.logits.size3()?;
+    ensure!(
+        labels.size() == [b, l],
+        "labels have shape {:?}, expected [{b}, {l}]",
+        labels.size()
+    );
+    let mask = labels.ne(crate::IGNORE);
+    let counts = mask.sum_dim_intlist(-1, false, Kind::Int64);
+    let divisor = counts.clamp_min(1).unsqueeze(-1).to_kind(Kind::Double);
+    let (correct, row_correct) = tch::no_grad(|| {
+        let correct = mask.logical_and(&step.logits.argmax(-1, false).eq_tensor(labels));
+        let row = correct
+            .sum_dim_intlist(-1, false, Kind::Int64)
+            .eq_tensor(&counts);
+        (correct, row)
+    });
+    let logp = log_stablemax(&step.logits);
+    let target = labels.where_self(&mask, &labels.zeros_like()).unsqueeze(-1);
+    let picked = logp.gather(-1, &target, false).squeeze_dim(-1);
+    let ce = -picked.where_self(&mask, &picked.zeros_like());
+    let lm = (ce / &divisor).sum(Kind::Double);
+    let q_halt = step.q_halt.binary_cross_entropy_with_logits(
+        &row_correct.to_kind(step.q_halt.kind()),
+        None::<Tensor>,
+        None::<Tensor>,
+        tch::Reduction::Sum,
+    );
+    let cell_accuracy = (correct.to_kind(Kind::Float) / divisor.to_kind(Kind::Float))
+        .sum_dim_intlist(-1, false, Kind::Float);
+    Ok(Loss {
+        total: &lm + q_halt.to_kind(Kind::Double) * 0.5,
+        lm,
+        q_halt,
+        row_correct,
+        cell_accuracy,
+        counts,
+    })
+}

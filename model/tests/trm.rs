@@ -190,3 +190,75 @@ fn three_supervision_steps_equal_the_reference_code() {
         }
     }
 }
+
+/// The first training-mode supervision step against the reference: the loss head's loss, lm and
+/// q_halt losses, and (loss / B)'s gradient of every parameter and of the puzzle table, both
+/// variants, within 1e-4 relative.
+#[test]
+fn the_first_training_step_has_the_reference_loss_and_gradients() {
+    tch::set_num_threads(1);
+    for variant in ["mlp", "att"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../tests/fixtures/trm/{variant}.safetensors"));
+        let f = muninn_model::st::StFile::open(&path).unwrap();
+        let mut cfg = TrmConfig::preset("trm-sudoku4").unwrap();
+        cfg.num_puzzle_identifiers = 2;
+        if variant == "att" {
+            cfg.mlp_t = false;
+            cfg.pos_encodings = muninn_model::trm::PosEncoding::Rope;
+        }
+        let mut m = Trm::new(cfg, Device::Cpu).unwrap();
+        for spec in param_specs(m.config()) {
+            m.params()
+                .set(&spec.name, &f.get(&spec.name).unwrap())
+                .unwrap();
+        }
+        tch::no_grad(|| {
+            m.h_init
+                .shallow_clone()
+                .copy_(&f.get("inner.H_init").unwrap());
+            m.l_init
+                .shallow_clone()
+                .copy_(&f.get("inner.L_init").unwrap());
+        });
+        m.puzzle_table = f
+            .get("inner.puzzle_emb.weights")
+            .unwrap()
+            .set_requires_grad(true);
+        let (inputs, ids, labels) = (
+            f.get("batch.inputs").unwrap(),
+            f.get("batch.puzzle_identifiers").unwrap(),
+            f.get("batch.labels").unwrap(),
+        );
+        let b = inputs.size()[0];
+        let step = m.step(&m.initial_carry(b), &inputs, &ids).unwrap();
+        let l = muninn_model::trm::loss(&step, &labels).unwrap();
+        for (what, ours) in [
+            ("loss", &l.total),
+            ("lm_loss", &l.lm),
+            ("q_halt_loss", &l.q_halt),
+        ] {
+            let theirs = f.get(&format!("train.{what}")).unwrap().double_value(&[0]);
+            let ours = ours.double_value(&[]);
+            assert!(
+                (ours - theirs).abs() <= 1e-5 * theirs.abs().max(1.0),
+                "{variant}: {what} {ours} vs {theirs}"
+            );
+        }
+        (&l.total / b as f64).backward();
+        let mut grads = m.params().named_grads();
+        grads.push(("inner.puzzle_emb.weights".into(), m.puzzle_table.grad()));
+        for (name, g) in grads {
+            let theirs = f.get(&format!("grad.{name}")).unwrap();
+            let d = (&g.to_kind(Kind::Float) - &theirs)
+                .abs()
+                .max()
+                .double_value(&[]);
+            let scale = theirs.abs().max().double_value(&[]);
+            assert!(
+                scale > 0.0 && d <= 1e-4 * scale,
+                "{variant}: grad of {name} differs by {d} (max {scale})"
+            );
+        }
+    }
+}

@@ -7,7 +7,11 @@ einops). A tiny float32 model (4×4 sudoku shape: D 64, 2 layers, T = n = 2, P =
 is built from the reference's config dict with a fixed seed; the puzzle table and the q head are moved
 off their zero init so every path shows. FILE holds the state dict under its own keys, the batch
 (`batch.inputs`, `batch.puzzle_identifiers`) and, for K = 3 supervision steps in eval mode from the
-initial carry, `step{k}.logits`, `.q_halt_logits`, `.q_continue_logits`, `.z_H`, `.z_L` (fp32).
+initial carry, `step{k}.logits`, `.q_halt_logits`, `.q_continue_logits`, `.z_H`, `.z_L` (fp32);
+and the first training-mode supervision step through the reference's loss head (`ACTLossHead` with
+stablemax), loss divided by the batch before backward as its trainer does: `train.loss`, `.lm_loss`,
+`.q_halt_loss` (float64) and `grad.<key>` of every parameter and of `inner.puzzle_emb.weights`
+(the sparse table's gradient scattered to its rows).
 """
 
 import argparse
@@ -57,6 +61,22 @@ def main():
             out[f"step{k}.q_continue_logits"] = o["q_continue_logits"].float().contiguous()
             out[f"step{k}.z_H"] = carry.inner_carry.z_H.float().contiguous()
             out[f"step{k}.z_L"] = carry.inner_carry.z_L.float().contiguous()
+    # Training mode: every row starts from the reset carry; only this first step is deterministic.
+    from models.losses import ACTLossHead
+    head = ACTLossHead(model, "stablemax_cross_entropy").train()
+    carry = head.initial_carry(batch)
+    carry, loss, metrics, _, _ = head(return_keys=[], carry=carry, batch=batch)
+    (loss / B).backward()
+    out["batch.labels"] = batch["labels"].long()
+    out["train.loss"] = loss.detach().double().reshape(1)
+    out["train.lm_loss"] = metrics["lm_loss"].double().reshape(1)
+    out["train.q_halt_loss"] = metrics["q_halt_loss"].double().reshape(1)
+    for name, param in model.named_parameters():
+        out[f"grad.{name}"] = param.grad.float().contiguous()
+    emb = model.inner.puzzle_emb
+    table = torch.zeros_like(emb.weights)
+    table.index_add_(0, emb.local_ids.long(), emb.local_weights.grad.float())
+    out["grad.inner.puzzle_emb.weights"] = table
     save_file(out, a.out)
     print(f"wrote {a.out}: {len(out)} tensors")
 

@@ -553,3 +553,89 @@ pub fn loss(step: &Step, labels: &Tensor) -> Result<Loss> {
         counts,
     })
 }
+
+/// Deep supervision's persistent slots (carry batching, §2): each optimizer step runs one
+/// supervision step over B slots; a slot that halted takes the fresh batch's row in its place and
+/// restarts from the init states, the others keep theirs (and the fresh row is dropped).
+pub struct Slots {
+    pub carry: Carry,
+    /// [B] i64: supervision steps the slot's puzzle has run.
+    pub steps: Tensor,
+    /// [B] bool: the slot's puzzle is done; it takes a fresh row at the next refill.
+    pub halted: Tensor,
+    /// The rows the slots hold: inputs and labels [B, L], puzzle ids [B].
+    pub inputs: Tensor,
+    pub labels: Tensor,
+    pub puzzle_ids: Tensor,
+}
+
+impl Slots {
+    /// B empty slots, all halted (the first refill fills every one).
+    pub fn new(trm: &Trm, b: i64) -> Self {
+        let (l, dev) = (trm.cfg.seq_len, trm.h_init.device());
+        Slots {
+            carry: trm.initial_carry(b),
+            steps: Tensor::zeros([b], (Kind::Int64, dev)),
+            halted: Tensor::ones([b], (Kind::Bool, dev)),
+            inputs: Tensor::zeros([b, l], (Kind::Int64, dev)),
+            labels: Tensor::full([b, l], crate::IGNORE, (Kind::Int64, dev)),
+            puzzle_ids: Tensor::zeros([b], (Kind::Int64, dev)),
+        }
+    }
+
+    /// Halted slots take the fresh rows (same positions) and the init states; steps restart at 0.
+    pub fn refill(&mut self, trm: &Trm, inputs: &Tensor, labels: &Tensor, puzzle_ids: &Tensor) {
+        let h = &self.halted;
+        let rows = h.view([-1, 1]);
+        let states = h.view([-1, 1, 1]);
+        let fresh = trm.initial_carry(h.size()[0]);
+        self.carry = Carry {
+            y: fresh.y.where_self(&states, &self.carry.y),
+            z: fresh.z.where_self(&states, &self.carry.z),
+        };
+        self.inputs = inputs.where_self(&rows, &self.inputs);
+        self.labels = labels.where_self(&rows, &self.labels);
+        self.puzzle_ids = puzzle_ids.where_self(h, &self.puzzle_ids);
+        self.steps = self.steps.zeros_like().where_self(h, &self.steps);
+    }
+
+    /// After a supervision step: steps + 1; a slot halts at N_sup, and in training also once
+    /// q_halt > 0, but never before its exploration floor `min_steps` ([B] i64, 0 = none).
+    pub fn advance(&mut self, trm: &Trm, step: &Step, training: bool, min_steps: &Tensor) {
+        self.carry = Carry {
+            y: step.carry.y.shallow_clone(),
+            z: step.carry.z.shallow_clone(),
+        };
+        self.steps = &self.steps + 1;
+        let last = self.steps.ge(trm.cfg.halt_max_steps);
+        self.halted = match training && trm.cfg.halt_max_steps > 1 {
+            true => last
+                .logical_or(&step.q_halt.gt(0.0))
+                .logical_and(&self.steps.ge_tensor(min_steps)),
+            false => last,
+        };
+    }
+}
+
+/// The exploration floors of global rows `rows` at optimizer step `step`: with probability `prob`
+/// a row may not halt before k ~ U{2..=n_sup} steps, else 0. A pure function of (seed, step, global
+/// row), so any split of the rows over ranks draws the same.
+pub fn exploration_floors(
+    seed: u64,
+    step: u64,
+    rows: std::ops::Range<u64>,
+    prob: f64,
+    n_sup: i64,
+) -> Vec<i64> {
+    use rand_chacha::rand_core::{Rng, SeedableRng};
+    rows.map(|r| {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7472_6d2d_6578_706c);
+        rng.set_stream(step.wrapping_mul(1 << 32).wrapping_add(r));
+        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        match u < prob && n_sup >= 2 {
+            true => 2 + (rng.next_u64() % (n_sup as u64 - 1)) as i64,
+            false => 0,
+        }
+    })
+    .collect()
+}

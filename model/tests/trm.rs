@@ -262,3 +262,73 @@ fn the_first_training_step_has_the_reference_loss_and_gradients() {
         }
     }
 }
+
+#[test]
+fn slots_refill_only_halted_rows_and_halt_as_the_recipe_says() {
+    use muninn_model::trm::{exploration_floors, Slots};
+    tch::set_num_threads(1);
+    let cfg = TrmConfig::preset("trm-sudoku4").unwrap();
+    let m = Trm::new(cfg.clone(), Device::Cpu).unwrap();
+    m.init(2);
+    let b = 4;
+    let batch = |seed: i64| {
+        tch::manual_seed(seed);
+        (
+            Tensor::randint(cfg.vocab_size, [b, cfg.seq_len], (Kind::Int64, Device::Cpu)),
+            Tensor::randint(cfg.vocab_size, [b, cfg.seq_len], (Kind::Int64, Device::Cpu)),
+            Tensor::zeros([b], (Kind::Int64, Device::Cpu)),
+        )
+    };
+    let mut slots = Slots::new(&m, b);
+    let (x1, y1, p1) = batch(1);
+    slots.refill(&m, &x1, &y1, &p1);
+    assert!(slots.inputs.equal(&x1), "the first refill fills every slot");
+    let none = Tensor::zeros([b], (Kind::Int64, Device::Cpu));
+    // Evaluation: no slot halts before N_sup, whatever q says.
+    for k in 1..=cfg.halt_max_steps {
+        let step = tch::no_grad(|| m.step(&slots.carry, &slots.inputs, &slots.puzzle_ids)).unwrap();
+        slots.advance(&m, &step, false, &none);
+        let halted = slots.halted.sum(Kind::Int64).int64_value(&[]);
+        assert_eq!(
+            halted,
+            if k == cfg.halt_max_steps { b } else { 0 },
+            "step {k}"
+        );
+        if k < cfg.halt_max_steps {
+            // Not halted: a refill keeps the slot's row and states.
+            let (x2, y2, p2) = batch(10 + k);
+            let before = slots.carry.y.copy();
+            slots.refill(&m, &x2, &y2, &p2);
+            assert!(slots.inputs.equal(&x1) && slots.carry.y.equal(&before));
+        }
+    }
+    // Training: q_halt > 0 halts at once, unless exploration holds the slot back.
+    let mut step = tch::no_grad(|| m.step(&slots.carry, &slots.inputs, &slots.puzzle_ids)).unwrap();
+    step.q_halt = Tensor::from_slice(&[1.0f32, -1.0, 1.0, 1.0]);
+    slots.steps = Tensor::from_slice(&[0i64, 0, 0, 0]);
+    let floors = Tensor::from_slice(&[0i64, 0, 3, 1]);
+    slots.advance(&m, &step, true, &floors);
+    let halted: Vec<bool> = (0..b)
+        .map(|i| slots.halted.int64_value(&[i]) == 1)
+        .collect();
+    assert_eq!(halted, [true, false, false, true]);
+    // Halted slots take fresh rows and restart from the init states; the others keep theirs.
+    let (x3, y3, p3) = batch(99);
+    let kept_y = slots.carry.y.get(1).copy();
+    slots.refill(&m, &x3, &y3, &p3);
+    assert!(slots.inputs.get(0).equal(&x3.get(0)) && slots.inputs.get(1).equal(&x1.get(1)));
+    assert!(slots.carry.y.get(1).equal(&kept_y));
+    assert!(slots.carry.y.get(0).equal(&m.initial_carry(1).y.get(0)));
+    assert_eq!(slots.steps.int64_value(&[0]), 0);
+
+    // Exploration floors: a pure function of (seed, step, global row), about `prob` of them set.
+    let all = exploration_floors(5, 7, 0..1000, 0.1, 16);
+    assert_eq!(
+        exploration_floors(5, 7, 500..1000, 0.1, 16),
+        all[500..].to_vec()
+    );
+    let set = all.iter().filter(|&&k| k > 0).count();
+    assert!((60..140).contains(&set), "{set} of 1000");
+    assert!(all.iter().all(|&k| k == 0 || (2..=16).contains(&k)));
+    assert_ne!(exploration_floors(5, 8, 0..1000, 0.1, 16), all);
+}

@@ -344,6 +344,75 @@ pub fn clip_to_norm(grads: &Tensor, norm: f64, max_norm: f64) {
     }
 }
 
+/// AdamATan2 (TRM's optimizer, `trm-reference.md` §3) on flat tensors in place, step `t` (1-based):
+/// p ← p·(1 − lr·wd); m ← lerp(m, g, 1 − β1); v ← lerp(v, g², 1 − β2);
+/// p ← p − lr / (1 − β1^t) · atan2(m, √v / √(1 − β2^t)). No eps: atan2 is bounded.
+#[allow(clippy::too_many_arguments)]
+pub fn adam_atan2_(
+    p: &mut Tensor,
+    g: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    t: u64,
+    lr: f64,
+    (beta1, beta2): (f64, f64),
+    weight_decay: f64,
+) {
+    tch::no_grad(|| {
+        let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
+        let _ = m.lerp_(g, 1.0 - beta1);
+        let _ = v.lerp_(&g.square(), 1.0 - beta2);
+        let (c1, c2) = (1.0 - beta1.powi(t as i32), 1.0 - beta2.powi(t as i32));
+        let step = m.atan2(&(v.sqrt() / c2.sqrt())) * (lr / c1);
+        let _ = p.g_sub_(&step);
+    });
+}
+
+/// Sign-SGD on the rows of `table` a batch touched (TRM's puzzle embeddings): the gradients of
+/// rows `ids` ([N] i64, repeats allowed) are summed per row, then
+/// row ← row·(1 − lr·wd) − lr·sign(Σ grad); untouched rows do not decay.
+pub fn sign_sgd_rows_(
+    table: &mut Tensor,
+    ids: &Tensor,
+    row_grads: &Tensor,
+    lr: f64,
+    weight_decay: f64,
+) {
+    tch::no_grad(|| {
+        let (unique, inverse, _) = ids.unique_dim(0, true, true, false);
+        let d = row_grads.size()[1];
+        let summed = Tensor::zeros(
+            [unique.size()[0], d],
+            (row_grads.kind(), row_grads.device()),
+        )
+        .index_add(0, &inverse, row_grads);
+        let rows = table.index_select(0, &unique) * (1.0 - lr * weight_decay) - summed.sign() * lr;
+        let _ = table.index_copy_(0, &unique, &rows);
+    });
+}
+
+/// An exponential moving average of the weights (TRM: 0.999; evaluation and exports use it):
+/// ema ← (1 − μ)·p + μ·ema after every update, from a copy of the weights at the start.
+pub struct Ema {
+    pub weights: Tensor,
+    pub decay: f64,
+}
+
+impl Ema {
+    pub fn new(params: &Tensor, decay: f64) -> Self {
+        Ema {
+            weights: params.detach().copy(),
+            decay,
+        }
+    }
+
+    pub fn update(&mut self, params: &Tensor) {
+        tch::no_grad(|| {
+            let _ = self.weights.lerp_(&params.detach(), 1.0 - self.decay);
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,5 +545,45 @@ mod tests {
                 && !decays("ln_f.weight")
                 && !decays("prelude.0.attn.qk_bias")
         );
+    }
+
+    #[test]
+    fn adam_atan2_matches_the_formula() {
+        let mut p = Tensor::from_slice(&[1.0f64, -2.0, 0.5]);
+        let g = Tensor::from_slice(&[0.1f64, -0.3, 0.0]);
+        let (mut m, mut v) = (p.zeros_like(), p.zeros_like());
+        let (lr, b1, b2, wd) = (1e-2, 0.9, 0.95, 0.1);
+        let (p0, g0) = ([1.0f64, -2.0, 0.5], [0.1f64, -0.3, 0.0]);
+        adam_atan2_(&mut p, &g, &mut m, &mut v, 1, lr, (b1, b2), wd);
+        for i in 0..3 {
+            let (mi, vi) = ((1.0 - b1) * g0[i], (1.0 - b2) * g0[i] * g0[i]);
+            let want =
+                p0[i] * (1.0 - lr * wd) - lr / (1.0 - b1) * mi.atan2(vi.sqrt() / (1.0 - b2).sqrt());
+            assert!((p.double_value(&[i as i64]) - want).abs() < 1e-12, "{i}");
+        }
+    }
+
+    #[test]
+    fn sign_sgd_updates_only_touched_rows_and_sums_repeats() {
+        let mut table = Tensor::ones([4, 2], (tch::Kind::Double, tch::Device::Cpu));
+        let ids = Tensor::from_slice(&[2i64, 0, 2]);
+        let grads = Tensor::from_slice(&[1.0f64, -1.0, -0.5, 0.0, -2.0, 0.5]).view([3, 2]);
+        sign_sgd_rows_(&mut table, &ids, &grads, 0.1, 1.0);
+        let row = |r: i64| (table.double_value(&[r, 0]), table.double_value(&[r, 1]));
+        // Row 2: Σ grad = (−1, −0.5) → 0.9 + 0.1; row 0: (−0.5, 0) → sign 0 on the second.
+        assert_eq!(row(2), (0.9 + 0.1, 0.9 + 0.1));
+        assert_eq!(row(0), (0.9 + 0.1, 0.9));
+        assert_eq!(row(1), (1.0, 1.0));
+        assert_eq!(row(3), (1.0, 1.0));
+    }
+
+    #[test]
+    fn ema_follows_the_weights_at_its_rate() {
+        let p = Tensor::from_slice(&[0.0f64, 10.0]);
+        let mut ema = Ema::new(&p, 0.9);
+        let q = Tensor::from_slice(&[1.0f64, 0.0]);
+        ema.update(&q);
+        assert!((ema.weights.double_value(&[0]) - 0.1).abs() < 1e-12);
+        assert!((ema.weights.double_value(&[1]) - 9.0).abs() < 1e-12);
     }
 }

@@ -381,3 +381,13 @@ pub fn write_generated(out: &Path, b: Boxes, train: usize, test: usize, seed: u6
         Ok(())
     })
 }
+
+/// TRM's tokens for sudoku pairs (§4): PAD = 0, a cell's value v → v + 1 (blank = 1, digits
+/// 2..=N+1), so the vocabulary is N + 2; every cell is supervised. Returns row-major inputs and
+/// labels [pairs × N²] and the vocabulary size.
+pub fn tokens(pairs: &[Pair], b: Boxes) -> (Vec<i64>, Vec<i64>, i64) {
+    let enc = |g: &[u8]| g.iter().map(|&v| v as i64 + 1).collect::<Vec<_>>();
+    let inputs = pairs.iter().flat_map(|(q, _)| enc(q)).collect();
+    let labels = pairs.iter().flat_map(|(_, a)| enc(a)).collect();
+    (inputs, labels, b.n() as i64 + 2)
+}

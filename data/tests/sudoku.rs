@@ -117,3 +117,19 @@ fn the_csv_round_trips_and_bad_rows_are_named() {
     let (b9, rows) = read_csv(&p.join("x.csv"), true).unwrap();
     assert_eq!((b9, rows.len()), (SHAPES[2], 1));
 }
+
+#[test]
+fn trm_tokens_shift_values_by_one_and_supervise_every_cell() {
+    let b = Boxes { rows: 2, cols: 3 };
+    let pairs = generate(b, 2, 1, 0);
+    let (x, y, vocab) = muninn_data::sudoku::tokens(&pairs, b);
+    assert_eq!((x.len(), y.len(), vocab), (72, 72, 8));
+    assert!(x.iter().all(|&t| (1..=7).contains(&t)) && y.iter().all(|&t| (2..=7).contains(&t)));
+    for (i, (&t, &q)) in x
+        .iter()
+        .zip(pairs[0].0.iter().chain(&pairs[1].0))
+        .enumerate()
+    {
+        assert_eq!(t, q as i64 + 1, "cell {i}");
+    }
+}

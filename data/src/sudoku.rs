@@ -391,3 +391,81 @@ pub fn tokens(pairs: &[Pair], b: Boxes) -> (Vec<i64>, Vec<i64>, i64) {
     let labels = pairs.iter().flat_map(|(_, a)| enc(a)).collect();
     (inputs, labels, b.n() as i64 + 2)
 }
+
+/// A set of puzzles read from the Sudoku-Extreme CSV layout, for TRM.
+pub struct PuzzleSet {
+    pub boxes: Boxes,
+    pub pairs: Vec<Pair>,
+}
+
+impl PuzzleSet {
+    pub fn open_csv(path: &Path, check_unique: bool) -> Result<Self> {
+        let (boxes, pairs) = read_csv(path, check_unique)?;
+        Ok(PuzzleSet { boxes, pairs })
+    }
+
+    /// Cells per puzzle, N².
+    pub fn seq_len(&self) -> usize {
+        self.boxes.n() * self.boxes.n()
+    }
+}
+
+/// A batch of puzzles as TRM tokens (see [`tokens`]): [rows × N²] inputs and labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PuzzleBatch {
+    pub inputs: Vec<i64>,
+    pub labels: Vec<i64>,
+    pub rows: usize,
+}
+
+/// The puzzle loader. Global sample g is puzzle perm(seed, epoch = g / n)(g mod n), augmented
+/// (when asked) from a ChaCha8 stream of (seed, g): a pure function of (seed, g), so its whole state
+/// is the number of samples consumed and it resumes exactly on any number of ranks, as the text
+/// loader does. Rank r of a step takes samples [g + r·mb, g + (r + 1)·mb).
+pub struct PuzzleLoader<'a> {
+    set: &'a PuzzleSet,
+    seed: u64,
+    augment: bool,
+    pub consumed: u64,
+}
+
+impl<'a> PuzzleLoader<'a> {
+    pub fn new(set: &'a PuzzleSet, seed: u64, augment: bool) -> Self {
+        PuzzleLoader {
+            set,
+            seed,
+            augment,
+            consumed: 0,
+        }
+    }
+
+    /// The (puzzle, solution) of global sample `g`.
+    pub fn sample(&self, g: u64) -> Pair {
+        let n = self.set.pairs.len() as u64;
+        let row = crate::perm::Permutation::new(n, self.seed, g / n).apply(g % n);
+        let (q, a) = &self.set.pairs[row as usize];
+        if !self.augment {
+            return (q.clone(), a.clone());
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x7375_646f_6b75_2d61);
+        rng.set_stream(g);
+        let mut out = augment(&[q, a], self.set.boxes, &mut rng);
+        let a = out.pop().expect("two grids");
+        (out.pop().expect("two grids"), a)
+    }
+
+    /// Rank `rank`'s `micro_batch` samples of the next global batch of `world × micro_batch`.
+    pub fn next_batch(&mut self, rank: usize, world: usize, micro_batch: usize) -> PuzzleBatch {
+        let first = self.consumed + (rank * micro_batch) as u64;
+        let pairs: Vec<Pair> = (first..first + micro_batch as u64)
+            .map(|g| self.sample(g))
+            .collect();
+        self.consumed += (world * micro_batch) as u64;
+        let (inputs, labels, _) = tokens(&pairs, self.set.boxes);
+        PuzzleBatch {
+            inputs,
+            labels,
+            rows: micro_batch,
+        }
+    }
+}

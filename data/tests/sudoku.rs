@@ -133,3 +133,46 @@ fn trm_tokens_shift_values_by_one_and_supervise_every_cell() {
         assert_eq!(t, q as i64 + 1, "cell {i}");
     }
 }
+
+#[test]
+fn the_puzzle_loader_is_a_pure_function_of_seed_and_sample() {
+    use muninn_data::sudoku::{PuzzleLoader, PuzzleSet};
+    let b = Boxes { rows: 2, cols: 2 };
+    let set = PuzzleSet {
+        boxes: b,
+        pairs: generate(b, 10, 3, 0),
+    };
+    // Without augmentation an epoch visits every puzzle once.
+    let plain = PuzzleLoader::new(&set, 1, false);
+    let mut seen: Vec<Vec<u8>> = (0..10).map(|g| plain.sample(g).0).collect();
+    seen.sort();
+    let mut all: Vec<Vec<u8>> = set.pairs.iter().map(|p| p.0.clone()).collect();
+    all.sort();
+    assert_eq!(seen, all);
+    // Augmented samples stay valid puzzles of their (augmented) solution.
+    let aug = PuzzleLoader::new(&set, 1, true);
+    for g in 0..50 {
+        let (q, a) = aug.sample(g);
+        assert!(is_solution(&a, b));
+        assert!(q.iter().zip(&a).all(|(&x, &y)| x == 0 || x == y));
+        assert_eq!(count_solutions(&q, b, 2).0, 1);
+    }
+    // Two ranks take the halves of one rank's global batch; a resumed loader continues exactly.
+    let mut one = PuzzleLoader::new(&set, 1, true);
+    let (mut r0, mut r1) = (
+        PuzzleLoader::new(&set, 1, true),
+        PuzzleLoader::new(&set, 1, true),
+    );
+    for _ in 0..3 {
+        let whole = one.next_batch(0, 1, 8);
+        let (a, b2) = (r0.next_batch(0, 2, 4), r1.next_batch(1, 2, 4));
+        assert_eq!([a.inputs, b2.inputs].concat(), whole.inputs);
+    }
+    let mut resumed = PuzzleLoader::new(&set, 1, true);
+    resumed.consumed = one.consumed;
+    assert_eq!(resumed.next_batch(0, 1, 8), one.next_batch(0, 1, 8));
+    assert_ne!(
+        PuzzleLoader::new(&set, 2, true).sample(0),
+        PuzzleLoader::new(&set, 1, true).sample(0)
+    );
+}

@@ -121,13 +121,7 @@ fn plan(args: &JobArgs) -> Result<(Cluster, Plan)> {
             account: args.account.clone(),
         },
     )?;
-    if cluster.profile.scheduler == Scheduler::Slurm && !args.dry_run {
-        let found = Command::new("sbatch").arg("--version").output();
-        ensure!(
-            matches!(found, Ok(o) if o.status.success()),
-            "sbatch not found: submit from a login node of the cluster, or pass --dry-run to only write the scripts"
-        );
-    }
+    check_sbatch(&cluster, args.dry_run)?;
     Ok((cluster, plan))
 }
 
@@ -279,20 +273,7 @@ fn launch_job(
     for (name, _) in job.files() {
         println!("  {name}");
     }
-    let submit = dir.join("submit.sh");
-    if args.dry_run {
-        println!(
-            "dry run: nothing submitted; run {} to submit",
-            submit.display()
-        );
-        return Ok(());
-    }
-    let status = Command::new("bash")
-        .arg(&submit)
-        .status()
-        .with_context(|| format!("running {}", submit.display()))?;
-    ensure!(status.success(), "{} failed ({status})", submit.display());
-    Ok(())
+    submit(&dir, args.dry_run)
 }
 
 fn config_name(i: usize, n: usize) -> String {
@@ -475,13 +456,7 @@ pub fn launch_data(a: LaunchDataArgs) -> Result<()> {
         .map(PathBuf::from)
         .context("the prepare arguments need --out DIR (the dataset the parts are merged into)")?;
     let cluster = Cluster::find(&a.cluster)?;
-    if cluster.profile.scheduler == Scheduler::Slurm && !a.dry_run {
-        let found = Command::new("sbatch").arg("--version").output();
-        ensure!(
-            matches!(found, Ok(o) if o.status.success()),
-            "sbatch not found: submit from a login node of the cluster, or pass --dry-run to only write the scripts"
-        );
-    }
+    check_sbatch(&cluster, a.dry_run)?;
     let out = absolute(&out)?;
     let dir = absolute(&muninn_launch::next_launch_dir(&out)?)?;
     let job = DataJob {
@@ -513,8 +488,25 @@ pub fn launch_data(a: LaunchDataArgs) -> Result<()> {
     for (name, _) in &files {
         println!("  {name}");
     }
+    submit(&dir, a.dry_run)
+}
+
+/// A SLURM job is submitted with sbatch: refuse early, before anything is written, where there is none.
+fn check_sbatch(cluster: &Cluster, dry_run: bool) -> Result<()> {
+    if cluster.profile.scheduler == Scheduler::Slurm && !dry_run {
+        let found = Command::new("sbatch").arg("--version").output();
+        ensure!(
+            matches!(found, Ok(o) if o.status.success()),
+            "sbatch not found: submit from a login node of the cluster, or pass --dry-run to only write the scripts"
+        );
+    }
+    Ok(())
+}
+
+/// Runs `dir/submit.sh` (which submits to SLURM or runs the job here), unless `dry_run`.
+fn submit(dir: &Path, dry_run: bool) -> Result<()> {
     let submit = dir.join("submit.sh");
-    if a.dry_run {
+    if dry_run {
         println!(
             "dry run: nothing submitted; run {} to submit",
             submit.display()

@@ -68,15 +68,8 @@ impl DataJob {
             d(format!("--time={}", crate::job::hhmmss(self.hours)));
             let log = if array { "%x-%A_%a.out" } else { "%x-%j.out" };
             d(format!("--output={}/logs/{log}", self.dir.display()));
-            for (opt, v) in [
-                ("account", &self.account),
-                ("partition", &p.partition),
-                ("qos", &p.qos),
-                ("constraint", &p.constraint),
-            ] {
-                if !v.is_empty() {
-                    d(format!("--{opt}={v}"));
-                }
+            for opt in crate::job::placement(p, &self.account) {
+                d(opt);
             }
             if array {
                 d(format!("--array=0-{}%{}", self.parts - 1, p.max_concurrent));

@@ -211,15 +211,8 @@ impl Job {
             let log = if array { "%x-%A_%a.out" } else { "%x-%j.out" };
             d(format!("--output={}/logs/{log}", self.dir.display()));
             d("--open-mode=append".into());
-            for (opt, v) in [
-                ("account", &self.account),
-                ("partition", &p.partition),
-                ("qos", &p.qos),
-                ("constraint", &p.constraint),
-            ] {
-                if !v.is_empty() {
-                    d(format!("--{opt}={v}"));
-                }
+            for opt in placement(p, &self.account) {
+                d(opt);
             }
             if array {
                 d(format!(
@@ -450,6 +443,21 @@ pub struct Plan {
     pub segments: u32,
     pub requeue: bool,
     pub account: String,
+}
+
+/// The `--account`, `--partition`, `--qos` and `--constraint` options the profile (and the
+/// account) set, for every batch script of a cluster.
+pub(crate) fn placement(p: &crate::profile::ClusterProfile, account: &str) -> Vec<String> {
+    [
+        ("account", account),
+        ("partition", p.partition.as_str()),
+        ("qos", p.qos.as_str()),
+        ("constraint", p.constraint.as_str()),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(opt, v)| format!("--{opt}={v}"))
+    .collect()
 }
 
 /// SLURM's HH:MM:SS, whole minutes.

@@ -492,25 +492,7 @@ impl Gpt {
         attend: &Attend,
         mut cache: Option<&mut Vec<Kv>>,
     ) -> Result<Tensor> {
-        let mut x = match input {
-            Input::Ids(ids) => {
-                ensure!(
-                    ids.dim() == 2,
-                    "token ids have shape {:?}, expected [B, T]",
-                    ids.size()
-                );
-                Tensor::embedding(&w.embed, ids, -1, false, false)
-            }
-            Input::Embeds(e) => {
-                let d = self.cfg.n_embd;
-                ensure!(
-                    e.dim() == 3 && e.size()[2] == d,
-                    "input embeddings have shape {:?}, expected [B, T, {d}]",
-                    e.size()
-                );
-                e.to_kind(Kind::Float)
-            }
-        };
+        let mut x = input.embed(&w.embed)?;
         for (l, layer) in w.layers.iter().enumerate() {
             let past = cache.as_deref().and_then(|c| c.get(l));
             let (y, new) = self.layer(layer, &x, attend, past)?;

@@ -132,6 +132,31 @@ pub enum Input<'a> {
     Embeds(&'a Tensor),
 }
 
+impl Input<'_> {
+    /// [B, T, d] fp32: the rows of `table` [V, d] for ids [B, T], or the given embeddings, checked.
+    pub fn embed(self, table: &Tensor) -> Result<Tensor> {
+        match self {
+            Input::Ids(ids) => {
+                ensure!(
+                    ids.dim() == 2,
+                    "token ids have shape {:?}, expected [B, T]",
+                    ids.size()
+                );
+                Ok(Tensor::embedding(table, ids, -1, false, false))
+            }
+            Input::Embeds(x) => {
+                let d = table.size()[1];
+                ensure!(
+                    x.dim() == 3 && x.size()[2] == d,
+                    "input embeddings have shape {:?}, expected [B, T, {d}]",
+                    x.size()
+                );
+                Ok(x.to_kind(Kind::Float))
+            }
+        }
+    }
+}
+
 /// The weights one forward pass computes with: views of the flat fp32 parameters, matmul weights
 /// cast to the compute dtype once.
 pub(crate) struct Weights {
@@ -240,25 +265,7 @@ impl Huginn {
 
     /// ids [B, T] (or their embeddings [B, T, d]) → e [B, T, d], fp32.
     fn prelude(&self, w: &Weights, input: Input, attend: &Attend) -> Result<Tensor> {
-        let embedded = match input {
-            Input::Ids(ids) => {
-                ensure!(
-                    ids.dim() == 2,
-                    "token ids have shape {:?}, expected [B, T]",
-                    ids.size()
-                );
-                Tensor::embedding(&w.wte, ids, -1, false, false)
-            }
-            Input::Embeds(x) => {
-                let d = self.cfg.n_embd;
-                ensure!(
-                    x.dim() == 3 && x.size()[2] == d,
-                    "input embeddings have shape {:?}, expected [B, T, {d}]",
-                    x.size()
-                );
-                x.to_kind(Kind::Float)
-            }
-        };
+        let embedded = input.embed(&w.wte)?;
         let t = embedded.size()[1];
         ensure!(
             t <= self.cfg.block_size,

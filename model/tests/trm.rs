@@ -138,32 +138,7 @@ fn a_supervision_step_has_the_reference_shapes_and_one_cycle_of_graph() {
 fn three_supervision_steps_equal_the_reference_code() {
     tch::set_num_threads(1);
     for variant in ["mlp", "att"] {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("../tests/fixtures/trm/{variant}.safetensors"));
-        let f = muninn_model::st::StFile::open(&path).unwrap();
-        let mut cfg = TrmConfig::preset("trm-sudoku4").unwrap();
-        cfg.num_puzzle_identifiers = 2;
-        if variant == "att" {
-            cfg.mlp_t = false;
-            cfg.pos_encodings = muninn_model::trm::PosEncoding::Rope;
-        }
-        let m = Trm::new(cfg, Device::Cpu).unwrap();
-        for spec in param_specs(m.config()) {
-            m.params()
-                .set(&spec.name, &f.get(&spec.name).unwrap())
-                .unwrap();
-        }
-        tch::no_grad(|| {
-            m.h_init
-                .shallow_clone()
-                .copy_(&f.get("inner.H_init").unwrap());
-            m.l_init
-                .shallow_clone()
-                .copy_(&f.get("inner.L_init").unwrap());
-            m.puzzle_table
-                .shallow_clone()
-                .copy_(&f.get("inner.puzzle_emb.weights").unwrap());
-        });
+        let (f, m) = reference_model(variant);
         let (inputs, ids) = (
             f.get("batch.inputs").unwrap(),
             f.get("batch.puzzle_identifiers").unwrap(),
@@ -198,33 +173,8 @@ fn three_supervision_steps_equal_the_reference_code() {
 fn the_first_training_step_has_the_reference_loss_and_gradients() {
     tch::set_num_threads(1);
     for variant in ["mlp", "att"] {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("../tests/fixtures/trm/{variant}.safetensors"));
-        let f = muninn_model::st::StFile::open(&path).unwrap();
-        let mut cfg = TrmConfig::preset("trm-sudoku4").unwrap();
-        cfg.num_puzzle_identifiers = 2;
-        if variant == "att" {
-            cfg.mlp_t = false;
-            cfg.pos_encodings = muninn_model::trm::PosEncoding::Rope;
-        }
-        let mut m = Trm::new(cfg, Device::Cpu).unwrap();
-        for spec in param_specs(m.config()) {
-            m.params()
-                .set(&spec.name, &f.get(&spec.name).unwrap())
-                .unwrap();
-        }
-        tch::no_grad(|| {
-            m.h_init
-                .shallow_clone()
-                .copy_(&f.get("inner.H_init").unwrap());
-            m.l_init
-                .shallow_clone()
-                .copy_(&f.get("inner.L_init").unwrap());
-        });
-        m.puzzle_table = f
-            .get("inner.puzzle_emb.weights")
-            .unwrap()
-            .set_requires_grad(true);
+        let (f, mut m) = reference_model(variant);
+        m.puzzle_table = m.puzzle_table.detach().set_requires_grad(true);
         let (inputs, ids, labels) = (
             f.get("batch.inputs").unwrap(),
             f.get("batch.puzzle_identifiers").unwrap(),
@@ -331,4 +281,35 @@ fn slots_refill_only_halted_rows_and_halt_as_the_recipe_says() {
     assert!((60..140).contains(&set), "{set} of 1000");
     assert!(all.iter().all(|&k| k == 0 || (2..=16).contains(&k)));
     assert_ne!(exploration_floors(5, 8, 0..1000, 0.1, 16), all);
+}
+
+/// The fixture of `variant` and a model holding its weights, init states and puzzle table.
+fn reference_model(variant: &str) -> (muninn_model::st::StFile, Trm) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../tests/fixtures/trm/{variant}.safetensors"));
+    let f = muninn_model::st::StFile::open(&path).unwrap();
+    let mut cfg = TrmConfig::preset("trm-sudoku4").unwrap();
+    cfg.num_puzzle_identifiers = 2;
+    if variant == "att" {
+        cfg.mlp_t = false;
+        cfg.pos_encodings = muninn_model::trm::PosEncoding::Rope;
+    }
+    let m = Trm::new(cfg, Device::Cpu).unwrap();
+    for spec in param_specs(m.config()) {
+        m.params()
+            .set(&spec.name, &f.get(&spec.name).unwrap())
+            .unwrap();
+    }
+    tch::no_grad(|| {
+        m.h_init
+            .shallow_clone()
+            .copy_(&f.get("inner.H_init").unwrap());
+        m.l_init
+            .shallow_clone()
+            .copy_(&f.get("inner.L_init").unwrap());
+        m.puzzle_table
+            .shallow_clone()
+            .copy_(&f.get("inner.puzzle_emb.weights").unwrap());
+    });
+    (f, m)
 }

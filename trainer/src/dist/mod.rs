@@ -592,15 +592,6 @@ fn gather_chunks(
     Ok(())
 }
 
-/// The full flat tensor (on the host, every rank) from each rank's shard of it: used to write
-/// sharded optimizer state into a checkpoint any world size can read.
-pub fn gather_full(comm: &Comm, layout: &Layout, shard: &Tensor) -> Result<Tensor> {
-    let src = shard.detach().to_device(Device::Cpu).contiguous();
-    let dst = Tensor::zeros([layout.numel], (Kind::Float, Device::Cpu));
-    gather_chunks(comm, layout, &src, &dst, "optimizer-state gather")?;
-    Ok(dst)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -207,7 +207,13 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             out,
         } => {
             let start = Instant::now();
-            muninn_data::sudoku::write_generated(&out, boxes, train, test, seed)
+            let spec = muninn_data::sudoku::GenerateSpec {
+                sudoku: boxes,
+                train,
+                test,
+                seed,
+            };
+            muninn_data::sudoku::write_generated(&out, &spec)
                 .with_context(|| format!("generating {}", out.display()))?;
             println!(
                 "wrote {}: {train} training and {test} test {n}×{n} puzzles ({}x{} boxes, seed {seed}) in {:.1} s",

@@ -63,6 +63,10 @@ pub struct EvalArgs {
     /// Output directory for eval.json and eval.png [default: RUN/eval/<checkpoint name>].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// TRM: puzzles to solve, a CSV in the Sudoku-Extreme layout (`question,answer,rating`, `.` for
+    /// a blank) [default: test.csv of --data, else of the run's data.dir].
+    #[arg(long)]
+    puzzles: Option<PathBuf>,
     #[command(flatten)]
     on: RunOn,
 }
@@ -177,6 +181,16 @@ fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RawRunConfig)>> {
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     let model = a.on.load(&a.checkpoint)?;
+    let model = match model {
+        Model::Trm(m) => return eval_puzzles(&a, &m),
+        other => other,
+    };
+    ensure!(
+        a.puzzles.is_none(),
+        "--puzzles: {} is a {} model; puzzles are for trm",
+        a.checkpoint.display(),
+        model.family().name()
+    );
     let depths = match (&model, &a.depths) {
         (Model::Gpt(_), Some(_)) => bail!(
             "--depths: {} is a gpt model, which has no recurrence",
@@ -253,6 +267,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let rows: i64 = batches.iter().map(ValBatch::rows).sum();
     let model = match model {
         Model::Huginn(m) => m,
+        Model::Trm(_) => unreachable!("handled above"),
         Model::Gpt(m) => {
             // No depth: one loss.
             println!(
@@ -376,6 +391,103 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// `muninn eval` of a TRM checkpoint: every puzzle from the initial carry through all N_sup
+/// supervision steps with the checkpoint's EMA weights (where it has them), as the reference
+/// evaluates; exact accuracy (every cell right), per-cell accuracy, the halting head's accuracy.
+fn eval_puzzles(a: &EvalArgs, m: &muninn_model::trm::Trm) -> Result<()> {
+    ensure!(
+        a.depths.is_none(),
+        "--depths: {} is a trm model; it always runs model.halt_max_steps supervision steps",
+        a.checkpoint.display()
+    );
+    let run = run_of(&a.checkpoint)?;
+    let file = match (&a.puzzles, &a.data, &run) {
+        (Some(f), _, _) => f.clone(),
+        (None, Some(d), _) => d.join("test.csv"),
+        (None, None, Some((_, rc))) => rc.data.dir.join("test.csv"),
+        (None, None, None) => bail!(
+            "{} is not inside a run directory: pass --puzzles FILE.csv or --data DIR",
+            a.checkpoint.display()
+        ),
+    };
+    let set = muninn_data::sudoku::PuzzleSet::open_csv(&file, false)?;
+    let c = m.config();
+    ensure!(
+        set.seq_len() as i64 == c.seq_len && set.boxes.n() as i64 + 2 == c.vocab_size,
+        "{} holds {n}×{n} sudoku; the model was trained on {} cells with a vocabulary of {}",
+        file.display(),
+        c.seq_len,
+        c.vocab_size,
+        n = set.boxes.n()
+    );
+    let max_rows = a.max_rows.unwrap_or(u64::MAX);
+    let batch_size = a.batch_size.unwrap_or(256);
+    ensure!(batch_size >= 1, "--batch-size must be at least 1");
+    let batches = muninn_data::sudoku::val_batches(&set, batch_size, max_rows, 0, 1);
+    let mut sums = muninn_model::trm_family::PuzzleSums::default();
+    for b in &batches {
+        let vb = ValBatch::new(0, b, m.params().device());
+        let ids = vb.puzzle_ids.as_ref().context("puzzle rows carry ids")?;
+        let s = muninn_model::trm_family::evaluate_puzzles(m, &vb.inputs, &vb.targets, ids)?;
+        sums.rows += s.rows;
+        sums.accuracy += s.accuracy;
+        sums.exact += s.exact;
+        sums.q_halt_right += s.q_halt_right;
+        sums.lm_loss += s.lm_loss;
+        sums.steps += s.steps;
+    }
+    ensure!(sums.rows > 0.0, "{} has no puzzles to evaluate", file.display());
+    let per = |x: f64| x / sums.rows;
+    let ema = a.checkpoint.join(muninn_model::checkpoint::EMA_FILE).is_file();
+    println!(
+        "eval {}: {} puzzles from {}, {} supervision steps, {} weights",
+        a.checkpoint.display(),
+        sums.rows,
+        file.display(),
+        c.halt_max_steps,
+        if ema { "EMA" } else { "trained" }
+    );
+    println!(
+        "{:>14}  {:>9}  {:>15}  {:>7}  {:>8}",
+        "exact_accuracy", "accuracy", "q_halt_accuracy", "steps", "lm_loss"
+    );
+    println!(
+        "{:>14.4}  {:>9.4}  {:>15.4}  {:>7.2}  {:>8.4}",
+        per(sums.exact),
+        per(sums.accuracy),
+        per(sums.q_halt_right),
+        per(sums.steps),
+        per(sums.lm_loss)
+    );
+    let out = match (&a.out, &run) {
+        (Some(o), _) => o.clone(),
+        (None, Some((dir, _))) => dir.join("eval").join(
+            a.checkpoint
+                .file_name()
+                .context("the checkpoint path has no name")?,
+        ),
+        (None, None) => bail!("pass --out DIR for the report"),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let report = json!({
+        "checkpoint": a.checkpoint,
+        "puzzles": file,
+        "family": "trm",
+        "weights": if ema { "ema" } else { "trained" },
+        "rows": sums.rows,
+        "supervision_steps": c.halt_max_steps,
+        "exact_accuracy": per(sums.exact),
+        "accuracy": per(sums.accuracy),
+        "q_halt_accuracy": per(sums.q_halt_right),
+        "steps": per(sums.steps),
+        "lm_loss": per(sums.lm_loss),
+    });
+    let json_path = out.join("eval.json");
+    atomic::write_file(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    println!("wrote {}", json_path.display());
+    Ok(())
+}
+
 /// The tokenizer a checkpoint carries (`tokenizer.json`, copied in by training), else the one
 /// its run recorded.
 pub fn checkpoint_tokenizer(checkpoint: &Path) -> Result<PathBuf> {
@@ -384,12 +496,18 @@ pub fn checkpoint_tokenizer(checkpoint: &Path) -> Result<PathBuf> {
         return Ok(own);
     }
     match run_of(checkpoint)? {
-        Some((_, rc)) if rc.data.tokenizer.is_file() => Ok(rc.data.tokenizer),
-        Some((_, rc)) => bail!(
-            "{} has no tokenizer.json, and its run's tokenizer {} is not here: pass --tokenizer FILE",
-            checkpoint.display(),
-            rc.data.tokenizer.display()
-        ),
+        Some((_, rc)) => match rc.data.tokenizer {
+            Some(t) if t.is_file() => Ok(t),
+            Some(t) => bail!(
+                "{} has no tokenizer.json, and its run's tokenizer {} is not here: pass --tokenizer FILE",
+                checkpoint.display(),
+                t.display()
+            ),
+            None => bail!(
+                "{} has no tokenizer (its run trained on puzzles, not text)",
+                checkpoint.display()
+            ),
+        },
         None => bail!(
             "{} has no tokenizer.json and is not inside a run directory: pass --tokenizer FILE",
             checkpoint.display()
@@ -442,6 +560,10 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     };
     let model = match model {
         Model::Huginn(m) => m,
+        Model::Trm(_) => bail!(
+            "{} is a trm model: it solves puzzles (muninn eval --puzzles), it does not generate text",
+            a.checkpoint.display()
+        ),
         Model::Gpt(m) => {
             ensure!(
                 a.depth.is_none() && a.exit.is_none() && a.min_steps == 0 && !a.continuous,
@@ -575,9 +697,10 @@ fn generate_gpt_uncached(
 pub fn latents(a: LatentsArgs) -> Result<()> {
     let model = match a.on.load(&a.checkpoint)? {
         Model::Huginn(m) => m,
-        Model::Gpt(_) => bail!(
-            "{} is a gpt model: latents are the recurrent state of a huginn model",
-            a.checkpoint.display()
+        other @ (Model::Gpt(_) | Model::Trm(_)) => bail!(
+            "{} is a {} model: latents are the recurrent state of a huginn model",
+            a.checkpoint.display(),
+            other.family().name()
         ),
     };
     let (tok, ids) = prompt_ids(

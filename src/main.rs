@@ -300,6 +300,7 @@ fn run(cli: Cli) -> Result<()> {
                     match m {
                         Model::Huginn(_) => "huginn-hf",
                         Model::Gpt(_) => "llama-hf",
+                        Model::Trm(_) => "trm-reference",
                     }
                 ),
             }
@@ -352,6 +353,33 @@ fn model_info(shape: &str, n: Option<i64>, k: Option<i64>, seq_len: Option<i64>)
                 "--n and --k are recurrence depths; the gpt family has none"
             );
             gpt_info(&cfg, seq_len)
+        }
+        ModelConfig::Trm(cfg) => {
+            ensure!(
+                n.is_none() && k.is_none() && seq_len.is_none(),
+                "--n, --k and --seq-len are for language models; a trm shape fixes its puzzle size"
+            );
+            let specs = muninn_model::trm::param_specs(&cfg);
+            let total: i64 = specs.iter().map(|s| s.numel()).sum();
+            println!("model {} (trm)", cfg.name);
+            println!(
+                "  D={} layers={} heads={} {} V={} L={} P={} T={} n={} N_sup={}",
+                cfg.hidden_size,
+                cfg.layers,
+                cfg.num_heads,
+                if cfg.mlp_t { "mlp-t" } else { "attention" },
+                cfg.vocab_size,
+                cfg.seq_len,
+                cfg.puzzle_emb_len,
+                cfg.h_cycles,
+                cfg.l_cycles,
+                cfg.halt_max_steps
+            );
+            println!(
+                "  parameters: {total} (puzzle table {} × {} beside them)",
+                cfg.num_puzzle_identifiers, cfg.hidden_size
+            );
+            Ok(())
         }
     }
 }
@@ -525,6 +553,10 @@ fn forward(a: ForwardArgs) -> Result<()> {
             let out = tch::no_grad(|| m.forward(&ids))?;
             (out.logits, out.hidden, "gpt".to_string())
         }
+        Model::Trm(_) => anyhow::bail!(
+            "{} is a trm model: give its puzzles with --batch BATCH.json",
+            a.checkpoint.display()
+        ),
     };
     let tensors = [
         ("logits".to_string(), logits.to_kind(Kind::Float)),

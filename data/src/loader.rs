@@ -190,6 +190,37 @@ pub struct Batch {
     pub block: usize,
     /// Dataset row of each sample (for tests and debugging).
     pub row_ids: Vec<u64>,
+    /// Puzzle identifier of each row (TRM's puzzle embedding); empty for text.
+    pub puzzle_ids: Vec<i64>,
+}
+
+/// Where the trainer's rows come from: token shards or puzzles. Both loaders are pure functions of
+/// (seed, global sample), so their whole state is a [`LoaderState`].
+pub trait Source {
+    /// Rank `rank`'s `micro_batch` rows of the next global batch of `world × micro_batch`.
+    fn next_batch(&mut self, rank: usize, world: usize, micro_batch: usize) -> Batch;
+    fn state(&self) -> LoaderState;
+    fn load_state(&mut self, s: &LoaderState) -> Result<()>;
+}
+
+/// The checks every loader makes when it resumes: same format, same data, same seed.
+pub fn check_resume(s: &LoaderState, digest: &str, seed: u64) -> Result<()> {
+    ensure!(
+        s.version == 1,
+        "loader state version {} is unknown to this build",
+        s.version
+    );
+    ensure!(
+        s.data_digest == digest,
+        "the checkpoint was trained on data {}, this run reads {digest}: the sample order would differ",
+        s.data_digest,
+    );
+    ensure!(
+        s.seed == seed,
+        "the checkpoint's data seed is {}, this run's is {seed}",
+        s.seed,
+    );
+    Ok(())
 }
 
 impl Batch {
@@ -209,6 +240,7 @@ impl Batch {
             rows: row_ids.len(),
             block,
             row_ids,
+            puzzle_ids: Vec::new(),
         }
     }
 }
@@ -277,25 +309,21 @@ impl<'a> Loader<'a> {
     }
 
     pub fn load_state(&mut self, s: &LoaderState) -> Result<()> {
-        ensure!(
-            s.version == 1,
-            "loader state version {} is unknown to this build",
-            s.version
-        );
-        ensure!(
-            s.data_digest == self.ds.digest(),
-            "the checkpoint was trained on data {}, this run reads {}: the sample order would differ",
-            s.data_digest,
-            self.ds.digest()
-        );
-        ensure!(
-            s.seed == self.seed,
-            "the checkpoint's data seed is {}, this run's is {}",
-            s.seed,
-            self.seed
-        );
+        check_resume(s, &self.ds.digest(), self.seed)?;
         self.consumed = s.global_samples_consumed; // any world size may continue from here
         Ok(())
+    }
+}
+
+impl Source for Loader<'_> {
+    fn next_batch(&mut self, rank: usize, world: usize, micro_batch: usize) -> Batch {
+        Loader::next_batch(self, rank, world, micro_batch)
+    }
+    fn state(&self) -> LoaderState {
+        Loader::state(self)
+    }
+    fn load_state(&mut self, s: &LoaderState) -> Result<()> {
+        Loader::load_state(self, s)
     }
 }
 

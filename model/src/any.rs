@@ -13,6 +13,7 @@ use crate::config::{HuginnConfig, RawHuginnConfig};
 use crate::gpt::{Gpt, GptConfig};
 use crate::huginn::{Huginn, Precision};
 use crate::params::FlatParams;
+use crate::trm::{Trm, TrmConfig};
 
 /// Which model family (`[model] family`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -23,6 +24,8 @@ pub enum FamilyKind {
     Huginn,
     /// A plain Llama-style decoder: the non-recurrent baseline.
     Gpt,
+    /// The Tiny Recursive Model on puzzles: deep supervision over persistent slots.
+    Trm,
 }
 
 impl FamilyKind {
@@ -30,6 +33,7 @@ impl FamilyKind {
         match self {
             FamilyKind::Huginn => "huginn",
             FamilyKind::Gpt => "gpt",
+            FamilyKind::Trm => "trm",
         }
     }
 }
@@ -39,6 +43,7 @@ impl FamilyKind {
 pub enum ModelConfig {
     Huginn(HuginnConfig),
     Gpt(GptConfig),
+    Trm(TrmConfig),
 }
 
 impl ModelConfig {
@@ -46,6 +51,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Huginn(_) => FamilyKind::Huginn,
             ModelConfig::Gpt(_) => FamilyKind::Gpt,
+            ModelConfig::Trm(_) => FamilyKind::Trm,
         }
     }
 
@@ -54,7 +60,7 @@ impl ModelConfig {
         let family: FamilyKind = match table.remove("family") {
             Some(v) => v
                 .try_into()
-                .context("reading model.family (expected \"huginn\" or \"gpt\")")?,
+                .context("reading model.family (expected \"huginn\", \"gpt\" or \"trm\")")?,
             None => FamilyKind::default(),
         };
         Ok(match family {
@@ -65,6 +71,7 @@ impl ModelConfig {
                 ModelConfig::Huginn(raw.resolve()?)
             }
             FamilyKind::Gpt => ModelConfig::Gpt(GptConfig::from_table(table)?),
+            FamilyKind::Trm => ModelConfig::Trm(TrmConfig::from_table(table)?),
         })
     }
 
@@ -95,14 +102,18 @@ impl ModelConfig {
         if let Some(cfg) = GptConfig::preset(spec) {
             return Ok(ModelConfig::Gpt(cfg));
         }
+        if let Some(cfg) = TrmConfig::preset(spec) {
+            return Ok(ModelConfig::Trm(cfg));
+        }
         let path = Path::new(spec);
         if path.extension().is_some_and(|e| e == "toml") || path.exists() {
             return Self::from_toml_file(path);
         }
         bail!(
-            "`{spec}` is neither a named shape ({}, {}) nor an existing TOML file",
+            "`{spec}` is neither a named shape ({}, {}, {}) nor an existing TOML file",
             HuginnConfig::PRESETS.join(", "),
-            GptConfig::PRESETS.join(", ")
+            GptConfig::PRESETS.join(", "),
+            TrmConfig::PRESETS.join(", ")
         )
     }
 
@@ -111,6 +122,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Huginn(c) => c.to_toml(),
             ModelConfig::Gpt(c) => c.to_toml(),
+            ModelConfig::Trm(c) => c.to_toml(),
         }
     }
 
@@ -129,6 +141,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Huginn(c) => &c.name,
             ModelConfig::Gpt(c) => &c.name,
+            ModelConfig::Trm(c) => &c.name,
         }
     }
 
@@ -136,6 +149,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Huginn(c) => c.vocab_size,
             ModelConfig::Gpt(c) => c.vocab_size,
+            ModelConfig::Trm(c) => c.vocab_size,
         }
     }
 
@@ -143,6 +157,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Huginn(c) => c.block_size,
             ModelConfig::Gpt(c) => c.block_size,
+            ModelConfig::Trm(c) => c.seq_len,
         }
     }
 }
@@ -151,6 +166,7 @@ impl ModelConfig {
 pub enum Model {
     Huginn(Huginn),
     Gpt(Gpt),
+    Trm(Trm),
 }
 
 impl Model {
@@ -159,17 +175,22 @@ impl Model {
         Ok(match cfg {
             ModelConfig::Huginn(c) => Model::Huginn(Huginn::new(c, device, precision)?),
             ModelConfig::Gpt(c) => Model::Gpt(Gpt::new(c, device, precision)?),
+            ModelConfig::Trm(c) => Model::Trm(Trm::new(c, device, precision)?),
         })
     }
 
     pub fn init(&self, seed: u64) {
-        self.params().init(seed);
+        match self {
+            Model::Trm(m) => m.init(seed),
+            _ => self.params().init(seed),
+        }
     }
 
     pub fn family(&self) -> FamilyKind {
         match self {
             Model::Huginn(_) => FamilyKind::Huginn,
             Model::Gpt(_) => FamilyKind::Gpt,
+            Model::Trm(_) => FamilyKind::Trm,
         }
     }
 
@@ -177,6 +198,7 @@ impl Model {
         match self {
             Model::Huginn(m) => ModelConfig::Huginn(m.config().clone()),
             Model::Gpt(m) => ModelConfig::Gpt(m.config().clone()),
+            Model::Trm(m) => ModelConfig::Trm(m.config().clone()),
         }
     }
 
@@ -190,6 +212,7 @@ impl Stored for Model {
         match self {
             Model::Huginn(m) => m.params(),
             Model::Gpt(m) => m.params(),
+            Model::Trm(m) => m.params(),
         }
     }
     fn config_toml(&self) -> String {
@@ -199,7 +222,29 @@ impl Stored for Model {
         match self {
             Model::Huginn(m) => &m.config().name,
             Model::Gpt(m) => &m.config().name,
+            Model::Trm(m) => &m.config().name,
         }
+    }
+    fn buffers(&self) -> Vec<(&'static str, tch::Tensor)> {
+        match self {
+            Model::Trm(m) => m.buffers(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Stored for Trm {
+    fn params(&self) -> &FlatParams {
+        Trm::params(self)
+    }
+    fn config_toml(&self) -> String {
+        self.config().to_toml()
+    }
+    fn shape_name(&self) -> &str {
+        &self.config().name
+    }
+    fn buffers(&self) -> Vec<(&'static str, tch::Tensor)> {
+        Trm::buffers(self)
     }
 }
 

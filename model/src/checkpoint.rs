@@ -19,6 +19,11 @@ pub trait Stored {
     fn config_toml(&self) -> String;
     /// The shape's name, for messages.
     fn shape_name(&self) -> &str;
+    /// Tensors stored beside the parameters under these names (TRM's init states and puzzle
+    /// table): written with the weights, and loaded in place (the tensors share storage).
+    fn buffers(&self) -> Vec<(&'static str, tch::Tensor)> {
+        Vec::new()
+    }
 }
 
 impl Stored for Huginn {
@@ -35,6 +40,9 @@ impl Stored for Huginn {
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.toml";
+/// The moving average of the weights (`optimizer.ema_decay`), laid out as `model.safetensors`:
+/// where a checkpoint has it, evaluation and exports read it instead.
+pub const EMA_FILE: &str = "ema.safetensors";
 
 /// A checkpoint's weight files: `model.safetensors`, or the shards a
 /// `model.safetensors.index.json` names (a large model saved by several ranks, as HF shards).
@@ -103,7 +111,9 @@ pub fn load_weights(
     ignored: &[&str],
 ) -> Result<()> {
     let specs = model.params().specs();
-    let expected: BTreeSet<String> = specs.iter().map(|s| key(&s.name)).collect();
+    let buffers = model.buffers();
+    let mut expected: BTreeSet<String> = specs.iter().map(|s| key(&s.name)).collect();
+    expected.extend(buffers.iter().map(|(n, _)| key(n)));
     let unexpected: Vec<&str> = files
         .names()
         .into_iter()
@@ -135,6 +145,21 @@ pub fn load_weights(
         );
         model.params().set(&spec.name, &files.get(&k)?)?;
     }
+    for (name, t) in buffers {
+        let k = key(name);
+        let shape = files
+            .shape(&k)
+            .with_context(|| format!("{}: missing tensor `{k}`", files.describe()))?;
+        ensure!(
+            shape == t.size(),
+            "{}: tensor `{k}` has shape {:?}, the model config expects {:?}",
+            files.describe(),
+            shape,
+            t.size()
+        );
+        let v = files.get(&k)?.to_kind(t.kind()).to_device(t.device());
+        tch::no_grad(|| t.shallow_clone().copy_(&v));
+    }
     Ok(())
 }
 
@@ -160,7 +185,11 @@ pub fn load_any(dir: &Path, device: Device, precision: Precision) -> Result<Mode
     );
     let cfg = ModelConfig::from_toml_file(&dir.join(CONFIG_FILE))?;
     let model = Model::new(cfg, device, precision)?;
-    let files = TensorFiles::open(&model_files(dir)?)?;
+    let ema = dir.join(EMA_FILE);
+    let files = match ema.is_file() {
+        true => TensorFiles::open(&[ema])?,
+        false => TensorFiles::open(&model_files(dir)?)?,
+    };
     load_weights(&model, &files, str::to_string, &[])
         .with_context(|| format!("loading checkpoint {}", dir.display()))?;
     Ok(model)
@@ -169,14 +198,31 @@ pub fn load_any(dir: &Path, device: Device, precision: Precision) -> Result<Mode
 /// Writes `model.safetensors` and `config.toml` into the existing directory `dir`.
 pub fn write_model_files(model: &impl Stored, dir: &Path) -> Result<()> {
     let meta = HashMap::from([("format".to_string(), "muninn".to_string())]);
-    st::write(
-        &dir.join(MODEL_FILE),
-        &model.params().named_detached(),
-        Some(meta),
-    )?;
+    let mut tensors = model.params().named_detached();
+    tensors.extend(
+        model
+            .buffers()
+            .into_iter()
+            .map(|(n, t)| (n.to_string(), t.detach())),
+    );
+    st::write(&dir.join(MODEL_FILE), &tensors, Some(meta))?;
     let cfg_path = dir.join(CONFIG_FILE);
     std::fs::write(&cfg_path, model.config_toml())
         .with_context(|| format!("writing {}", cfg_path.display()))
+}
+
+/// Writes [`EMA_FILE`]: the parameters from `ema` (laid out like the flat buffer), the buffers as
+/// they are.
+pub fn write_ema_file(
+    params: &FlatParams,
+    buffers: Vec<(&'static str, tch::Tensor)>,
+    ema: &tch::Tensor,
+    dir: &Path,
+) -> Result<()> {
+    let mut tensors = params.named_of(ema);
+    tensors.extend(buffers.into_iter().map(|(n, t)| (n.to_string(), t.detach())));
+    let meta = HashMap::from([("format".to_string(), "muninn".to_string())]);
+    st::write(&dir.join(EMA_FILE), &tensors, Some(meta))
 }
 
 /// Writes a new checkpoint directory `out` atomically: everything goes into a temporary sibling that

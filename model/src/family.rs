@@ -29,9 +29,24 @@ pub struct MicroBatch<'a> {
     pub inputs: &'a Tensor,
     /// [B, T]; [`crate::IGNORE`] where a target does not count.
     pub targets: &'a Tensor,
-    /// The weight of this micro-batch's loss sum: W·A / (targets counted in the whole step), so
-    /// that accumulation and the rank average leave the mean over the step's counted targets.
+    /// The weight of this micro-batch's loss sum: W·A / (units counted in the whole step, see
+    /// [`Family::loss_mean`]), so that accumulation and the rank average leave the mean over the
+    /// step's counted units.
     pub scale: f64,
+    /// [B] puzzle identifiers (TRM's puzzle embedding), where the data has them.
+    pub puzzle_ids: Option<&'a Tensor>,
+    /// Which global micro-batch of the step this is (micro-batch i of rank r is i·W + r): what a
+    /// family keeps per micro-batch (TRM's slots) and any randomness it draws are keyed by it.
+    pub global: usize,
+}
+
+/// What a step's loss is the mean over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossMean {
+    /// Every target that counts (language modelling).
+    Targets,
+    /// Every row: a row's loss is already its own mean over cells (TRM: Σ over slots ÷ global batch).
+    Rows,
 }
 
 /// Named values for the metrics record.
@@ -87,7 +102,42 @@ pub trait Family {
 
     /// Validation of one batch (its global `index` seeds any randomness): (Σ, count) of each of
     /// [`Family::val_metrics`]. The trainer sums both over batches and ranks and logs Σ / count.
-    fn validate(&self, index: u64, inputs: &Tensor, targets: &Tensor) -> Result<Vec<(f64, f64)>>;
+    fn validate(&self, index: u64, batch: &MicroBatch) -> Result<Vec<(f64, f64)>>;
+
+    /// What the step's loss is a mean over (how the trainer computes [`MicroBatch::scale`]).
+    fn loss_mean(&self) -> LossMean {
+        LossMean::Targets
+    }
+
+    /// After the step's backward, with the update: state outside the flat parameters that the
+    /// family updates itself (TRM's puzzle table). `lr_factor` is the schedule's lr_t / lr;
+    /// `units` the step's global micro-batches (W·A); `sum` adds a vector over ranks (every rank
+    /// calls it the same number of times).
+    fn update_extra(
+        &self,
+        _lr_factor: f64,
+        _units: usize,
+        _sum: &mut dyn FnMut(&mut [f64]) -> Result<()>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// This rank's state between steps that is neither weights nor optimizer (TRM's carry), as
+    /// named tensors; checkpoints keep it per rank so that a resumed run continues exactly.
+    fn rank_state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    /// Restores what [`Family::rank_state`] saved: `tensors` from every rank's file; this rank
+    /// owns global micro-batches `owned`. Refuses state that does not cover them.
+    fn load_rank_state(&self, _tensors: Vec<(String, Tensor)>, _owned: &[usize]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Tensors saved beside the parameters (see [`crate::checkpoint::Stored::buffers`]).
+    fn buffers(&self) -> Vec<(&'static str, Tensor)> {
+        Vec::new()
+    }
 
     /// Writes the weights and the shape into a checkpoint directory.
     fn save_model(&self, dir: &Path) -> Result<()>;

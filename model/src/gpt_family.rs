@@ -72,7 +72,8 @@ impl Family for GptFamily {
         vec!["val_loss".to_string()]
     }
 
-    fn validate(&self, _index: u64, inputs: &Tensor, targets: &Tensor) -> Result<Vec<(f64, f64)>> {
+    fn validate(&self, _index: u64, batch: &MicroBatch) -> Result<Vec<(f64, f64)>> {
+        let (inputs, targets) = (batch.inputs, batch.targets);
         Ok(vec![self.model.val_loss_sums(inputs, targets)?])
     }
 

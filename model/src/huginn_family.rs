@@ -111,7 +111,8 @@ impl Family for HuginnFamily {
             .collect()
     }
 
-    fn validate(&self, index: u64, inputs: &Tensor, targets: &Tensor) -> Result<Vec<(f64, f64)>> {
+    fn validate(&self, index: u64, batch: &MicroBatch) -> Result<Vec<(f64, f64)>> {
+        let (inputs, targets) = (batch.inputs, batch.targets);
         let m = &self.model;
         self.eval_depths
             .iter()

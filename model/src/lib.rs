@@ -25,12 +25,13 @@ pub mod sampler;
 pub mod shim;
 pub mod st;
 pub mod trm;
+pub mod trm_family;
 
 pub use any::{FamilyKind, Model, ModelConfig};
 pub use block::{Attend, Mask, Positions};
 pub use config::{HuginnConfig, StateInit};
 pub use exit::ExitCriterion;
-pub use family::{Family, GradEvent, MicroBatch};
+pub use family::{Family, GradEvent, LossMean, MicroBatch};
 pub use gpt::{Gpt, GptConfig};
 pub use huginn::{
     Depth, Forward, GradStage, Huginn, InitState, Input, Objective, Precision, Telemetry,

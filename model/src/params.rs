@@ -453,6 +453,17 @@ impl FlatParams {
             .collect()
     }
 
+    /// Each parameter's view of `other`, a tensor laid out like the flat buffer (an average of the
+    /// weights, say).
+    pub fn named_of(&self, other: &Tensor) -> Vec<(String, Tensor)> {
+        let base = other.detach();
+        self.specs
+            .iter()
+            .zip(&self.offsets)
+            .map(|(s, &o)| (s.name.clone(), Self::view_of(&base, s, o)))
+            .collect()
+    }
+
     /// Gradient of each parameter (zeros where none has been computed yet).
     pub fn named_grads(&self) -> Vec<(String, Tensor)> {
         let g = self.flat.grad();

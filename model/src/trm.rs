@@ -147,6 +147,39 @@ impl TrmConfig {
         self.hidden_size / self.num_heads
     }
 
+    /// A `[model]` table of family trm: optionally `preset = NAME`, then any field over it.
+    pub fn from_table(mut table: toml::Table) -> Result<Self> {
+        let mut base = match table.remove("preset") {
+            Some(p) => {
+                let p = p.as_str().context("model.preset must be a string")?;
+                let cfg = Self::preset(p).with_context(|| {
+                    format!(
+                        "model.preset = \"{p}\" is not one of {} (family trm)",
+                        Self::PRESETS.join(", ")
+                    )
+                })?;
+                toml::Table::try_from(&cfg).expect("a preset serialises")
+            }
+            None => toml::Table::new(),
+        };
+        base.entry("name").or_insert_with(|| "custom".into());
+        base.extend(table);
+        let cfg: TrmConfig = toml::Value::Table(base)
+            .try_into()
+            .context("reading [model] (family trm)")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// `[model]` with the family and every field, as checkpoints store it.
+    pub fn to_toml(&self) -> String {
+        let mut model = toml::Table::try_from(self).expect("a resolved config serialises");
+        model.insert("family".into(), "trm".into());
+        let mut doc = toml::Table::new();
+        doc.insert("model".into(), model.into());
+        toml::to_string(&doc).expect("a table serialises")
+    }
+
     /// S = P + L: the positions every state holds.
     pub fn positions(&self) -> i64 {
         self.puzzle_emb_len + self.seq_len
@@ -164,6 +197,9 @@ fn layer_key(i: i64, what: &str) -> String {
     format!("inner.L_level.layers.{i}.{what}.weight")
 }
 
+pub const H_INIT: &str = "inner.H_init";
+pub const L_INIT: &str = "inner.L_init";
+pub const PUZZLE_EMB: &str = "inner.puzzle_emb.weights";
 pub const EMBED: &str = "inner.embed_tokens.embedding_weight";
 pub const LM_HEAD: &str = "inner.lm_head.weight";
 pub const Q_WEIGHT: &str = "inner.q_head.weight";
@@ -287,10 +323,13 @@ pub struct Trm {
     pub puzzle_table: Tensor,
     /// Rotate-half cos/sin [S, hd] (attention with RoPE only).
     rope: Option<(Tensor, Tensor)>,
+    /// bf16-mixed: the forward (and the carried states) in bf16 with weights cast at use; norms,
+    /// RoPE and the q head in fp32, the loss in fp64, as the reference's `forward_dtype=bfloat16`.
+    precision: crate::huginn::Precision,
 }
 
 impl Trm {
-    pub fn new(cfg: TrmConfig, device: Device) -> Result<Self> {
+    pub fn new(cfg: TrmConfig, device: Device, precision: crate::huginn::Precision) -> Result<Self> {
         cfg.validate()?;
         let d = cfg.hidden_size;
         let rope = (cfg.pos_encodings == PosEncoding::Rope).then(|| {
@@ -312,6 +351,7 @@ impl Trm {
             puzzle_table: Tensor::zeros([cfg.num_puzzle_identifiers, d], (Kind::Float, device)),
             rope,
             cfg,
+            precision,
         })
     }
 
@@ -340,8 +380,27 @@ impl Trm {
         &self.params
     }
 
-    /// √D · concat(prefix, E[tokens]): inputs [B, L] i64, puzzle ids [B] → [B, P+L, D].
-    pub fn embed(&self, embed: &Tensor, inputs: &Tensor, puzzle_ids: &Tensor) -> Result<Tensor> {
+    /// The kind of the forward and of the carried states.
+    pub fn dtype(&self) -> Kind {
+        match self.precision {
+            crate::huginn::Precision::F32 => Kind::Float,
+            crate::huginn::Precision::Bf16Mixed => Kind::BFloat16,
+        }
+    }
+
+    /// The buffers beside the parameters, under their reference keys (fp32 here; the reference keeps
+    /// the init states in the forward dtype).
+    pub fn buffers(&self) -> Vec<(&'static str, Tensor)> {
+        vec![
+            (H_INIT, self.h_init.shallow_clone()),
+            (L_INIT, self.l_init.shallow_clone()),
+            (PUZZLE_EMB, self.puzzle_table.shallow_clone()),
+        ]
+    }
+
+    /// √D · concat(prefix, E[tokens]): inputs [B, L] i64, the puzzles' table rows [B, D] →
+    /// [B, P+L, D].
+    pub fn embed(&self, embed: &Tensor, inputs: &Tensor, rows: &Tensor) -> Result<Tensor> {
         let c = &self.cfg;
         let (b, l) = inputs.size2()?;
         ensure!(
@@ -351,21 +410,22 @@ impl Trm {
         );
         let tokens = Tensor::embedding(embed, inputs, -1, false, false); // [B, L, D]
                                                                          // Only prefix position 0 holds the puzzle's row; the rest of the prefix is zero padding.
-        let rows = self.puzzle_table.index_select(0, puzzle_ids).unsqueeze(1); // [B, 1, D]
+        let rows = rows.unsqueeze(1); // [B, 1, D]
         let pad = Tensor::zeros(
             [b, c.puzzle_emb_len - 1, c.hidden_size],
             (Kind::Float, embed.device()),
         );
         let x = Tensor::cat(&[rows, pad, tokens], 1);
-        Ok(x * (c.hidden_size as f64).sqrt())
+        Ok((x * (c.hidden_size as f64).sqrt()).to_kind(self.dtype()))
     }
 
     /// The reset states for a batch of `b`: H_init and L_init broadcast over batch and positions.
     pub fn initial_carry(&self, b: i64) -> Carry {
         let shape = [b, self.cfg.positions(), self.cfg.hidden_size];
+        let kind = self.dtype();
         Carry {
-            y: self.h_init.expand(shape, false).copy(),
-            z: self.l_init.expand(shape, false).copy(),
+            y: self.h_init.to_kind(kind).expand(shape, false).copy(),
+            z: self.l_init.to_kind(kind).expand(shape, false).copy(),
         }
     }
 
@@ -374,7 +434,7 @@ impl Trm {
             .params
             .views()
             .into_iter()
-            .map(|(n, t)| (n.to_string(), t))
+            .map(|(n, t)| (n.to_string(), t.to_kind(self.dtype())))
             .collect();
         let mut take = |n: String| by.remove(&n).with_context(|| format!("no parameter `{n}`"));
         let mut layers = Vec::new();
@@ -448,9 +508,16 @@ impl Trm {
     /// One supervision step from `carry`: T−1 cycles without a graph, then one with (n latent
     /// updates z ← f(z, y + x), then y ← f(y, z), each cycle); the answer's logits and the q head.
     pub fn step(&self, carry: &Carry, inputs: &Tensor, puzzle_ids: &Tensor) -> Result<Step> {
+        let rows = self.puzzle_table.index_select(0, puzzle_ids);
+        self.step_with_rows(carry, inputs, &rows)
+    }
+
+    /// [`Trm::step`] given the puzzles' table rows [B, D]: training passes a leaf of them, whose
+    /// gradient the sign-SGD of the table reads.
+    pub fn step_with_rows(&self, carry: &Carry, inputs: &Tensor, rows: &Tensor) -> Result<Step> {
         let (layers, rest) = self.layers()?;
         let get = |n: &str| rest.get(n).with_context(|| format!("no parameter `{n}`"));
-        let x = self.embed(get(EMBED)?, inputs, puzzle_ids)?;
+        let x = self.embed(get(EMBED)?, inputs, rows)?;
         let (mut y, mut z) = (carry.y.shallow_clone(), carry.z.shallow_clone());
         let cycle = |y: &mut Tensor, z: &mut Tensor| -> Result<()> {
             for _ in 0..self.cfg.l_cycles {

@@ -49,7 +49,7 @@ fn parameter_counts_match_the_reference() {
 #[test]
 fn init_follows_the_reference() {
     tch::set_num_threads(1);
-    let m = Trm::new(TrmConfig::preset("trm-sudoku-mlp").unwrap(), Device::Cpu).unwrap();
+    let m = Trm::new(TrmConfig::preset("trm-sudoku-mlp").unwrap(), Device::Cpu, muninn_model::Precision::F32).unwrap();
     m.init(3);
     let named: std::collections::HashMap<String, Tensor> =
         m.params().named_detached().into_iter().collect();
@@ -87,7 +87,7 @@ fn a_supervision_step_has_the_reference_shapes_and_one_cycle_of_graph() {
         let mut cfg = TrmConfig::preset(name).unwrap();
         cfg.hidden_size = 64;
         cfg.num_heads = 2;
-        let m = Trm::new(cfg.clone(), Device::Cpu).unwrap();
+        let m = Trm::new(cfg.clone(), Device::Cpu, muninn_model::Precision::F32).unwrap();
         m.init(1);
         let b = 3;
         tch::manual_seed(0);
@@ -218,7 +218,7 @@ fn slots_refill_only_halted_rows_and_halt_as_the_recipe_says() {
     use muninn_model::trm::{exploration_floors, Slots};
     tch::set_num_threads(1);
     let cfg = TrmConfig::preset("trm-sudoku4").unwrap();
-    let m = Trm::new(cfg.clone(), Device::Cpu).unwrap();
+    let m = Trm::new(cfg.clone(), Device::Cpu, muninn_model::Precision::F32).unwrap();
     m.init(2);
     let b = 4;
     let batch = |seed: i64| {
@@ -294,7 +294,7 @@ fn reference_model(variant: &str) -> (muninn_model::st::StFile, Trm) {
         cfg.mlp_t = false;
         cfg.pos_encodings = muninn_model::trm::PosEncoding::Rope;
     }
-    let m = Trm::new(cfg, Device::Cpu).unwrap();
+    let m = Trm::new(cfg, Device::Cpu, muninn_model::Precision::F32).unwrap();
     for spec in param_specs(m.config()) {
         m.params()
             .set(&spec.name, &f.get(&spec.name).unwrap())

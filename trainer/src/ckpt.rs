@@ -226,7 +226,8 @@ pub fn commit_save<F: Family>(
     state: &TrainerState,
     manifest: &Manifest,
     keep: usize,
-    tokenizer: &Path,
+    tokenizer: Option<&Path>,
+    ema: Option<&Tensor>,
 ) -> Result<PathBuf> {
     let finite = model
         .params()
@@ -251,8 +252,13 @@ pub fn commit_save<F: Family>(
         true => model.save_model(staging)?,
         false => write_weight_index(staging, model, manifest.world)?,
     }
-    std::fs::copy(tokenizer, staging.join(TOKENIZER_FILE))
-        .with_context(|| format!("copying {} into the checkpoint", tokenizer.display()))?;
+    if let Some(tokenizer) = tokenizer {
+        std::fs::copy(tokenizer, staging.join(TOKENIZER_FILE))
+            .with_context(|| format!("copying {} into the checkpoint", tokenizer.display()))?;
+    }
+    if let Some(ema) = ema {
+        checkpoint::write_ema_file(model.params(), model.buffers(), ema, staging)?;
+    }
     write_synced(
         &staging.join(STATE_FILE),
         &serde_json::to_string_pretty(state)?,
@@ -400,6 +406,57 @@ pub fn consolidate(dir: &Path, out: &Path) -> Result<()> {
         )?;
         write_synced(&o.join(STATE_FILE), &serde_json::to_string_pretty(&state)?)
     })
+}
+
+/// A rank's file of the family's own state ([`Family::rank_state`]).
+pub fn rank_state_file(rank: usize, world: usize) -> String {
+    format!("family-state-{rank:05}-of-{world:05}.safetensors")
+}
+
+/// Writes this rank's family state into the staging directory (nothing when it has none).
+pub fn write_rank_state(
+    staging: &Path,
+    tensors: &[(String, Tensor)],
+    rank: usize,
+    world: usize,
+) -> Result<()> {
+    if tensors.is_empty() {
+        return Ok(());
+    }
+    st::write(&staging.join(rank_state_file(rank, world)), tensors, None)
+}
+
+/// Every rank's family state in a checkpoint, as one list of named tensors.
+pub fn read_rank_state(dir: &Path) -> Result<Vec<(String, Tensor)>> {
+    let mut out = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+    for e in entries {
+        let path = e?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with("family-state-") && name.ends_with(".safetensors") {
+            let f = st::StFile::open(&path)?;
+            for (n, _) in f.shapes() {
+                let t = f.get(&n)?;
+                out.push((n, t));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Loads a checkpoint's average of the weights into `ema` (laid out like the flat buffer).
+pub fn load_ema<F: Family>(dir: &Path, model: &F, ema: &Tensor) -> Result<()> {
+    let path = dir.join(checkpoint::EMA_FILE);
+    let f = st::StFile::open(&path).with_context(|| {
+        format!("the run keeps an average of the weights (optimizer.ema_decay), but {} is missing", path.display())
+    })?;
+    for (name, view) in model.params().named_of(ema) {
+        let t = f.get(&name).with_context(|| format!("{}: no `{name}`", path.display()))?;
+        ensure!(t.size() == view.size(), "{}: `{name}` has shape {:?}, expected {:?}", path.display(), t.size(), view.size());
+        tch::no_grad(|| view.shallow_clone().copy_(&t.to_device(view.device())));
+    }
+    Ok(())
 }
 
 /// Loads a checkpoint into `model` and `opt`; returns its trainer state.

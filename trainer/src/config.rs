@@ -34,14 +34,46 @@ impl Default for RunSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// A directory written by `muninn data prepare`.
+    /// A directory written by `muninn data prepare` (token shards), or a puzzle dataset (TRM).
     pub dir: PathBuf,
-    /// The tokenizer the shards must have been prepared with.
-    pub tokenizer: PathBuf,
+    /// The tokenizer the shards must have been prepared with (token shards only).
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
     /// Target ids that take no part in the loss (e.g. the document separator): their positions are
     /// left out of training and validation losses, which are means over the targets that count.
     #[serde(default)]
     pub ignore_targets: Vec<i64>,
+    /// Puzzles: generate the dataset into `dir` on first use (an existing one is checked against
+    /// this spec, never overwritten), e.g. `{ sudoku = "2x3", train = 1000, test = 500, seed = 0 }`.
+    #[serde(default)]
+    pub generate: Option<muninn_data::sudoku::GenerateSpec>,
+    /// Puzzles: draw a fresh augmentation of every training sample (digit permutation, band and
+    /// stack shuffles, transposition), as the reference's 1000 pre-made copies per puzzle do.
+    #[serde(default = "yes")]
+    pub augment: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// TRM's puzzle table optimizer (`[trm]`, family trm only): sign-SGD on the rows a step touched,
+/// on the trainer's lr schedule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrmSection {
+    pub puzzle_emb_lr: f64,
+    pub puzzle_emb_weight_decay: f64,
+}
+
+impl Default for TrmSection {
+    fn default() -> Self {
+        // The reference's Sudoku and Maze settings (§3).
+        TrmSection {
+            puzzle_emb_lr: 1e-4,
+            puzzle_emb_weight_decay: 1.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +120,9 @@ pub struct OptimizerSection {
     pub grad_clip: f64,
     /// Skip the first update of a fresh run, as the reference does.
     pub skip_first_update: bool,
+    /// Keep an exponential moving average of the weights with this decay (0: none; TRM 0.999).
+    /// Validation, `muninn eval` and exports then use the average; checkpoints keep both.
+    pub ema_decay: f64,
 }
 
 impl Default for OptimizerSection {
@@ -107,6 +142,7 @@ impl Default for OptimizerSection {
             update_clipping: true,
             grad_clip: 1.0,
             skip_first_update: false,
+            ema_decay: 0.0,
         }
     }
 }
@@ -299,6 +335,8 @@ pub struct RawRunConfig {
     pub eval: EvalSection,
     #[serde(default)]
     pub dist: DistSection,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trm: Option<TrmSection>,
 }
 
 /// A checked config, with the typed pieces the loop uses.
@@ -372,16 +410,20 @@ impl RunConfig {
             .get("model")
             .and_then(|m| m.get("family"))
             .and_then(toml::Value::as_str);
-        if family == Some("gpt") {
+        if let Some(f @ ("gpt" | "trm")) = family {
             ensure!(
                 !doc.contains_key("recurrence"),
-                "[recurrence] is set, but model.family = \"gpt\" has no recurrence: remove the section"
+                "[recurrence] is set, but model.family = \"{f}\" has no Huginn recurrence: remove the section"
             );
             ensure!(
                 doc.get("eval").and_then(|e| e.get("depths")).is_none(),
-                "eval.depths is set, but model.family = \"gpt\" has no test-time depth: remove it"
+                "eval.depths is set, but model.family = \"{f}\" has no test-time depth: remove it"
             );
         }
+        ensure!(
+            family == Some("trm") || !doc.contains_key("trm"),
+            "[trm] is set, but model.family is not \"trm\": remove the section"
+        );
         let raw: RawRunConfig = toml::Value::Table(doc)
             .try_into()
             .context("reading the run config")?;
@@ -402,7 +444,7 @@ impl RunConfig {
         let family: FamilyKind = match model_table.remove("family") {
             Some(v) => v
                 .try_into()
-                .context("reading model.family (expected \"huginn\" or \"gpt\")")?,
+                .context("reading model.family (expected \"huginn\", \"gpt\" or \"trm\")")?,
             None => FamilyKind::default(),
         };
         let model = match family {
@@ -422,6 +464,7 @@ impl RunConfig {
                 ModelConfig::Huginn(model.resolve()?)
             }
             FamilyKind::Gpt => ModelConfig::Gpt(GptConfig::from_table(model_table)?),
+            FamilyKind::Trm => ModelConfig::Trm(muninn_model::trm::TrmConfig::from_table(model_table)?),
         };
         let o = &raw.optimizer;
         let optimizer = OptimizerConfig {
@@ -503,15 +546,40 @@ impl RunConfig {
             raw.run.name
         );
         ensure!(
-            raw.data.dir.is_dir(),
-            "data.dir = {}: no such directory (run `muninn data prepare`)",
-            raw.data.dir.display()
+            (0.0..1.0).contains(&o.ema_decay),
+            "optimizer.ema_decay = {} must be in [0, 1)",
+            o.ema_decay
         );
-        ensure!(
-            raw.data.tokenizer.is_file(),
-            "data.tokenizer = {}: no such file",
-            raw.data.tokenizer.display()
-        );
+        let data = &raw.data;
+        match family {
+            FamilyKind::Trm => {
+                ensure!(
+                    data.tokenizer.is_none() && data.ignore_targets.is_empty(),
+                    "data.tokenizer and data.ignore_targets are for token shards; family trm reads puzzles: remove them"
+                );
+                ensure!(
+                    data.dir.is_dir() || data.generate.is_some(),
+                    "data.dir = {}: no such directory (write one with `muninn data sudoku`, or set data.generate)",
+                    data.dir.display()
+                );
+            }
+            _ => {
+                ensure!(
+                    data.generate.is_none(),
+                    "data.generate makes puzzles, which only family trm reads: remove it"
+                );
+                ensure!(
+                    data.dir.is_dir(),
+                    "data.dir = {}: no such directory (run `muninn data prepare`)",
+                    data.dir.display()
+                );
+                let tok = data
+                    .tokenizer
+                    .as_ref()
+                    .context("data.tokenizer is missing: token shards need the tokenizer they were prepared with")?;
+                ensure!(tok.is_file(), "data.tokenizer = {}: no such file", tok.display());
+            }
+        }
         Ok(RunConfig {
             raw,
             model,
@@ -535,7 +603,9 @@ impl RunConfig {
             |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
         cfg.raw.run.dir = abs(&self.raw.run.dir)?;
         cfg.raw.data.dir = abs(&self.raw.data.dir)?;
-        cfg.raw.data.tokenizer = abs(&self.raw.data.tokenizer)?;
+        if let Some(tok) = &self.raw.data.tokenizer {
+            cfg.raw.data.tokenizer = Some(abs(tok)?);
+        }
         Ok(cfg.to_toml())
     }
 
@@ -548,6 +618,9 @@ impl RunConfig {
         }
         // Only Huginn reads [recurrence] and eval.depths; written, they would be refused when the
         // config is read back.
+        if self.model.family() == FamilyKind::Trm {
+            raw.trm.get_or_insert_with(Default::default);
+        }
         let mut doc = toml::Table::try_from(&raw).expect("a resolved config serialises");
         doc.remove("recurrence");
         if let Some(toml::Value::Table(eval)) = doc.get_mut("eval") {

@@ -13,6 +13,12 @@ pub struct ValBatch {
     pub index: usize,
     pub inputs: Tensor,
     pub targets: Tensor,
+    pub puzzle_ids: Option<Tensor>,
+}
+
+/// A batch's puzzle identifiers [rows] on `device`, where it has them.
+pub fn puzzle_ids(b: &Batch, device: Device) -> Option<Tensor> {
+    (!b.puzzle_ids.is_empty()).then(|| Tensor::from_slice(&b.puzzle_ids).to_device(device))
 }
 
 /// A batch's (inputs, targets) as [rows, block] i64 tensors on `device`.
@@ -45,6 +51,7 @@ impl ValBatch {
             index,
             inputs,
             targets,
+            puzzle_ids: puzzle_ids(b, device),
         }
     }
 }
@@ -93,7 +100,14 @@ pub fn validate<F: Family>(
     let names = family.val_metrics();
     let mut sums = vec![0.0; 2 * names.len()];
     for b in val {
-        let metrics = family.validate(b.index as u64, &b.inputs, &b.targets)?;
+        let batch = muninn_model::MicroBatch {
+            inputs: &b.inputs,
+            targets: &b.targets,
+            scale: 1.0,
+            puzzle_ids: b.puzzle_ids.as_ref(),
+            global: b.index,
+        };
+        let metrics = family.validate(b.index as u64, &batch)?;
         for (j, (sum, count)) in metrics.into_iter().enumerate() {
             sums[2 * j] += sum;
             sums[2 * j + 1] += count;

@@ -12,6 +12,8 @@ use tch::{Kind, Tensor};
 pub enum OptimizerKind {
     EllisAdam,
     Adamw,
+    /// TRM's AdamATan2 (`trm-reference.md` §3): no eps, every tensor decays by lr_t·wd.
+    AdamAtan2,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,6 +231,14 @@ impl FlatOptimizer {
                         let _ = p.g_sub_(&update.g_mul_scalar_(eta));
                     }
                 }
+                OptimizerKind::AdamAtan2 => {
+                    for r in &self.runs {
+                        let (mut p, g, mut m, mut v) = slices(r);
+                        let betas = (c.beta1, c.beta2);
+                        let step = self.steps + 1;
+                        adam_atan2_(&mut p, &g, &mut m, &mut v, step, lr_t, betas, c.weight_decay);
+                    }
+                }
                 OptimizerKind::Adamw => {
                     // torch.optim.AdamW(fused=True)'s kernel: one pass over (p, g, m, v) per
                     // weight-decay group, every run of the shard in one call.
@@ -365,29 +375,6 @@ pub fn adam_atan2_(
         let (c1, c2) = (1.0 - beta1.powi(t as i32), 1.0 - beta2.powi(t as i32));
         let step = m.atan2(&(v.sqrt() / c2.sqrt())) * (lr / c1);
         let _ = p.g_sub_(&step);
-    });
-}
-
-/// Sign-SGD on the rows of `table` a batch touched (TRM's puzzle embeddings): the gradients of
-/// rows `ids` ([N] i64, repeats allowed) are summed per row, then
-/// row ← row·(1 − lr·wd) − lr·sign(Σ grad); untouched rows do not decay.
-pub fn sign_sgd_rows_(
-    table: &mut Tensor,
-    ids: &Tensor,
-    row_grads: &Tensor,
-    lr: f64,
-    weight_decay: f64,
-) {
-    tch::no_grad(|| {
-        let (unique, inverse, _) = ids.unique_dim(0, true, true, false);
-        let d = row_grads.size()[1];
-        let summed = Tensor::zeros(
-            [unique.size()[0], d],
-            (row_grads.kind(), row_grads.device()),
-        )
-        .index_add(0, &inverse, row_grads);
-        let rows = table.index_select(0, &unique) * (1.0 - lr * weight_decay) - summed.sign() * lr;
-        let _ = table.index_copy_(0, &unique, &rows);
     });
 }
 
@@ -565,10 +552,10 @@ mod tests {
 
     #[test]
     fn sign_sgd_updates_only_touched_rows_and_sums_repeats() {
-        let mut table = Tensor::ones([4, 2], (tch::Kind::Double, tch::Device::Cpu));
+        let table = Tensor::ones([4, 2], (tch::Kind::Double, tch::Device::Cpu));
         let ids = Tensor::from_slice(&[2i64, 0, 2]);
         let grads = Tensor::from_slice(&[1.0f64, -1.0, -0.5, 0.0, -2.0, 0.5]).view([3, 2]);
-        sign_sgd_rows_(&mut table, &ids, &grads, 0.1, 1.0);
+        muninn_model::trm_family::sign_sgd_rows_(&table, &ids, &grads, 0.1, 1.0);
         let row = |r: i64| (table.double_value(&[r, 0]), table.double_value(&[r, 1]));
         // Row 2: Σ grad = (−1, −0.5) → 0.9 + 0.1; row 0: (−0.5, 0) → sign 0 on the second.
         assert_eq!(row(2), (0.9 + 0.1, 0.9 + 0.1));

@@ -8,10 +8,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use muninn_data::{loader, Loader, TokenDataset, TokenizerInfo};
+use muninn_data::loader::Source;
+use muninn_data::sudoku::{self, PuzzleData, PuzzleLoader};
+use muninn_data::{loader, Batch, Loader, TokenDataset, TokenizerInfo};
 use muninn_model::gpt_family::GptFamily;
 use muninn_model::huginn_family::HuginnFamily;
-use muninn_model::{Family, Gpt, Huginn, MicroBatch, ModelConfig, IGNORE};
+use muninn_model::trm::Trm;
+use muninn_model::trm_family::{TableOptimizer, TrmFamily};
+use muninn_model::{Family, Gpt, Huginn, LossMean, MicroBatch, ModelConfig, IGNORE};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
@@ -19,9 +23,9 @@ use tch::{Device, Kind, Tensor};
 use crate::ckpt::{self, TrainerState};
 use crate::config::RunConfig;
 use crate::dist::{Comm, GradSync, Layout, Op};
-use crate::eval::{ignore_targets, seed_torch, to_tensors, validate, ValBatch};
+use crate::eval::{ignore_targets, puzzle_ids, seed_torch, to_tensors, validate, ValBatch};
 use crate::metrics::Metrics;
-use crate::optim::{clip_to_norm, FlatOptimizer};
+use crate::optim::{clip_to_norm, Ema, FlatOptimizer};
 use crate::DeviceSpec;
 
 /// Where to start from.
@@ -92,7 +96,35 @@ pub fn train(
             family.model.init(t.seed);
             run(cfg, &family, device, resume, stop_signal, comm)
         }
+        ModelConfig::Trm(shape) => {
+            let table = cfg.raw.trm.clone().unwrap_or_default();
+            let family = TrmFamily::new(
+                Trm::new(shape.clone(), device, cfg.precision)?,
+                TableOptimizer {
+                    lr: table.puzzle_emb_lr,
+                    weight_decay: table.puzzle_emb_weight_decay,
+                },
+                t.seed,
+            );
+            family.model.init(t.seed);
+            run(cfg, &family, device, resume, stop_signal, comm)
+        }
     }
+}
+
+/// The puzzle dataset of a TRM run: rank 0 generates it first when the config says how and it is
+/// missing; then every rank opens and checks it.
+fn open_puzzles(cfg: &RunConfig, comm: &mut Comm) -> Result<PuzzleData> {
+    let d = &cfg.raw.data;
+    let generated = match (&d.generate, comm.is_root()) {
+        (Some(spec), true) => PuzzleData::ensure(&d.dir, spec).map(|_| ()),
+        _ => Ok(()),
+    };
+    let mut failed = [generated.is_err() as u8 as f64];
+    comm.sum_f64(&mut failed, "preparing the puzzle dataset")?;
+    generated?;
+    anyhow::ensure!(failed[0] == 0.0, "rank 0 could not prepare {}", d.dir.display());
+    PuzzleData::open(&d.dir)
 }
 
 /// The training loop, for any family: set up (or resume), then step, log and save until done.
@@ -105,9 +137,28 @@ fn run<F: Family>(
     comm: &mut Comm,
 ) -> Result<Outcome> {
     let raw = &cfg.raw;
-    // Data: the shards must come from the configured tokenizer. They outlive the trainer, whose
-    // loader reads them.
-    let tok = TokenizerInfo::load(&raw.data.tokenizer)?;
+    let (t, rank, world) = (&raw.train, comm.rank(), comm.world());
+    // The data outlives the trainer, whose loader reads it.
+    if model.loss_mean() == LossMean::Rows {
+        let data = open_puzzles(cfg, comm)?;
+        let (vocab, cells) = (data.info.boxes.n() as i64 + 2, data.train.seq_len());
+        anyhow::ensure!(
+            vocab == model.vocab_size() && cells as i64 == model.block_size(),
+            "{} holds {}×{} sudoku (vocabulary {vocab}, {cells} cells); the model has model.vocab_size = {}, model.seq_len = {}",
+            raw.data.dir.display(),
+            data.info.boxes.n(),
+            data.info.boxes.n(),
+            model.vocab_size(),
+            model.block_size()
+        );
+        let loader = PuzzleLoader::new(&data.train, t.seed, raw.data.augment);
+        let val = sudoku::val_batches(&data.test, t.micro_batch_size, raw.eval.max_rows, rank, world);
+        let source: Data = (Box::new(loader), val, cells, None);
+        return drive(cfg, model, device, source, resume, stop_signal, comm);
+    }
+    // Token shards must come from the configured tokenizer.
+    let tok_path = raw.data.tokenizer.as_deref().context("data.tokenizer is missing")?;
+    let tok = TokenizerInfo::load(tok_path)?;
     let train_ds = TokenDataset::open(&raw.data.dir, "train", Some(&tok))?;
     let val_ds = TokenDataset::open(&raw.data.dir, "val", Some(&tok))?;
     anyhow::ensure!(
@@ -122,16 +173,34 @@ fn run<F: Family>(
         train_ds.block_size(),
         model.block_size()
     );
-    let mut trainer = Trainer::new(
-        cfg,
-        model,
-        device,
-        &train_ds,
-        &val_ds,
-        resume,
-        stop_signal,
-        comm,
-    )?;
+    let val = loader::val_batches(&val_ds, t.micro_batch_size, raw.eval.max_rows, rank, world)
+        .into_iter()
+        .map(|b| ignore_targets(b, &raw.data.ignore_targets))
+        .collect();
+    let source: Data = (
+        Box::new(Loader::new(&train_ds, t.seed)),
+        val,
+        train_ds.block_size(),
+        Some(tok_path),
+    );
+    drive(cfg, model, device, source, resume, stop_signal, comm)
+}
+
+/// The training rows (a loader), the validation batches of this rank, the sequence length and the
+/// tokenizer that checkpoints copy (token data only).
+type Data<'a> = (Box<dyn Source + 'a>, Vec<Batch>, usize, Option<&'a std::path::Path>);
+
+fn drive<F: Family>(
+    cfg: &RunConfig,
+    model: &F,
+    device: Device,
+    data: Data<'_>,
+    resume: Resume,
+    stop_signal: Arc<AtomicBool>,
+    comm: &mut Comm,
+) -> Result<Outcome> {
+    let raw = &cfg.raw;
+    let mut trainer = Trainer::new(cfg, model, device, data, resume, stop_signal, comm)?;
     while trainer.state.step < raw.train.max_steps {
         let report = trainer.step()?;
         trainer.log(&report)?;
@@ -161,8 +230,11 @@ struct Trainer<'a, F: Family> {
     root: bool,
     run_dir: PathBuf,
     finished_marker: PathBuf,
-    loader: Loader<'a>,
+    loader: Box<dyn Source + 'a>,
     block_size: usize,
+    tokenizer: Option<&'a std::path::Path>,
+    /// The moving average of the weights (`optimizer.ema_decay`), the whole buffer on every rank.
+    ema: Option<Ema>,
     val_batches: Vec<ValBatch>,
     opt: FlatOptimizer,
     /// Gradient reduction over ranks (None on one process).
@@ -197,13 +269,11 @@ struct StepReport<P> {
 }
 
 impl<'a, F: Family> Trainer<'a, F> {
-    #[allow(clippy::too_many_arguments)]
     fn new(
         cfg: &'a RunConfig,
         model: &'a F,
         device: Device,
-        train_ds: &'a TokenDataset,
-        val_ds: &TokenDataset,
+        (mut loader, val, block_size, tokenizer): Data<'a>,
         resume: Resume,
         stop_signal: Arc<AtomicBool>,
         comm: &'a mut Comm,
@@ -221,15 +291,11 @@ impl<'a, F: Family> Trainer<'a, F> {
                 eprintln!("removed {}, left by an interrupted save", stale.display());
             }
         }
-        let val_batches: Vec<ValBatch> =
-            loader::val_batches(val_ds, t.micro_batch_size, raw.eval.max_rows, rank, world)
-                .iter()
-                .enumerate()
-                .map(|(j, b)| {
-                    let b = ignore_targets(b.clone(), &raw.data.ignore_targets);
-                    ValBatch::new(j * world + rank, &b, device)
-                })
-                .collect();
+        let val_batches: Vec<ValBatch> = val
+            .iter()
+            .enumerate()
+            .map(|(j, b)| ValBatch::new(j * world + rank, b, device))
+            .collect();
 
         // Optimizer over this rank's shard, loader.
         let specs = model.params().specs();
@@ -242,7 +308,8 @@ impl<'a, F: Family> Trainer<'a, F> {
         let mut opt = FlatOptimizer::sharded(cfg.optimizer.clone(), specs, &pieces, device);
         let sync =
             (world > 1).then(|| GradSync::new(layout, zero1, d.overlap, d.transport, device));
-        let mut loader = Loader::new(train_ds, t.seed);
+        let mut ema = (raw.optimizer.ema_decay > 0.0)
+            .then(|| Ema::new(&model.params().flat().detach(), raw.optimizer.ema_decay));
         let model_sha256 = format!("{:x}", Sha256::digest(model.config_toml().as_bytes()));
         let existing = ckpt::list(&run_dir)?;
         let from = match resume {
@@ -268,6 +335,11 @@ impl<'a, F: Family> Trainer<'a, F> {
         if let Some(dir) = &from {
             let t0 = Instant::now();
             state = ckpt::load(dir, model, &mut opt, &model_sha256, cfg.model.family())?;
+            if let Some(ema) = ema.as_mut() {
+                ckpt::load_ema(dir, model, &ema.weights)?;
+            }
+            let owned: Vec<usize> = (0..t.grad_accum).map(|i| i * world + rank).collect();
+            model.load_rank_state(ckpt::read_rank_state(dir)?, &owned)?;
             let secs = t0.elapsed().as_secs_f64();
             loader
                 .load_state(&state.loader)
@@ -308,6 +380,10 @@ impl<'a, F: Family> Trainer<'a, F> {
             d.chunk_elems(),
             "the initial weights",
         )?;
+        if let (Some(ema), None) = (ema.as_mut(), &from) {
+            // A fresh run's average starts at the weights every rank now has.
+            tch::no_grad(|| ema.weights.copy_(&model.params().flat().detach()));
+        }
         let metrics = match root {
             true => {
                 let config_path = run_dir.join("config.toml");
@@ -329,8 +405,7 @@ impl<'a, F: Family> Trainer<'a, F> {
             );
             bar
         });
-        let tokens_per_step =
-            (t.micro_batch_size * t.grad_accum * world * train_ds.block_size()) as u64;
+        let tokens_per_step = (t.micro_batch_size * t.grad_accum * world * block_size) as u64;
         Ok(Trainer {
             cfg,
             model,
@@ -342,7 +417,9 @@ impl<'a, F: Family> Trainer<'a, F> {
             run_dir,
             finished_marker,
             loader,
-            block_size: train_ds.block_size(),
+            block_size,
+            tokenizer,
+            ema,
             val_batches,
             opt,
             sync,
@@ -381,7 +458,7 @@ impl<'a, F: Family> Trainer<'a, F> {
         // the device until the vote: no host sync per micro-batch.
         let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
         let mut comm_err = Ok(());
-        for (i, (x, y)) in batches.iter().enumerate() {
+        for (i, (x, y, ids)) in batches.iter().enumerate() {
             // Each micro-batch draws its own s0, as the global micro-batch it is.
             seed_torch(t.seed, step, 0x50 + (i * world + rank) as u64);
             self.last_x = Some(x.shallow_clone());
@@ -397,6 +474,8 @@ impl<'a, F: Family> Trainer<'a, F> {
                 inputs: x,
                 targets: y,
                 scale,
+                puzzle_ids: ids.as_ref(),
+                global: i * world + rank,
             };
             let loss = model.micro_step(&batch, plan, &mut on_grad)?;
             loss_sum += loss.to_kind(Kind::Double);
@@ -469,7 +548,7 @@ impl<'a, F: Family> Trainer<'a, F> {
     /// micro-batch's sum is scaled by W·A / count, so that the accumulation (÷A) and the rank
     /// average (÷W) leave Σ loss / count. Counted on the host.
     #[allow(clippy::type_complexity)]
-    fn micro_batches(&mut self) -> Result<(Vec<(Tensor, Tensor)>, u64, f64)> {
+    fn micro_batches(&mut self) -> Result<(Vec<(Tensor, Tensor, Option<Tensor>)>, u64, f64)> {
         let (t, raw) = (&self.cfg.raw.train, &self.cfg.raw);
         let rows: Vec<_> = (0..t.grad_accum)
             .map(|_| {
@@ -478,9 +557,13 @@ impl<'a, F: Family> Trainer<'a, F> {
             })
             .map(|b| ignore_targets(b, &raw.data.ignore_targets))
             .collect();
+        let rows_only = self.model.loss_mean() == LossMean::Rows;
         let mut counts = [rows
             .iter()
-            .map(|b| b.targets.iter().filter(|&&y| y != IGNORE).count() as f64)
+            .map(|b| match rows_only {
+                true => b.rows as f64,
+                false => b.targets.iter().filter(|&&y| y != IGNORE).count() as f64,
+            })
             .sum::<f64>()];
         if self.world > 1 {
             self.comm
@@ -492,7 +575,13 @@ impl<'a, F: Family> Trainer<'a, F> {
         } else {
             0.0
         };
-        let batches = rows.iter().map(|b| to_tensors(b, self.device)).collect();
+        let batches = rows
+            .iter()
+            .map(|b| {
+                let (x, y) = to_tensors(b, self.device);
+                (x, y, puzzle_ids(b, self.device))
+            })
+            .collect();
         Ok((batches, counts[0] as u64, scale))
     }
 
@@ -518,9 +607,24 @@ impl<'a, F: Family> Trainer<'a, F> {
                     _ => self.opt.step(flat, grad, lr),
                 }
                 self.state.optimizer_steps = self.opt.steps();
+                let units = t.grad_accum * self.world;
+                let lr_factor = lr / raw.optimizer.lr;
+                let comm = &mut *self.comm;
+                self.model.update_extra(lr_factor, units, &mut |v| {
+                    comm.sum_f64(v, "the family's own update")
+                })?;
+                if let Some(ema) = self.ema.as_mut() {
+                    ema.update(&self.model.params().flat().detach());
+                }
             }
             return Ok(());
         }
+        // Nothing moves on a skipped step (every rank skips alike).
+        let comm = &mut *self.comm;
+        self.model
+            .update_extra(0.0, t.grad_accum * self.world, &mut |v| {
+                comm.sum_f64(v, "the family's own update")
+            })?;
         self.state.nonfinite_total += 1;
         self.state.consecutive_nonfinite += 1;
         if self.root {
@@ -614,9 +718,20 @@ impl<'a, F: Family> Trainer<'a, F> {
         }
         if raw.eval.interval > 0 && step % raw.eval.interval == 0 || last {
             let comm = &mut *self.comm;
+            let flat = self.model.params().flat().detach();
+            // With an average of the weights, validation measures the average.
+            let trained = self.ema.as_ref().map(|ema| {
+                let trained = flat.copy();
+                tch::no_grad(|| flat.shallow_clone().copy_(&ema.weights));
+                trained
+            });
             let metrics = validate(self.model, &self.val_batches, &mut |sums| {
                 comm.sum_f64(sums, "validation loss")
-            })?;
+            });
+            if let Some(trained) = trained {
+                tch::no_grad(|| flat.shallow_clone().copy_(&trained));
+            }
+            let metrics = metrics?;
             for (name, v) in metrics {
                 rec[name] = json!(v);
             }
@@ -661,7 +776,10 @@ impl<'a, F: Family> Trainer<'a, F> {
             self.comm,
             &raw.dist,
             &raw.checkpoint,
-            &raw.data.tokenizer,
+            Extras {
+                tokenizer: self.tokenizer,
+                ema: self.ema.as_ref().map(|e| &e.weights),
+            },
             &self.run_dir,
             self.model,
             &self.opt,
@@ -796,6 +914,13 @@ fn peak_rss_gib() -> f64 {
     kib / (1024.0 * 1024.0)
 }
 
+/// What a checkpoint holds besides weights, optimizer and trainer state, where the run has it.
+#[derive(Clone, Copy)]
+struct Extras<'a> {
+    tokenizer: Option<&'a std::path::Path>,
+    ema: Option<&'a Tensor>,
+}
+
 /// A checkpoint, collectively: rank 0 prepares a staging directory, every rank writes its slice of
 /// the optimizer state into it in parallel (its ZeRO-1 shard, or without ZeRO-1 the same slice of
 /// the full state every rank holds), then rank 0 adds the model, the trainer state and last the
@@ -807,7 +932,7 @@ fn save<F: Family>(
     comm: &mut Comm,
     dist: &crate::config::DistSection,
     ckpt_cfg: &crate::config::CheckpointSection,
-    tokenizer: &std::path::Path,
+    extras: Extras,
     run_dir: &std::path::Path,
     model: &F,
     opt: &FlatOptimizer,
@@ -821,7 +946,7 @@ fn save<F: Family>(
     let saved = save_collectively(
         comm,
         dist,
-        tokenizer,
+        extras,
         run_dir,
         model,
         opt,
@@ -838,7 +963,7 @@ fn save<F: Family>(
 fn save_collectively<F: Family>(
     comm: &Comm,
     dist: &crate::config::DistSection,
-    tokenizer: &std::path::Path,
+    extras: Extras,
     run_dir: &std::path::Path,
     model: &F,
     opt: &FlatOptimizer,
@@ -888,7 +1013,8 @@ fn save_collectively<F: Family>(
                 true => ckpt::write_weight_shard(&staging, model, rank, world),
                 false => Ok(()),
             }
-        });
+        })
+        .and_then(|()| ckpt::write_rank_state(&staging, &model.rank_state(), rank, world));
     if failed_anywhere(
         written.is_err(),
         "writing the optimizer shards of the checkpoint",
@@ -915,7 +1041,16 @@ fn save_collectively<F: Family>(
         },
     };
     let committed = match comm.is_root() {
-        true => ckpt::commit_save(run_dir, &staging, model, state, &manifest, keep, tokenizer),
+        true => ckpt::commit_save(
+            run_dir,
+            &staging,
+            model,
+            state,
+            &manifest,
+            keep,
+            extras.tokenizer,
+            extras.ema,
+        ),
         false => Ok(ckpt::step_dir(run_dir, step)),
     };
     if failed_anywhere(

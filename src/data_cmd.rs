@@ -73,12 +73,26 @@ pub enum DataCommand {
         #[arg(long)]
         part_name: Option<String>,
     },
-    /// Generate sudoku puzzles for TRM: minimal puzzles with a unique solution, in the
-    /// Sudoku-Extreme CSV layout (OUT/train.csv, OUT/test.csv).
+    /// A sudoku dataset for TRM (OUT/puzzles.json, train.csv, test.csv in the Sudoku-Extreme
+    /// layout): generated minimal puzzles with a unique solution, or imported with --from-csv.
     Sudoku {
-        /// Box shape RxC (N = R·C): 2x2 (4×4 grids), 2x3 (6×6), 3x3 (9×9).
-        #[arg(long = "box")]
-        boxes: muninn_data::sudoku::Boxes,
+        /// Box shape RxC (N = R·C) to generate: 2x2 (4×4 grids), 2x3 (6×6), 3x3 (9×9).
+        #[arg(long = "box", required_unless_present = "from_csv")]
+        boxes: Option<muninn_data::sudoku::Boxes>,
+        /// Import training puzzles from a CSV in the Sudoku-Extreme layout instead (e.g. the real
+        /// sudoku-extreme train.csv); needs --test-csv.
+        #[arg(long, requires = "test_csv", conflicts_with = "boxes")]
+        from_csv: Option<PathBuf>,
+        /// The held-out puzzles of an import (every row is kept).
+        #[arg(long)]
+        test_csv: Option<PathBuf>,
+        /// Of an import, keep this many training puzzles drawn by --seed (the reference takes
+        /// 1000, unseeded) [default: all].
+        #[arg(long)]
+        subsample: Option<usize>,
+        /// Of an import, refuse puzzles with more than one solution (slow for 9×9 at scale).
+        #[arg(long)]
+        check_unique: bool,
         /// Training puzzles.
         #[arg(long, default_value_t = 1000)]
         train: usize,
@@ -200,12 +214,53 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             Ok(())
         }
         DataCommand::Sudoku {
+            from_csv: Some(from),
+            test_csv,
+            subsample,
+            check_unique,
+            seed,
+            out,
+            ..
+        } => {
+            use muninn_data::sudoku::{PuzzleData, PuzzleSet};
+            let start = Instant::now();
+            let test_csv = test_csv.context("--from-csv needs --test-csv")?;
+            let mut train = PuzzleSet::open_csv(&from, check_unique)?;
+            let test = PuzzleSet::open_csv(&test_csv, check_unique)?;
+            if let Some(k) = subsample {
+                let n = train.pairs.len() as u64;
+                anyhow::ensure!(
+                    k >= 1 && k as u64 <= n,
+                    "--subsample {k}: {} has {n} puzzles",
+                    from.display()
+                );
+                let perm = muninn_data::perm::Permutation::new(n, seed, 0);
+                let rows: Vec<usize> = (0..k as u64).map(|i| perm.apply(i) as usize).collect();
+                train.pairs = rows.iter().map(|&r| train.pairs[r].clone()).collect();
+            }
+            PuzzleData::write(&out, &train, &test, None)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote {}: {} training puzzles from {} and {} test puzzles from {} ({n}×{n}) in {:.1} s",
+                out.display(),
+                train.pairs.len(),
+                from.display(),
+                test.pairs.len(),
+                test_csv.display(),
+                start.elapsed().as_secs_f64(),
+                n = train.boxes.n()
+            );
+            Ok(())
+        }
+        DataCommand::Sudoku {
             boxes,
             train,
             test,
             seed,
             out,
+            ..
         } => {
+            let boxes = boxes.context("--box RxC (or --from-csv)")?;
             let start = Instant::now();
             let spec = muninn_data::sudoku::GenerateSpec {
                 sudoku: boxes,

@@ -107,6 +107,71 @@ pub struct CompareArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Args)]
+pub struct CurveArgs {
+    /// A run directory (runs/<name>).
+    run: PathBuf,
+    /// Metrics to draw (keys of metrics.jsonl), one series each.
+    #[arg(long, value_delimiter = ',', default_value = "loss")]
+    metrics: Vec<String>,
+    #[arg(long, default_value = "curve.png")]
+    out: PathBuf,
+}
+
+/// `muninn curve`: the run's metrics by step and by wall time, two panels, one PNG.
+pub fn curve(a: CurveArgs) -> Result<()> {
+    let path = a.run.join("metrics.jsonl");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1))
+        })
+        .collect::<Result<_>>()?;
+    let series = |x_key: &str| -> Result<Vec<plot::Series>> {
+        a.metrics
+            .iter()
+            .map(|m| {
+                let points: Vec<(f64, f64)> = records
+                    .iter()
+                    .filter_map(|r| Some((r.get(x_key)?.as_f64()?, r.get(m)?.as_f64()?)))
+                    .collect();
+                anyhow::ensure!(
+                    !points.is_empty(),
+                    "{}: no record has both `{x_key}` and `{m}`",
+                    path.display()
+                );
+                Ok(plot::Series {
+                    label: m.clone(),
+                    points,
+                })
+            })
+            .collect()
+    };
+    let y_label = a.metrics.join(", ");
+    let panels = [
+        plot::Panel {
+            title: "by step".into(),
+            x_label: "step".into(),
+            y_label: y_label.clone(),
+            log2_x: false,
+            series: series("step")?,
+        },
+        plot::Panel {
+            title: "by wall time".into(),
+            x_label: "seconds since the process started training".into(),
+            y_label,
+            log2_x: false,
+            series: series("elapsed_s")?,
+        },
+    ];
+    plot::line_panels(&a.out, &panels, 560, 420)?;
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
 /// The cluster and the checked request; refuses before anything is written.
 fn plan(args: &JobArgs) -> Result<(Cluster, Plan)> {
     let cluster = Cluster::find(&args.cluster)?;

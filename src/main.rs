@@ -99,6 +99,8 @@ enum Command {
     Sweep(launch_cmd::SweepArgs),
     /// Compare finished runs: validation loss by k and test-time depth, throughput, memory; a PNG plot.
     Compare(launch_cmd::CompareArgs),
+    /// Plot metrics of a run's metrics.jsonl against the step and against wall time (`elapsed_s`).
+    Curve(launch_cmd::CurveArgs),
 }
 
 #[derive(Subcommand)]
@@ -341,6 +343,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sweep(args) => launch_cmd::sweep(args),
         Command::LaunchData(args) => launch_cmd::launch_data(args),
         Command::Compare(args) => launch_cmd::compare(args),
+        Command::Curve(args) => launch_cmd::curve(args),
     }
 }
 

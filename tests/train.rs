@@ -161,6 +161,7 @@ fn tiny_config_loss_falls_on_real_text() {
             "n",
             "k",
             "tokens_per_s",
+            "elapsed_s",
             "tokens_seen",
             "nonfinite_total",
             "flops_per_token",

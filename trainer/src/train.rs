@@ -247,6 +247,8 @@ struct Trainer<'a, F: Family> {
     first_step: u64,
     last_loss: f64,
     tokens_per_step: u64,
+    /// When this process began training (`elapsed_s` in the metrics).
+    started: Instant,
     /// Since the last log line: (start, tokens, model FLOPs, hardware FLOPs), from each step's plan.
     window: (Instant, u64, f64, f64),
     /// With log.profile: seconds spent in each phase since the last log line.
@@ -432,6 +434,7 @@ impl<'a, F: Family> Trainer<'a, F> {
             last_loss: f64::NAN,
             tokens_per_step,
             window: (Instant::now(), 0, 0.0, 0.0),
+            started: Instant::now(),
             phases: Phases::new(raw.log.profile, device),
             last_x: None,
         })
@@ -669,6 +672,7 @@ impl<'a, F: Family> Trainer<'a, F> {
             "tokens_seen": self.state.tokens_seen, "nonfinite_total": self.state.nonfinite_total,
             "flops_per_token": window.2 / window.1.max(1) as f64,
             "loss_tokens": r.loss_tokens,
+            "elapsed_s": self.started.elapsed().as_secs_f64(),
         });
         let (plan_fields, plan_label) = self.model.plan_fields(r.plan);
         for (key, value) in plan_fields {

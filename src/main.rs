@@ -5,6 +5,7 @@ mod data_cmd;
 mod eval_cmd;
 mod launch_cmd;
 mod plot;
+mod trm_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -83,6 +84,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Read a reference TRM state dict (TinyRecursiveModels; keys with or without `_orig_mod.model.` /
+    /// `model.`) and its model config dict into a Muninn checkpoint.
+    ImportTrm {
+        weights: PathBuf,
+        /// The reference's model config as JSON (TinyRecursiveReasoningModel_ACTV1Config keys).
+        #[arg(long)]
+        arch: PathBuf,
+        /// New checkpoint directory (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run one forward pass and write logits and the final latent state as safetensors.
     Forward(ForwardArgs),
     /// Validation loss and perplexity at several test-time depths: a table, eval.json and eval.png.
@@ -140,6 +152,9 @@ enum ExportFormat {
     /// A GPT checkpoint as `LlamaForCausalLM` (or Qwen2/OLMo-2 where the shape has their biases or
     /// norm placement): transformers loads it without remote code.
     LlamaHf,
+    /// A TRM checkpoint as the reference's state dict (weights.safetensors) and config dict
+    /// (arch.json), the EMA weights where the checkpoint has them.
+    TrmReference,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -155,10 +170,24 @@ struct ForwardArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        required_unless_present = "text",
+        required_unless_present_any = ["text", "batch"],
         conflicts_with = "text"
     )]
     tokens: Vec<i64>,
+    /// TRM: a JSON batch (`inputs` [B][seq_len], optional `labels`, −100 = ignore, and
+    /// `puzzle_identifiers` [B]), run from the initial carry for --steps supervision steps in eval
+    /// mode; OUT holds `logits` [K, B, L, V], `q_halt_logits`, `q_continue_logits` [K, B], `z_H`,
+    /// `z_L` [K, B, P+L, D] (fp32).
+    #[arg(long, conflicts_with_all = ["text", "tokens"])]
+    batch: Option<PathBuf>,
+    /// TRM: supervision steps of --batch.
+    #[arg(long, default_value_t = 1, requires = "batch")]
+    steps: i64,
+    /// TRM: also write the first training-mode supervision step (every row from the reset carry,
+    /// loss ÷ B before backward): `loss`, `lm_loss`, `q_halt_loss` (f64 [1]) and `grad.<key>` of
+    /// every parameter and of the puzzle table.
+    #[arg(long, requires = "batch")]
+    grads: Option<PathBuf>,
     /// Text to encode (wrapped as <|begin_text|> text), instead of --tokens.
     #[arg(long)]
     text: Option<String>,
@@ -290,6 +319,9 @@ fn run(cli: Cli) -> Result<()> {
                 (ExportFormat::HuginnHf, Model::Huginn(m)) => {
                     hf::export(m, &out, dtype).map(|()| "huginn-hf")
                 }
+                (ExportFormat::TrmReference, Model::Trm(m)) => {
+                    trm_cmd::export(m, &out, 768).map(|()| "trm-reference")
+                }
                 (ExportFormat::LlamaHf, Model::Gpt(m)) => {
                     llama_hf::export(m, &out, dtype).map(|()| {
                         llama_hf::Layout::of(m.config()).map_or("llama-hf", |l| l.model_type())
@@ -335,6 +367,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::ImportTrm { weights, arch, out } => trm_cmd::import(&weights, &arch, &out),
         Command::Forward(args) => forward(args),
         Command::Eval(args) => eval_cmd::eval(args),
         Command::Generate(args) => eval_cmd::generate(args),
@@ -518,6 +551,13 @@ fn init(shape: &str, seed: u64, out: &Path) -> Result<()> {
 fn forward(a: ForwardArgs) -> Result<()> {
     let device = muninn_trainer::parse_device(&a.device)?;
     let model = checkpoint::load_any(&a.checkpoint, device, a.precision)?;
+    if let Model::Trm(m) = &model {
+        let batch = a.batch.as_ref().with_context(|| {
+            format!("{} is a trm model: give its puzzles with --batch BATCH.json", a.checkpoint.display())
+        })?;
+        return trm_cmd::forward(m, batch, a.steps, &a.out, a.grads.as_ref());
+    }
+    ensure!(a.batch.is_none(), "--batch is for trm checkpoints; {} is a {} model", a.checkpoint.display(), model.family().name());
     let vocab = model.config().vocab_size();
     let tokens = match (&a.text, &a.tokenizer) {
         (Some(text), Some(path)) => muninn_data::TokenizerInfo::load(path)?.encode_prompt(text)?,

@@ -313,3 +313,107 @@ fn shipped_configs_resolve_to_the_reference_parameter_counts() {
         assert_eq!(n, params, "{file}");
     }
 }
+
+/// The parity tooling against the reference code's own numbers: `tests/fixtures/trm/{mlp,att}.safetensors`
+/// (written by `tests/reference/trm_fixture.py` from TinyRecursiveModels e7b6871, float32) hold a
+/// state dict, a batch, 3 eval-mode supervision steps and the first training step's loss and
+/// gradients. `import-trm` → `forward --batch --steps 3 --grads` reproduces them (states and logits
+/// ≤ 1e-4, gradients ≤ 1e-4 of each tensor's largest entry), and `export --format trm-reference`
+/// gives the state dict back.
+#[test]
+fn import_forward_and_export_match_the_reference_code() {
+    use muninn_model::checkpoint::TensorFiles;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    for variant in ["mlp", "att"] {
+        let fixture = repo_root().join(format!("tests/fixtures/trm/{variant}.safetensors"));
+        let f = TensorFiles::open(&[fixture]).unwrap();
+        // The state dict as a trainer checkpoint stores it (compiled: `_orig_mod.model.` prefix).
+        let state: Vec<(String, tch::Tensor)> = f
+            .names()
+            .into_iter()
+            .filter(|n| n.starts_with("inner."))
+            .map(|n| (format!("_orig_mod.model.{n}"), f.get(n).unwrap()))
+            .collect();
+        let weights = p.join(format!("{variant}-weights.safetensors"));
+        muninn_model::st::write(&weights, &state, None).unwrap();
+        let arch = serde_json::json!({
+            "batch_size": 3, "seq_len": 16, "puzzle_emb_ndim": 64, "num_puzzle_identifiers": 2,
+            "vocab_size": 6, "H_cycles": 2, "L_cycles": 2, "H_layers": 1, "L_layers": 2,
+            "hidden_size": 64, "expansion": 4.0, "num_heads": 2,
+            "pos_encodings": if variant == "mlp" { "none" } else { "rope" },
+            "halt_max_steps": 6, "halt_exploration_prob": 0.1, "forward_dtype": "float32",
+            "mlp_t": variant == "mlp", "puzzle_emb_len": 4, "no_ACT_continue": true,
+        });
+        let arch_path = p.join(format!("{variant}-arch.json"));
+        std::fs::write(&arch_path, arch.to_string()).unwrap();
+        let ck = p.join(format!("{variant}-ckpt"));
+        let (w, a, c) = (weights.to_str().unwrap(), arch_path.to_str().unwrap(), ck.to_str().unwrap());
+        muninn_ok(&["import-trm", w, "--arch", a, "--out", c], p);
+        let rows = |name: &str| -> Vec<Vec<i64>> {
+            let t = f.get(name).unwrap();
+            let (b, l) = t.size2().unwrap();
+            let v = Vec::<i64>::try_from(t.reshape([-1])).unwrap();
+            (0..b as usize).map(|i| v[i * l as usize..(i + 1) * l as usize].to_vec()).collect()
+        };
+        let ids = Vec::<i64>::try_from(f.get("batch.puzzle_identifiers").unwrap()).unwrap();
+        let batch = serde_json::json!({
+            "inputs": rows("batch.inputs"), "labels": rows("batch.labels"), "puzzle_identifiers": ids,
+        });
+        let batch_path = p.join(format!("{variant}-batch.json"));
+        std::fs::write(&batch_path, batch.to_string()).unwrap();
+        let (out, grads) = (p.join(format!("{variant}-out.st")), p.join(format!("{variant}-grads.st")));
+        muninn_ok(
+            &["forward", c, "--batch", batch_path.to_str().unwrap(), "--steps", "3",
+              "--out", out.to_str().unwrap(), "--grads", grads.to_str().unwrap(), "--device", "cpu"],
+            p,
+        );
+        let o = TensorFiles::open(&[out]).unwrap();
+        for k in 0..3 {
+            for key in ["logits", "q_halt_logits", "q_continue_logits", "z_H", "z_L"] {
+                let ours = o.get(key).unwrap().select(0, k);
+                let theirs = f.get(&format!("step{k}.{key}")).unwrap();
+                let d = (ours - theirs).abs().max().double_value(&[]);
+                assert!(d <= 1e-4, "{variant} step {k} {key}: differs by {d}");
+            }
+        }
+        let g = TensorFiles::open(&[grads]).unwrap();
+        for key in ["loss", "lm_loss", "q_halt_loss"] {
+            let (x, y) = (
+                g.get(key).unwrap().double_value(&[0]),
+                f.get(&format!("train.{key}")).unwrap().double_value(&[0]),
+            );
+            assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{variant} {key}: {x} vs {y}");
+        }
+        let grad_keys: Vec<&str> = f.names().into_iter().filter(|n| n.starts_with("grad.")).collect();
+        assert!(grad_keys.contains(&"grad.inner.puzzle_emb.weights"));
+        for key in grad_keys {
+            let (ours, theirs) = (g.get(key).unwrap(), f.get(key).unwrap());
+            let scale = theirs.abs().max().double_value(&[]).max(1e-12);
+            let d = (ours - &theirs).abs().max().double_value(&[]) / scale;
+            assert!(d <= 1e-4, "{variant} {key}: relative difference {d}");
+        }
+        // Export gives the reference's files back.
+        let ex = p.join(format!("{variant}-export"));
+        muninn_ok(&["export", c, "--format", "trm-reference", "--out", ex.to_str().unwrap()], p);
+        let back = TensorFiles::open(&[ex.join("weights.safetensors")]).unwrap();
+        for (name, t) in &state {
+            let key = name.trim_start_matches("_orig_mod.model.");
+            let d = (back.get(key).unwrap() - t).abs().max().double_value(&[]);
+            assert!(d == 0.0, "{variant} export {key}: differs by {d}");
+        }
+        let arch_back: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(ex.join("arch.json")).unwrap()).unwrap();
+        for key in ["hidden_size", "seq_len", "vocab_size", "H_cycles", "L_cycles", "mlp_t", "pos_encodings"] {
+            assert_eq!(arch_back[key], arch[key], "{variant} arch.json {key}");
+        }
+    }
+    // What the reference could run but Muninn would compute differently is refused by key.
+    let bad = p.join("bad-arch.json");
+    std::fs::write(&bad, std::fs::read_to_string(p.join("mlp-arch.json")).unwrap().replace("\"no_ACT_continue\":true", "\"no_ACT_continue\":false")).unwrap();
+    let e = muninn_err(
+        &["import-trm", "mlp-weights.safetensors", "--arch", "bad-arch.json", "--out", "bad"],
+        p,
+    );
+    assert!(e.contains("no_ACT_continue"), "{e}");
+}

@@ -26,6 +26,7 @@ pub mod shim;
 pub mod st;
 pub mod trm;
 pub mod trm_family;
+pub mod trm_reference;
 
 pub use any::{FamilyKind, Model, ModelConfig};
 pub use block::{Attend, Mask, Positions};

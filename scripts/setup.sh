@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION=2.11.0
 # Only for the test that runs Huginn's reference modeling file on our exports (tests/hf_reference.rs).
 TRANSFORMERS_VERSION=4.57.1
+PYDANTIC_VERSION=2.14.4
+EINOPS_VERSION=0.8.2
 # Only for the test that reads our event files with the real TensorBoard (tests/train.rs).
 TENSORBOARD_VERSION=2.21.0
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -68,6 +70,10 @@ else
   if [ "$have" != "$TORCH_VERSION" ]; then
     log "installing torch==$TORCH_VERSION into .venv (PyPI wheel; a few minutes the first time)"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+  fi
+  if ! .venv/bin/python -c "import pydantic, einops" 2>/dev/null; then
+    log "installing pydantic and einops into .venv (the TRM reference code's model files need them)"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "pydantic==$PYDANTIC_VERSION" "einops==$EINOPS_VERSION"
   fi
   if ! .venv/bin/python -c "import transformers, sys; sys.exit(transformers.__version__ != '$TRANSFORMERS_VERSION')" 2>/dev/null; then
     log "installing transformers==$TRANSFORMERS_VERSION into .venv (for the HF reference test)"

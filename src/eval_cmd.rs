@@ -436,9 +436,16 @@ fn eval_puzzles(a: &EvalArgs, m: &muninn_model::trm::Trm) -> Result<()> {
         sums.lm_loss += s.lm_loss;
         sums.steps += s.steps;
     }
-    ensure!(sums.rows > 0.0, "{} has no puzzles to evaluate", file.display());
+    ensure!(
+        sums.rows > 0.0,
+        "{} has no puzzles to evaluate",
+        file.display()
+    );
     let per = |x: f64| x / sums.rows;
-    let ema = a.checkpoint.join(muninn_model::checkpoint::EMA_FILE).is_file();
+    let ema = a
+        .checkpoint
+        .join(muninn_model::checkpoint::EMA_FILE)
+        .is_file();
     println!(
         "eval {}: {} puzzles from {}, {} supervision steps, {} weights",
         a.checkpoint.display(),
@@ -483,7 +490,10 @@ fn eval_puzzles(a: &EvalArgs, m: &muninn_model::trm::Trm) -> Result<()> {
         "lm_loss": per(sums.lm_loss),
     });
     let json_path = out.join("eval.json");
-    atomic::write_file(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    atomic::write_file(
+        &json_path,
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
     println!("wrote {}", json_path.display());
     Ok(())
 }

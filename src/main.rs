@@ -553,11 +553,19 @@ fn forward(a: ForwardArgs) -> Result<()> {
     let model = checkpoint::load_any(&a.checkpoint, device, a.precision)?;
     if let Model::Trm(m) = &model {
         let batch = a.batch.as_ref().with_context(|| {
-            format!("{} is a trm model: give its puzzles with --batch BATCH.json", a.checkpoint.display())
+            format!(
+                "{} is a trm model: give its puzzles with --batch BATCH.json",
+                a.checkpoint.display()
+            )
         })?;
         return trm_cmd::forward(m, batch, a.steps, &a.out, a.grads.as_ref());
     }
-    ensure!(a.batch.is_none(), "--batch is for trm checkpoints; {} is a {} model", a.checkpoint.display(), model.family().name());
+    ensure!(
+        a.batch.is_none(),
+        "--batch is for trm checkpoints; {} is a {} model",
+        a.checkpoint.display(),
+        model.family().name()
+    );
     let vocab = model.config().vocab_size();
     let tokens = match (&a.text, &a.tokenizer) {
         (Some(text), Some(path)) => muninn_data::TokenizerInfo::load(path)?.encode_prompt(text)?,

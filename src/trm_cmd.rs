@@ -17,8 +17,12 @@ use tch::{Device, Kind, Tensor};
 pub fn import(weights: &Path, arch: &Path, out: &Path) -> Result<()> {
     let text =
         std::fs::read_to_string(arch).with_context(|| format!("reading {}", arch.display()))?;
-    let a: ReferenceArch = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a TinyRecursiveReasoningModel_ACTV1Config dict", arch.display()))?;
+    let a: ReferenceArch = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not a TinyRecursiveReasoningModel_ACTV1Config dict",
+            arch.display()
+        )
+    })?;
     let cfg = a
         .to_config("trm-imported")
         .with_context(|| format!("in {}", arch.display()))?;
@@ -27,7 +31,11 @@ pub fn import(weights: &Path, arch: &Path, out: &Path) -> Result<()> {
     // Trainer checkpoints prefix the keys (`_orig_mod.model.`, or `model.` without compile).
     let prefix = ["_orig_mod.model.", "model.", ""]
         .into_iter()
-        .find(|p| files.names().contains(format!("{p}{}", muninn_model::trm::EMBED).as_str()))
+        .find(|p| {
+            files
+                .names()
+                .contains(format!("{p}{}", muninn_model::trm::EMBED).as_str())
+        })
         .with_context(|| {
             format!(
                 "{}: no `{}` under any of the reference's prefixes",
@@ -42,7 +50,11 @@ pub fn import(weights: &Path, arch: &Path, out: &Path) -> Result<()> {
         "wrote {} (trm, {} parameters, {} variant)",
         out.display(),
         m.params().numel(),
-        if m.config().mlp_t { "mlp-t" } else { "attention" }
+        if m.config().mlp_t {
+            "mlp-t"
+        } else {
+            "attention"
+        }
     );
     Ok(())
 }
@@ -52,7 +64,11 @@ pub fn import(weights: &Path, arch: &Path, out: &Path) -> Result<()> {
 pub fn export(m: &Trm, out: &Path, batch_size: i64) -> Result<()> {
     checkpoint::write_new_dir(out, |dir| {
         let mut tensors = m.params().named_detached();
-        tensors.extend(m.buffers().into_iter().map(|(n, t)| (n.to_string(), t.detach())));
+        tensors.extend(
+            m.buffers()
+                .into_iter()
+                .map(|(n, t)| (n.to_string(), t.detach())),
+        );
         muninn_model::st::write(&dir.join("weights.safetensors"), &tensors, None)?;
         let arch = ReferenceArch::of(m.config(), batch_size);
         std::fs::write(dir.join("arch.json"), serde_json::to_string_pretty(&arch)?)?;
@@ -74,7 +90,10 @@ impl BatchFile {
             v.as_array()
                 .with_context(|| format!("`{what}` must be a list"))?
                 .iter()
-                .map(|x| x.as_i64().with_context(|| format!("`{what}` holds {x}, not an integer")))
+                .map(|x| {
+                    x.as_i64()
+                        .with_context(|| format!("`{what}` holds {x}, not an integer"))
+                })
                 .collect()
         };
         let grid = |key: &str| -> Result<Option<Vec<Vec<i64>>>> {
@@ -102,7 +121,13 @@ impl BatchFile {
 }
 
 /// `muninn forward CKPT --batch BATCH.json --steps K --out OUT [--grads GRADS]` on a TRM checkpoint.
-pub fn forward(m: &Trm, batch: &Path, steps: i64, out: &Path, grads: Option<&PathBuf>) -> Result<()> {
+pub fn forward(
+    m: &Trm,
+    batch: &Path,
+    steps: i64,
+    out: &Path,
+    grads: Option<&PathBuf>,
+) -> Result<()> {
     let c = m.config();
     let text =
         std::fs::read_to_string(batch).with_context(|| format!("reading {}", batch.display()))?;
@@ -118,8 +143,15 @@ pub fn forward(m: &Trm, batch: &Path, steps: i64, out: &Path, grads: Option<&Pat
                 r.len(),
                 c.seq_len
             );
-            if let Some(bad) = r.iter().find(|&&v| v != -100 && !(lo..c.vocab_size).contains(&v)) {
-                bail!("{}: {name}[{i}] holds {bad}, outside [0, {})", batch.display(), c.vocab_size);
+            if let Some(bad) = r
+                .iter()
+                .find(|&&v| v != -100 && !(lo..c.vocab_size).contains(&v))
+            {
+                bail!(
+                    "{}: {name}[{i}] holds {bad}, outside [0, {})",
+                    batch.display(),
+                    c.vocab_size
+                );
             }
         }
         let flat: Vec<i64> = g.iter().flatten().copied().collect();
@@ -128,9 +160,21 @@ pub fn forward(m: &Trm, batch: &Path, steps: i64, out: &Path, grads: Option<&Pat
     let inputs = grid("inputs", &b.inputs, 0)?;
     let ids = match &b.puzzle_identifiers {
         Some(v) => {
-            ensure!(v.len() as i64 == rows, "{}: {} puzzle_identifiers for {rows} rows", batch.display(), v.len());
-            if let Some(bad) = v.iter().find(|&&i| !(0..c.num_puzzle_identifiers).contains(&i)) {
-                bail!("{}: puzzle identifier {bad} outside [0, {})", batch.display(), c.num_puzzle_identifiers);
+            ensure!(
+                v.len() as i64 == rows,
+                "{}: {} puzzle_identifiers for {rows} rows",
+                batch.display(),
+                v.len()
+            );
+            if let Some(bad) = v
+                .iter()
+                .find(|&&i| !(0..c.num_puzzle_identifiers).contains(&i))
+            {
+                bail!(
+                    "{}: puzzle identifier {bad} outside [0, {})",
+                    batch.display(),
+                    c.num_puzzle_identifiers
+                );
             }
             Tensor::from_slice(v)
         }
@@ -138,7 +182,12 @@ pub fn forward(m: &Trm, batch: &Path, steps: i64, out: &Path, grads: Option<&Pat
     };
     let labels = match &b.labels {
         Some(l) => {
-            ensure!(l.len() as i64 == rows, "{}: {} label rows for {rows} inputs", batch.display(), l.len());
+            ensure!(
+                l.len() as i64 == rows,
+                "{}: {} label rows for {rows} inputs",
+                batch.display(),
+                l.len()
+            );
             Some(grid("labels", l, 0)?) // −100 is the reference's ignore label, and ours
         }
         None => None,
@@ -167,11 +216,18 @@ pub fn forward(m: &Trm, batch: &Path, steps: i64, out: &Path, grads: Option<&Pat
         .map(|(k, v)| (k.to_string(), Tensor::stack(&v, 0)))
         .collect();
     muninn_model::st::write(out, &tensors, None)?;
-    println!("wrote {} ({steps} supervision steps of {rows} rows)", out.display());
+    println!(
+        "wrote {} ({steps} supervision steps of {rows} rows)",
+        out.display()
+    );
     if let Some(path) = grads {
         let labels = labels.context("--grads needs `labels` in the batch file")?;
         // Training mode from the reset carry; the loss divided by the batch as the reference trainer.
-        let rows_leaf = m.puzzle_table.index_select(0, &ids).detach().set_requires_grad(true);
+        let rows_leaf = m
+            .puzzle_table
+            .index_select(0, &ids)
+            .detach()
+            .set_requires_grad(true);
         let s = m.step_with_rows(&m.initial_carry(rows), &inputs, &rows_leaf)?;
         let l = loss(&s, &labels)?;
         (&l.total / rows as f64).backward();
@@ -190,7 +246,10 @@ pub fn forward(m: &Trm, batch: &Path, steps: i64, out: &Path, grads: Option<&Pat
             .index_add(0, &ids, &rows_leaf.grad());
         out.push((format!("grad.{}", muninn_model::trm::PUZZLE_EMB), table));
         muninn_model::st::write(path, &out, None)?;
-        println!("wrote {} (the first training step's loss and gradients)", path.display());
+        println!(
+            "wrote {} (the first training step's loss and gradients)",
+            path.display()
+        );
     }
     Ok(())
 }

@@ -428,8 +428,18 @@ pub struct PuzzleData {
 
 impl PuzzleData {
     /// Writes the new directory `out` from train and test sets.
-    pub fn write(out: &Path, train: &PuzzleSet, test: &PuzzleSet, generated: Option<GenerateSpec>) -> Result<PuzzleInfo> {
-        ensure!(train.boxes == test.boxes, "train puzzles are {}, test puzzles {}", train.boxes, test.boxes);
+    pub fn write(
+        out: &Path,
+        train: &PuzzleSet,
+        test: &PuzzleSet,
+        generated: Option<GenerateSpec>,
+    ) -> Result<PuzzleInfo> {
+        ensure!(
+            train.boxes == test.boxes,
+            "train puzzles are {}, test puzzles {}",
+            train.boxes,
+            test.boxes
+        );
         let info = PuzzleInfo {
             format: "muninn-puzzles".into(),
             version: 1,
@@ -453,14 +463,31 @@ impl PuzzleData {
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(INFO_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("reading {} (not a puzzle dataset? write one with `muninn data sudoku`)", path.display())
+            format!(
+                "reading {} (not a puzzle dataset? write one with `muninn data sudoku`)",
+                path.display()
+            )
         })?;
-        let info: PuzzleInfo = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        ensure!(info.format == "muninn-puzzles" && info.version == 1, "{}: unknown format {} v{}", path.display(), info.format, info.version);
+        let info: PuzzleInfo =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        ensure!(
+            info.format == "muninn-puzzles" && info.version == 1,
+            "{}: unknown format {} v{}",
+            path.display(),
+            info.format,
+            info.version
+        );
         let read = |name: &str, want: &str, count: usize| -> Result<PuzzleSet> {
             let p = dir.join(name);
             let set = PuzzleSet::open_csv(&p, false)?;
-            ensure!(set.boxes == info.boxes, "{}: {} puzzles, {} says {}", p.display(), set.boxes, INFO_FILE, info.boxes);
+            ensure!(
+                set.boxes == info.boxes,
+                "{}: {} puzzles, {} says {}",
+                p.display(),
+                set.boxes,
+                INFO_FILE,
+                info.boxes
+            );
             ensure!(set.pairs.len() == count && set.digest() == want, "{}: does not match {} ({} puzzles, expected {count} with digest {want}); was it edited?", p.display(), INFO_FILE, set.pairs.len());
             Ok(set)
         };
@@ -477,7 +504,12 @@ impl PuzzleData {
             write_generated(dir, spec)?;
             eprintln!(
                 "generated {} ({} training and {} test {n}×{n} puzzles, seed {}) in {:.1} s",
-                dir.display(), spec.train, spec.test, spec.seed, start.elapsed().as_secs_f64(), n = spec.sudoku.n()
+                dir.display(),
+                spec.train,
+                spec.test,
+                spec.seed,
+                start.elapsed().as_secs_f64(),
+                n = spec.sudoku.n()
             );
         }
         let data = Self::open(dir)?;
@@ -494,8 +526,16 @@ impl PuzzleData {
 /// puzzles never depend on the training count).
 pub fn write_generated(out: &Path, spec: &GenerateSpec) -> Result<PuzzleInfo> {
     let b = spec.sudoku;
-    let set = |count, stream| PuzzleSet { boxes: b, pairs: generate(b, count, spec.seed, stream) };
-    PuzzleData::write(out, &set(spec.train, 0), &set(spec.test, 1), Some(spec.clone()))
+    let set = |count, stream| PuzzleSet {
+        boxes: b,
+        pairs: generate(b, count, spec.seed, stream),
+    };
+    PuzzleData::write(
+        out,
+        &set(spec.train, 0),
+        &set(spec.test, 1),
+        Some(spec.clone()),
+    )
 }
 
 /// TRM's tokens for sudoku pairs (§4): PAD = 0, a cell's value v → v + 1 (blank = 1, digits

@@ -220,7 +220,11 @@ pub fn write_ema_file(
     dir: &Path,
 ) -> Result<()> {
     let mut tensors = params.named_of(ema);
-    tensors.extend(buffers.into_iter().map(|(n, t)| (n.to_string(), t.detach())));
+    tensors.extend(
+        buffers
+            .into_iter()
+            .map(|(n, t)| (n.to_string(), t.detach())),
+    );
     let meta = HashMap::from([("format".to_string(), "muninn".to_string())]);
     st::write(&dir.join(EMA_FILE), &tensors, Some(meta))
 }

@@ -329,7 +329,11 @@ pub struct Trm {
 }
 
 impl Trm {
-    pub fn new(cfg: TrmConfig, device: Device, precision: crate::huginn::Precision) -> Result<Self> {
+    pub fn new(
+        cfg: TrmConfig,
+        device: Device,
+        precision: crate::huginn::Precision,
+    ) -> Result<Self> {
         cfg.validate()?;
         let d = cfg.hidden_size;
         let rope = (cfg.pos_encodings == PosEncoding::Rope).then(|| {

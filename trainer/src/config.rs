@@ -464,7 +464,9 @@ impl RunConfig {
                 ModelConfig::Huginn(model.resolve()?)
             }
             FamilyKind::Gpt => ModelConfig::Gpt(GptConfig::from_table(model_table)?),
-            FamilyKind::Trm => ModelConfig::Trm(muninn_model::trm::TrmConfig::from_table(model_table)?),
+            FamilyKind::Trm => {
+                ModelConfig::Trm(muninn_model::trm::TrmConfig::from_table(model_table)?)
+            }
         };
         let o = &raw.optimizer;
         let optimizer = OptimizerConfig {
@@ -577,7 +579,11 @@ impl RunConfig {
                     .tokenizer
                     .as_ref()
                     .context("data.tokenizer is missing: token shards need the tokenizer they were prepared with")?;
-                ensure!(tok.is_file(), "data.tokenizer = {}: no such file", tok.display());
+                ensure!(
+                    tok.is_file(),
+                    "data.tokenizer = {}: no such file",
+                    tok.display()
+                );
             }
         }
         Ok(RunConfig {

@@ -236,7 +236,16 @@ impl FlatOptimizer {
                         let (mut p, g, mut m, mut v) = slices(r);
                         let betas = (c.beta1, c.beta2);
                         let step = self.steps + 1;
-                        adam_atan2_(&mut p, &g, &mut m, &mut v, step, lr_t, betas, c.weight_decay);
+                        adam_atan2_(
+                            &mut p,
+                            &g,
+                            &mut m,
+                            &mut v,
+                            step,
+                            lr_t,
+                            betas,
+                            c.weight_decay,
+                        );
                     }
                 }
                 OptimizerKind::Adamw => {

@@ -123,7 +123,11 @@ fn open_puzzles(cfg: &RunConfig, comm: &mut Comm) -> Result<PuzzleData> {
     let mut failed = [generated.is_err() as u8 as f64];
     comm.sum_f64(&mut failed, "preparing the puzzle dataset")?;
     generated?;
-    anyhow::ensure!(failed[0] == 0.0, "rank 0 could not prepare {}", d.dir.display());
+    anyhow::ensure!(
+        failed[0] == 0.0,
+        "rank 0 could not prepare {}",
+        d.dir.display()
+    );
     PuzzleData::open(&d.dir)
 }
 
@@ -152,12 +156,22 @@ fn run<F: Family>(
             model.block_size()
         );
         let loader = PuzzleLoader::new(&data.train, t.seed, raw.data.augment);
-        let val = sudoku::val_batches(&data.test, t.micro_batch_size, raw.eval.max_rows, rank, world);
+        let val = sudoku::val_batches(
+            &data.test,
+            t.micro_batch_size,
+            raw.eval.max_rows,
+            rank,
+            world,
+        );
         let source: Data = (Box::new(loader), val, cells, None);
         return drive(cfg, model, device, source, resume, stop_signal, comm);
     }
     // Token shards must come from the configured tokenizer.
-    let tok_path = raw.data.tokenizer.as_deref().context("data.tokenizer is missing")?;
+    let tok_path = raw
+        .data
+        .tokenizer
+        .as_deref()
+        .context("data.tokenizer is missing")?;
     let tok = TokenizerInfo::load(tok_path)?;
     let train_ds = TokenDataset::open(&raw.data.dir, "train", Some(&tok))?;
     let val_ds = TokenDataset::open(&raw.data.dir, "val", Some(&tok))?;
@@ -188,7 +202,12 @@ fn run<F: Family>(
 
 /// The training rows (a loader), the validation batches of this rank, the sequence length and the
 /// tokenizer that checkpoints copy (token data only).
-type Data<'a> = (Box<dyn Source + 'a>, Vec<Batch>, usize, Option<&'a std::path::Path>);
+type Data<'a> = (
+    Box<dyn Source + 'a>,
+    Vec<Batch>,
+    usize,
+    Option<&'a std::path::Path>,
+);
 
 fn drive<F: Family>(
     cfg: &RunConfig,
@@ -1011,12 +1030,10 @@ fn save_collectively<F: Family>(
         false => crate::optim::gather_pieces(t, &pieces).to_device(Device::Cpu),
     };
     let (m, v) = (slice(&state_tensors[0].1), slice(&state_tensors[1].1));
-    let written =
-        ckpt::write_optimizer_shard(&staging, rank, world, &m, &v, &pieces).and_then(|()| {
-            match shard_weights {
-                true => ckpt::write_weight_shard(&staging, model, rank, world),
-                false => Ok(()),
-            }
+    let written = ckpt::write_optimizer_shard(&staging, rank, world, &m, &v, &pieces)
+        .and_then(|()| match shard_weights {
+            true => ckpt::write_weight_shard(&staging, model, rank, world),
+            false => Ok(()),
         })
         .and_then(|()| ckpt::write_rank_state(&staging, &model.rank_state(), rank, world));
     if failed_anywhere(

@@ -1,7 +1,9 @@
 //! The sudoku generator and the Sudoku-Extreme CSV importer (`trm-reference.md` §4, §6).
 
+use muninn_data::loader::Source;
 use muninn_data::sudoku::{
     augment, count_solutions, generate, is_solution, read_csv, solved_grid, write_generated, Boxes,
+    GenerateSpec, PuzzleData,
 };
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -68,14 +70,24 @@ fn puzzles_have_one_solution_and_no_clue_to_spare() {
 fn the_csv_round_trips_and_bad_rows_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    write_generated(&p.join("s6"), SHAPES[1], 12, 5, 4).unwrap();
+    let spec = |train, test| GenerateSpec {
+        sudoku: SHAPES[1],
+        train,
+        test,
+        seed: 4,
+    };
+    write_generated(&p.join("s6"), &spec(12, 5)).unwrap();
+    // The directory's record: the spec, and digests that the reader checks.
+    let data = PuzzleData::open(&p.join("s6")).unwrap();
+    assert_eq!(data.info.generated, Some(spec(12, 5)));
+    assert_eq!((data.info.train, data.info.test), (12, 5));
     let (b, train) = read_csv(&p.join("s6/train.csv"), true).unwrap();
     assert_eq!(b, SHAPES[1]);
     assert_eq!(train, generate(SHAPES[1], 12, 4, 0));
     let (_, test) = read_csv(&p.join("s6/test.csv"), true).unwrap();
     assert_eq!(test.len(), 5);
     assert!(
-        write_generated(&p.join("s6"), SHAPES[1], 1, 1, 4).is_err(),
+        write_generated(&p.join("s6"), &spec(1, 1)).is_err(),
         "an existing dataset is never overwritten"
     );
 

@@ -128,7 +128,7 @@ pub fn write_weight_shard<F: Family>(
     world: usize,
 ) -> Result<()> {
     let owners = weight_owners(model.params().specs(), world);
-    let mine: Vec<(String, Tensor)> = model
+    let mut mine: Vec<(String, Tensor)> = model
         .params()
         .named_detached()
         .into_iter()
@@ -136,6 +136,15 @@ pub fn write_weight_shard<F: Family>(
         .filter(|(_, o)| *o == rank)
         .map(|((n, t), _)| (n, t.to_device(tch::Device::Cpu)))
         .collect();
+    if rank == 0 {
+        // The family's buffers (TRM's puzzle table) travel with rank 0's share.
+        mine.extend(
+            model
+                .buffers()
+                .into_iter()
+                .map(|(n, t)| (n.to_string(), t.detach().to_device(tch::Device::Cpu))),
+        );
+    }
     let meta = std::collections::HashMap::from([("format".to_string(), "muninn".to_string())]);
     st::write(&staging.join(weight_file(rank, world)), &mine, Some(meta))
 }
@@ -143,13 +152,16 @@ pub fn write_weight_shard<F: Family>(
 /// Rank 0, when the weights are sharded: `config.toml` and the HF index naming each tensor's file.
 fn write_weight_index<F: Family>(staging: &Path, model: &F, world: usize) -> Result<()> {
     let owners = weight_owners(model.params().specs(), world);
-    let map: serde_json::Map<String, serde_json::Value> = model
+    let mut map: serde_json::Map<String, serde_json::Value> = model
         .params()
         .specs()
         .iter()
         .zip(owners)
         .map(|(s, o)| (s.name.clone(), weight_file(o, world).into()))
         .collect();
+    for (name, _) in model.buffers() {
+        map.insert(name.to_string(), weight_file(0, world).into());
+    }
     let index = serde_json::json!({
         "metadata": {"total_size": model.params().numel() * 4},
         "weight_map": map,

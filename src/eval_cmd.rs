@@ -179,6 +179,21 @@ fn run_of(checkpoint: &Path) -> Result<Option<(PathBuf, RawRunConfig)>> {
     Ok(Some((run_dir, cfg)))
 }
 
+/// Where `muninn eval` writes its report: --out, else RUN/eval/<checkpoint name>; created.
+fn report_dir(a: &EvalArgs, run: &Option<(PathBuf, RawRunConfig)>) -> Result<PathBuf> {
+    let out = match (&a.out, run) {
+        (Some(o), _) => o.clone(),
+        (None, Some((dir, _))) => dir.join("eval").join(
+            a.checkpoint
+                .file_name()
+                .context("the checkpoint path has no name")?,
+        ),
+        (None, None) => bail!("pass --out DIR for the report"),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    Ok(out)
+}
+
 pub fn eval(a: EvalArgs) -> Result<()> {
     let model = a.on.load(&a.checkpoint)?;
     let model = match model {
@@ -242,16 +257,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         .seed
         .or(run.as_ref().map(|(_, rc)| rc.train.seed))
         .unwrap_or(0);
-    let out = match (&a.out, &run) {
-        (Some(o), _) => o.clone(),
-        (None, Some((dir, _))) => dir.join("eval").join(
-            a.checkpoint
-                .file_name()
-                .context("the checkpoint path has no name")?,
-        ),
-        (None, None) => bail!("pass --out DIR for the report"),
-    };
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let out = report_dir(&a, &run)?;
 
     let batch_size = a
         .batch_size
@@ -393,53 +399,67 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 
 /// `muninn eval` of a TRM checkpoint: every puzzle from the initial carry through all N_sup
 /// supervision steps with the checkpoint's EMA weights (where it has them), as the reference
-/// evaluates; exact accuracy (every cell right), per-cell accuracy, the halting head's accuracy.
+/// evaluates; exact accuracy (every cell right), per-cell accuracy, the halting head's accuracy,
+/// and for ARC pass@1 and pass@2 over the augmented copies' votes (with `submission.json`).
 fn eval_puzzles(a: &EvalArgs, m: &muninn_model::trm::Trm) -> Result<()> {
+    use muninn_data::puzzles::{Dataset, PuzzleSet};
     ensure!(
         a.depths.is_none(),
         "--depths: {} is a trm model; it always runs model.halt_max_steps supervision steps",
         a.checkpoint.display()
     );
     let run = run_of(&a.checkpoint)?;
-    let file = match (&a.puzzles, &a.data, &run) {
-        (Some(f), _, _) => f.clone(),
-        (None, Some(d), _) => d.join("test.csv"),
-        (None, None, Some((_, rc))) => rc.data.dir.join("test.csv"),
+    let (source, data) = match (&a.puzzles, &a.data, &run) {
+        (Some(f), _, _) => (f.clone(), Dataset::test_csv(PuzzleSet::open_csv(f, false)?)),
+        (None, Some(d), _) => (d.clone(), Dataset::open(d)?),
+        (None, None, Some((_, rc))) => (rc.data.dir.clone(), Dataset::open(&rc.data.dir)?),
         (None, None, None) => bail!(
             "{} is not inside a run directory: pass --puzzles FILE.csv or --data DIR",
             a.checkpoint.display()
         ),
     };
-    let set = muninn_data::sudoku::PuzzleSet::open_csv(&file, false)?;
     let c = m.config();
     ensure!(
-        set.seq_len() as i64 == c.seq_len && set.boxes.n() as i64 + 2 == c.vocab_size,
-        "{} holds {n}×{n} sudoku; the model was trained on {} cells with a vocabulary of {}",
-        file.display(),
+        data.seq_len() as i64 == c.seq_len && data.vocab_size() == c.vocab_size,
+        "{} holds {} ({} cells, vocabulary {}); the model was trained on {} cells with a vocabulary of {}",
+        source.display(),
+        data.describe(),
+        data.seq_len(),
+        data.vocab_size(),
         c.seq_len,
         c.vocab_size,
-        n = set.boxes.n()
+    );
+    ensure!(
+        data.num_puzzle_identifiers() as i64 <= c.num_puzzle_identifiers,
+        "{} needs {} puzzle identifiers; the model's table has {}",
+        source.display(),
+        data.num_puzzle_identifiers(),
+        c.num_puzzle_identifiers
     );
     let max_rows = a.max_rows.unwrap_or(u64::MAX);
     let batch_size = a.batch_size.unwrap_or(256);
     ensure!(batch_size >= 1, "--batch-size must be at least 1");
-    let batches = muninn_data::sudoku::val_batches(&set, batch_size, max_rows, 0, 1);
     let mut sums = muninn_model::trm_family::PuzzleSums::default();
-    for b in &batches {
+    let mut votes = muninn_data::arc::Votes::default();
+    for b in &data.val_batches(batch_size, max_rows, 0, 1) {
         let vb = ValBatch::new(0, b, m.params().device());
         let ids = vb.puzzle_ids.as_ref().context("puzzle rows carry ids")?;
-        let s = muninn_model::trm_family::evaluate_puzzles(m, &vb.inputs, &vb.targets, ids)?;
-        sums.rows += s.rows;
-        sums.accuracy += s.accuracy;
-        sums.exact += s.exact;
-        sums.q_halt_right += s.q_halt_right;
-        sums.lm_loss += s.lm_loss;
-        sums.steps += s.steps;
+        let (s, step) =
+            muninn_model::trm_family::evaluate_puzzles(m, &vb.inputs, &vb.targets, ids)?;
+        sums += s;
+        if let Dataset::Arc(arc) = &data {
+            let preds = Vec::<i64>::try_from(step.logits.argmax(-1, false).flatten(0, -1))?;
+            let q = Vec::<f64>::try_from(step.q_halt.to_kind(Kind::Double))?;
+            for (i, row) in b.row_ids.iter().enumerate() {
+                let cells = &preds[i * b.block..(i + 1) * b.block];
+                votes.add(arc, *row as usize, cells, q[i])?;
+            }
+        }
     }
     ensure!(
         sums.rows > 0.0,
         "{} has no puzzles to evaluate",
-        file.display()
+        source.display()
     );
     let per = |x: f64| x / sums.rows;
     let ema = a
@@ -447,10 +467,11 @@ fn eval_puzzles(a: &EvalArgs, m: &muninn_model::trm::Trm) -> Result<()> {
         .join(muninn_model::checkpoint::EMA_FILE)
         .is_file();
     println!(
-        "eval {}: {} puzzles from {}, {} supervision steps, {} weights",
+        "eval {}: {} puzzles of {} from {}, {} supervision steps, {} weights",
         a.checkpoint.display(),
         sums.rows,
-        file.display(),
+        data.describe(),
+        source.display(),
         c.halt_max_steps,
         if ema { "EMA" } else { "trained" }
     );
@@ -466,19 +487,11 @@ fn eval_puzzles(a: &EvalArgs, m: &muninn_model::trm::Trm) -> Result<()> {
         per(sums.steps),
         per(sums.lm_loss)
     );
-    let out = match (&a.out, &run) {
-        (Some(o), _) => o.clone(),
-        (None, Some((dir, _))) => dir.join("eval").join(
-            a.checkpoint
-                .file_name()
-                .context("the checkpoint path has no name")?,
-        ),
-        (None, None) => bail!("pass --out DIR for the report"),
-    };
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let report = json!({
+    let out = report_dir(a, &run)?;
+    let mut report = json!({
         "checkpoint": a.checkpoint,
-        "puzzles": file,
+        "puzzles": source,
+        "kind": data.describe(),
         "family": "trm",
         "weights": if ema { "ema" } else { "trained" },
         "rows": sums.rows,
@@ -489,6 +502,20 @@ fn eval_puzzles(a: &EvalArgs, m: &muninn_model::trm::Trm) -> Result<()> {
         "steps": per(sums.steps),
         "lm_loss": per(sums.lm_loss),
     });
+    if let Dataset::Arc(arc) = &data {
+        let scores = votes.score(arc, &[1, 2]);
+        println!(
+            "ARC, {} evaluation tasks (every copy votes; ties by mean sigmoid(q_halt)): pass@1 {:.4}, pass@2 {:.4}",
+            scores.tasks, scores.pass[0].1, scores.pass[1].1
+        );
+        for (k, p) in &scores.pass {
+            report[format!("pass@{k}")] = json!(p);
+        }
+        report["tasks"] = json!(scores.tasks);
+        let sub = out.join("submission.json");
+        atomic::write_file(&sub, serde_json::to_string(&scores.submission)?.as_bytes())?;
+        println!("wrote {}", sub.display());
+    }
     let json_path = out.join("eval.json");
     atomic::write_file(
         &json_path,

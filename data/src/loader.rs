@@ -181,6 +181,10 @@ impl TokenDataset {
     }
 }
 
+/// A target that takes no part in the loss (the model crate's `IGNORE`, which the trainer checks
+/// it equals).
+pub const IGNORE_TARGET: i64 = -100;
+
 /// A batch of `rows` samples of `block` tokens, row-major: inputs are row[..B], targets row[1..].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {

@@ -1,10 +1,8 @@
 //! The sudoku generator and the Sudoku-Extreme CSV importer (`trm-reference.md` §4, §6).
 
 use muninn_data::loader::Source;
-use muninn_data::sudoku::{
-    augment, count_solutions, generate, is_solution, read_csv, solved_grid, write_generated, Boxes,
-    GenerateSpec, PuzzleData,
-};
+use muninn_data::puzzles::{read_csv, write_generated, GenerateSpec, PuzzleData, PuzzleKind};
+use muninn_data::sudoku::{augment, count_solutions, generate, is_solution, solved_grid, Boxes};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -71,7 +69,7 @@ fn the_csv_round_trips_and_bad_rows_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     let spec = |train, test| GenerateSpec {
-        sudoku: SHAPES[1],
+        kind: PuzzleKind::Sudoku(SHAPES[1]),
         train,
         test,
         seed: 4,
@@ -81,11 +79,11 @@ fn the_csv_round_trips_and_bad_rows_are_named() {
     let data = PuzzleData::open(&p.join("s6")).unwrap();
     assert_eq!(data.info.generated, Some(spec(12, 5)));
     assert_eq!((data.info.train, data.info.test), (12, 5));
-    let (b, train) = read_csv(&p.join("s6/train.csv"), true).unwrap();
-    assert_eq!(b, SHAPES[1]);
-    assert_eq!(train, generate(SHAPES[1], 12, 4, 0));
-    let (_, test) = read_csv(&p.join("s6/test.csv"), true).unwrap();
-    assert_eq!(test.len(), 5);
+    let train = read_csv(&p.join("s6/train.csv"), true).unwrap();
+    assert_eq!(train.kind, PuzzleKind::Sudoku(SHAPES[1]));
+    assert_eq!(train.pairs, generate(SHAPES[1], 12, 4, 0));
+    let test = read_csv(&p.join("s6/test.csv"), true).unwrap();
+    assert_eq!(test.pairs.len(), 5);
     assert!(
         write_generated(&p.join("s6"), &spec(1, 1)).is_err(),
         "an existing dataset is never overwritten"
@@ -126,15 +124,18 @@ fn the_csv_round_trips_and_bad_rows_are_named() {
         format!("source,question,answer,rating\nhf,{},{},30\n", s(q9), s(a9)),
     )
     .unwrap();
-    let (b9, rows) = read_csv(&p.join("x.csv"), true).unwrap();
-    assert_eq!((b9, rows.len()), (SHAPES[2], 1));
+    let set = read_csv(&p.join("x.csv"), true).unwrap();
+    assert_eq!(
+        (set.kind, set.pairs.len()),
+        (PuzzleKind::Sudoku(SHAPES[2]), 1)
+    );
 }
 
 #[test]
 fn trm_tokens_shift_values_by_one_and_supervise_every_cell() {
     let b = Boxes { rows: 2, cols: 3 };
     let pairs = generate(b, 2, 1, 0);
-    let (x, y, vocab) = muninn_data::sudoku::tokens(&pairs, b);
+    let (x, y, vocab) = muninn_data::puzzles::tokens(&pairs, PuzzleKind::Sudoku(b));
     assert_eq!((x.len(), y.len(), vocab), (72, 72, 8));
     assert!(x.iter().all(|&t| (1..=7).contains(&t)) && y.iter().all(|&t| (2..=7).contains(&t)));
     for (i, (&t, &q)) in x
@@ -148,10 +149,10 @@ fn trm_tokens_shift_values_by_one_and_supervise_every_cell() {
 
 #[test]
 fn the_puzzle_loader_is_a_pure_function_of_seed_and_sample() {
-    use muninn_data::sudoku::{PuzzleLoader, PuzzleSet};
+    use muninn_data::puzzles::{PuzzleLoader, PuzzleSet};
     let b = Boxes { rows: 2, cols: 2 };
     let set = PuzzleSet {
-        boxes: b,
+        kind: PuzzleKind::Sudoku(b),
         pairs: generate(b, 10, 3, 0),
     };
     // Without augmentation an epoch visits every puzzle once.

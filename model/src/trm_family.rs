@@ -17,7 +17,7 @@ use crate::checkpoint::{self, TensorFiles};
 use crate::family::{Family, Fields, GradEvent, LossMean, MicroBatch};
 use crate::flops::TrainFlops;
 use crate::params::FlatParams;
-use crate::trm::{exploration_floors, loss, Carry, Slots, Trm};
+use crate::trm::{exploration_floors, loss, Carry, Slots, Step, Trm};
 
 /// The puzzle table's optimizer (§3): sign-SGD with its own lr and decay, on the trainer's schedule.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,6 +50,17 @@ pub struct PuzzleSums {
     pub steps: f64,
 }
 
+impl std::ops::AddAssign for PuzzleSums {
+    fn add_assign(&mut self, o: PuzzleSums) {
+        self.rows += o.rows;
+        self.accuracy += o.accuracy;
+        self.exact += o.exact;
+        self.q_halt_right += o.q_halt_right;
+        self.lm_loss += o.lm_loss;
+        self.steps += o.steps;
+    }
+}
+
 impl TrmFamily {
     pub fn new(model: Trm, table: TableOptimizer, seed: u64) -> Self {
         TrmFamily {
@@ -64,13 +75,14 @@ impl TrmFamily {
 }
 
 /// Every row from the initial carry through all N_sup supervision steps, no graph, as the
-/// reference evaluates (halting is ignored in eval): the sums of the last step's metrics.
+/// reference evaluates (halting is ignored in eval): the sums of the last step's metrics, and that
+/// step (its argmax is the prediction, its `q_halt` the confidence ARC's vote breaks ties with).
 pub fn evaluate_puzzles(
     m: &Trm,
     inputs: &Tensor,
     labels: &Tensor,
     puzzle_ids: &Tensor,
-) -> Result<PuzzleSums> {
+) -> Result<(PuzzleSums, Step)> {
     let b = inputs.size()[0];
     let mut carry = m.initial_carry(b);
     let mut last = None;
@@ -95,14 +107,15 @@ pub fn evaluate_puzzles(
             .double_value(&[])
     };
     let q_right = step.q_halt.ge(0.0).eq_tensor(&l.row_correct);
-    Ok(PuzzleSums {
+    let sums = PuzzleSums {
         rows: f(&counted),
         accuracy: f(&l.cell_accuracy),
         exact: f(&l.row_correct),
         q_halt_right: f(&q_right),
         lm_loss: l.lm.double_value(&[]),
         steps: f(&counted) * m.config().halt_max_steps as f64,
-    })
+    };
+    Ok((sums, step))
 }
 
 impl Family for TrmFamily {
@@ -269,7 +282,7 @@ impl Family for TrmFamily {
             (Kind::Int64, batch.inputs.device()),
         );
         let ids = batch.puzzle_ids.unwrap_or(&zeros);
-        let s = evaluate_puzzles(&self.model, batch.inputs, batch.targets, ids)?;
+        let (s, _) = evaluate_puzzles(&self.model, batch.inputs, batch.targets, ids)?;
         Ok(vec![
             (s.exact, s.rows),
             (s.accuracy, s.rows),

@@ -44,11 +44,14 @@ pub struct DataSection {
     #[serde(default)]
     pub ignore_targets: Vec<i64>,
     /// Puzzles: generate the dataset into `dir` on first use (an existing one is checked against
-    /// this spec, never overwritten), e.g. `{ sudoku = "2x3", train = 1000, test = 500, seed = 0 }`.
+    /// this spec, never overwritten), e.g. `{ sudoku = "2x3", train = 1000, test = 500, seed = 0 }`
+    /// or `{ maze = 11, ... }`.
     #[serde(default)]
-    pub generate: Option<muninn_data::sudoku::GenerateSpec>,
-    /// Puzzles: draw a fresh augmentation of every training sample (digit permutation, band and
-    /// stack shuffles, transposition), as the reference's 1000 pre-made copies per puzzle do.
+    pub generate: Option<muninn_data::puzzles::GenerateSpec>,
+    /// Sudoku and maze: draw a fresh augmentation of every training sample (sudoku: digit
+    /// permutation, band and stack shuffles, transposition, as the reference's 1000 pre-made copies
+    /// per puzzle; maze: one of the 8 dihedral symmetries, the reference's `--aug`). ARC's copies
+    /// are fixed when its dataset is built.
     #[serde(default = "yes")]
     pub augment: bool,
 }
@@ -561,7 +564,7 @@ impl RunConfig {
                 );
                 ensure!(
                     data.dir.is_dir() || data.generate.is_some(),
-                    "data.dir = {}: no such directory (write one with `muninn data sudoku`, or set data.generate)",
+                    "data.dir = {}: no such directory (write one with `muninn data sudoku|maze|arc`, or set data.generate)",
                     data.dir.display()
                 );
             }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use muninn_data::loader::Source;
-use muninn_data::sudoku::{self, PuzzleData, PuzzleLoader};
+use muninn_data::puzzles::{Dataset, PuzzleData};
 use muninn_data::{loader, Batch, Loader, TokenDataset, TokenizerInfo};
 use muninn_model::gpt_family::GptFamily;
 use muninn_model::huginn_family::HuginnFamily;
@@ -27,6 +27,9 @@ use crate::eval::{ignore_targets, puzzle_ids, seed_torch, to_tensors, validate, 
 use crate::metrics::Metrics;
 use crate::optim::{clip_to_norm, Ema, FlatOptimizer};
 use crate::DeviceSpec;
+
+// Puzzle loaders mark ignored labels themselves.
+const _: () = assert!(muninn_data::loader::IGNORE_TARGET == IGNORE);
 
 /// Where to start from.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,7 +117,7 @@ pub fn train(
 
 /// The puzzle dataset of a TRM run: rank 0 generates it first when the config says how and it is
 /// missing; then every rank opens and checks it.
-fn open_puzzles(cfg: &RunConfig, comm: &mut Comm) -> Result<PuzzleData> {
+fn open_puzzles(cfg: &RunConfig, comm: &mut Comm) -> Result<Dataset> {
     let d = &cfg.raw.data;
     let generated = match (&d.generate, comm.is_root()) {
         (Some(spec), true) => PuzzleData::ensure(&d.dir, spec).map(|_| ()),
@@ -128,7 +131,7 @@ fn open_puzzles(cfg: &RunConfig, comm: &mut Comm) -> Result<PuzzleData> {
         "rank 0 could not prepare {}",
         d.dir.display()
     );
-    PuzzleData::open(&d.dir)
+    Dataset::open(&d.dir)
 }
 
 /// The training loop, for any family: set up (or resume), then step, log and save until done.
@@ -145,25 +148,28 @@ fn run<F: Family>(
     // The data outlives the trainer, whose loader reads it.
     if model.loss_mean() == LossMean::Rows {
         let data = open_puzzles(cfg, comm)?;
-        let (vocab, cells) = (data.info.boxes.n() as i64 + 2, data.train.seq_len());
+        let cells = data.seq_len();
         anyhow::ensure!(
-            vocab == model.vocab_size() && cells as i64 == model.block_size(),
-            "{} holds {}×{} sudoku (vocabulary {vocab}, {cells} cells); the model has model.vocab_size = {}, model.seq_len = {}",
+            data.vocab_size() == model.vocab_size() && cells as i64 == model.block_size(),
+            "{} holds {} (vocabulary {}, {cells} cells); the model has model.vocab_size = {}, model.seq_len = {}",
             raw.data.dir.display(),
-            data.info.boxes.n(),
-            data.info.boxes.n(),
+            data.describe(),
+            data.vocab_size(),
             model.vocab_size(),
             model.block_size()
         );
-        let loader = PuzzleLoader::new(&data.train, t.seed, raw.data.augment);
-        let val = sudoku::val_batches(
-            &data.test,
-            t.micro_batch_size,
-            raw.eval.max_rows,
-            rank,
-            world,
-        );
-        let source: Data = (Box::new(loader), val, cells, None);
+        if let ModelConfig::Trm(c) = &cfg.model {
+            anyhow::ensure!(
+                data.num_puzzle_identifiers() as i64 <= c.num_puzzle_identifiers,
+                "{} needs {} puzzle identifiers; the model has model.num_puzzle_identifiers = {}",
+                raw.data.dir.display(),
+                data.num_puzzle_identifiers(),
+                c.num_puzzle_identifiers
+            );
+        }
+        let loader = data.loader(t.seed, raw.data.augment);
+        let val = data.val_batches(t.micro_batch_size, raw.eval.max_rows, rank, world);
+        let source: Data = (loader, val, cells, None);
         return drive(cfg, model, device, source, resume, stop_signal, comm);
     }
     // Token shards must come from the configured tokenizer.

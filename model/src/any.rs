@@ -259,3 +259,40 @@ impl Stored for Gpt {
         &self.config().name
     }
 }
+
+/// A `[model]` table of a family with named shapes: `preset = NAME` (if given), then every key over
+/// it; `name` defaults to "custom". Unknown keys are refused by name, missing ones named.
+pub(crate) fn over_preset<C: serde::Serialize + serde::de::DeserializeOwned>(
+    mut table: toml::Table,
+    family: &str,
+    preset: impl Fn(&str) -> Option<C>,
+    presets: &[&str],
+) -> Result<C> {
+    let mut base = match table.remove("preset") {
+        Some(p) => {
+            let p = p.as_str().context("model.preset must be a string")?;
+            let cfg = preset(p).with_context(|| {
+                format!(
+                    "model.preset = \"{p}\" is not one of {} (family {family})",
+                    presets.join(", ")
+                )
+            })?;
+            toml::Table::try_from(&cfg).expect("a preset serialises")
+        }
+        None => toml::Table::new(),
+    };
+    base.entry("name").or_insert_with(|| "custom".into());
+    base.extend(table);
+    toml::Value::Table(base)
+        .try_into()
+        .with_context(|| format!("reading [model] (family {family})"))
+}
+
+/// `[model]` with the family and every field, as checkpoints store it.
+pub(crate) fn family_toml<C: serde::Serialize>(cfg: &C, family: &str) -> String {
+    let mut model = toml::Table::try_from(cfg).expect("a resolved config serialises");
+    model.insert("family".into(), family.into());
+    let mut doc = toml::Table::new();
+    doc.insert("model".into(), model.into());
+    toml::to_string(&doc).expect("a table serialises")
+}

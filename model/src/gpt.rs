@@ -103,36 +103,15 @@ impl GptConfig {
 
     /// The `[model]` table (without `family`): `preset` (if given) overridden key by key. Unknown
     /// keys are refused by name, missing ones named.
-    pub fn from_table(mut table: toml::Table) -> Result<Self> {
-        let mut base = match table.remove("preset") {
-            Some(p) => {
-                let p = p.as_str().context("model.preset must be a string")?;
-                let cfg = Self::preset(p).with_context(|| {
-                    format!(
-                        "model.preset = \"{p}\" is not one of {} (family gpt)",
-                        Self::PRESETS.join(", ")
-                    )
-                })?;
-                toml::Table::try_from(&cfg).expect("a preset serialises")
-            }
-            None => toml::Table::new(),
-        };
-        base.entry("name").or_insert_with(|| "custom".into());
-        base.extend(table);
-        let cfg: GptConfig = toml::Value::Table(base)
-            .try_into()
-            .context("reading [model] (family gpt)")?;
+    pub fn from_table(table: toml::Table) -> Result<Self> {
+        let cfg: GptConfig = crate::any::over_preset(table, "gpt", Self::preset, &Self::PRESETS)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// The TOML form written into checkpoints: `[model]` with the family and every field.
     pub fn to_toml(&self) -> String {
-        let mut model = toml::Table::try_from(self).expect("a resolved config serialises");
-        model.insert("family".into(), "gpt".into());
-        let mut doc = toml::Table::new();
-        doc.insert("model".into(), model.into());
-        toml::to_string(&doc).expect("a table serialises")
+        crate::any::family_toml(self, "gpt")
     }
 
     pub fn validate(&self) -> Result<()> {

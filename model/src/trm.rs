@@ -148,36 +148,15 @@ impl TrmConfig {
     }
 
     /// A `[model]` table of family trm: optionally `preset = NAME`, then any field over it.
-    pub fn from_table(mut table: toml::Table) -> Result<Self> {
-        let mut base = match table.remove("preset") {
-            Some(p) => {
-                let p = p.as_str().context("model.preset must be a string")?;
-                let cfg = Self::preset(p).with_context(|| {
-                    format!(
-                        "model.preset = \"{p}\" is not one of {} (family trm)",
-                        Self::PRESETS.join(", ")
-                    )
-                })?;
-                toml::Table::try_from(&cfg).expect("a preset serialises")
-            }
-            None => toml::Table::new(),
-        };
-        base.entry("name").or_insert_with(|| "custom".into());
-        base.extend(table);
-        let cfg: TrmConfig = toml::Value::Table(base)
-            .try_into()
-            .context("reading [model] (family trm)")?;
+    pub fn from_table(table: toml::Table) -> Result<Self> {
+        let cfg: TrmConfig = crate::any::over_preset(table, "trm", Self::preset, &Self::PRESETS)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// `[model]` with the family and every field, as checkpoints store it.
     pub fn to_toml(&self) -> String {
-        let mut model = toml::Table::try_from(self).expect("a resolved config serialises");
-        model.insert("family".into(), "trm".into());
-        let mut doc = toml::Table::new();
-        doc.insert("model".into(), model.into());
-        toml::to_string(&doc).expect("a table serialises")
+        crate::any::family_toml(self, "trm")
     }
 
     /// S = P + L: the positions every state holds.

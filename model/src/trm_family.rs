@@ -35,8 +35,9 @@ pub struct TrmFamily {
     /// The step's (puzzle ids [B], their rows' gradient [B, D]) per global micro-batch.
     table_grads: RefCell<Vec<(usize, Tensor, Tensor)>>,
     /// Training metrics since the last telemetry: Σ over halted rows of [count, accuracy, exact,
-    /// q_halt right, steps], and Σ over all rows of [rows, lm loss, q loss].
-    stats: RefCell<[f64; 8]>,
+    /// q_halt right, steps], and Σ over all rows of [rows, lm loss, q loss]; [8] f64 on the
+    /// model's device, read only when logged (no host sync per micro-step).
+    stats: RefCell<Option<Tensor>>,
 }
 
 /// The sums of an evaluation of puzzles after every supervision step (all rows run N_sup).
@@ -69,7 +70,7 @@ impl TrmFamily {
             seed,
             slots: RefCell::new(BTreeMap::new()),
             table_grads: RefCell::new(Vec::new()),
-            stats: RefCell::new([0.0; 8]),
+            stats: RefCell::new(None),
         }
     }
 }
@@ -118,6 +119,25 @@ pub fn evaluate_puzzles(
     Ok((sums, step))
 }
 
+impl TrmFamily {
+    /// The training metrics' sums on the host; `reset` starts the next window.
+    fn stats_now(&self, reset: bool) -> Vec<f64> {
+        let mut st = self.stats.borrow_mut();
+        let v = match st.as_ref() {
+            Some(t) => Vec::<f64>::try_from(t.to_device(tch::Device::Cpu)).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if reset {
+            *st = None;
+        }
+        if v.len() == 8 {
+            v
+        } else {
+            vec![0.0; 8]
+        }
+    }
+}
+
 impl Family for TrmFamily {
     /// The step number: the exploration floors are drawn from it.
     type Plan = u64;
@@ -148,7 +168,7 @@ impl Family for TrmFamily {
     }
 
     fn plan_fields(&self, _step: u64) -> (Fields, String) {
-        let st = self.stats.borrow();
+        let st = self.stats_now(false);
         let label = match st[0] > 0.0 {
             true => format!("exact {:.3} halted {:.0}", st[2] / st[0], st[0]),
             false => String::new(),
@@ -223,13 +243,12 @@ impl Family for TrmFamily {
                 ],
                 0,
             );
-            let v = Vec::<f64>::try_from(v.to_device(tch::Device::Cpu))?;
             let mut st = self.stats.borrow_mut();
-            for (s, x) in st.iter_mut().zip(v) {
-                *s += x;
-            }
-            Ok::<_, anyhow::Error>(())
-        })?;
+            *st = Some(match st.take() {
+                Some(acc) => acc + v,
+                None => v,
+            });
+        });
         Ok((l.total * batch.scale).detach())
     }
 
@@ -249,7 +268,7 @@ impl Family for TrmFamily {
     }
 
     fn telemetry(&self, _inputs: &Tensor, _step: u64) -> Result<Fields> {
-        let st = std::mem::take(&mut *self.stats.borrow_mut());
+        let st = self.stats_now(true);
         let per_halted = |x: f64| match st[0] > 0.0 {
             true => json!(x / st[0]),
             false => json!(0.0),
@@ -304,10 +323,27 @@ impl Family for TrmFamily {
         units: usize,
         sum: &mut dyn FnMut(&mut [f64]) -> Result<()>,
     ) -> Result<()> {
-        let grads = std::mem::take(&mut *self.table_grads.borrow_mut());
+        let mut grads = std::mem::take(&mut *self.table_grads.borrow_mut());
         let Some((_, first_ids, first_grad)) = grads.first() else {
             bail!("the puzzle table's update came before any micro-step");
         };
+        let (lr, wd) = (self.table.lr * lr_factor, self.table.weight_decay);
+        if grads.len() == units {
+            // One rank holds every micro-batch: nothing to gather, so no trip through the host
+            // (the gathered path's f32 → f64 → f32 and its sums with zeros are exact, so both
+            // paths update alike).
+            grads.sort_by_key(|g| g.0);
+            let ids = Tensor::cat(&grads.iter().map(|g| &g.1).collect::<Vec<_>>(), 0);
+            let rows = Tensor::cat(&grads.iter().map(|g| &g.2).collect::<Vec<_>>(), 0);
+            sign_sgd_rows_(
+                &self.model.puzzle_table,
+                &ids,
+                &rows.to_kind(Kind::Float),
+                lr,
+                wd,
+            );
+            return Ok(());
+        }
         let (b, d) = (first_ids.size()[0] as usize, first_grad.size()[1] as usize);
         let width = b * (1 + d);
         let mut all = vec![0.0; units * width];
@@ -335,13 +371,7 @@ impl Family for TrmFamily {
             .view([(units * b) as i64, d as i64])
             .to_kind(Kind::Float)
             .to_device(dev);
-        sign_sgd_rows_(
-            &self.model.puzzle_table,
-            &ids,
-            &rows,
-            self.table.lr * lr_factor,
-            self.table.weight_decay,
-        );
+        sign_sgd_rows_(&self.model.puzzle_table, &ids, &rows, lr, wd);
         Ok(())
     }
 

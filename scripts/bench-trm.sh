@@ -5,15 +5,14 @@
 # Writes bench/trm.md.
 #
 #   scripts/bench-trm.sh [STEPS=110] [ROUNDS=2] [THREADS=2]
-# Needs the reference repo (REF=path, default: the mirror) and pydantic + einops on PYTHONPATH
-# (PY_EXTRA=dir, default /tmp/trmpy: `pip install --target /tmp/trmpy pydantic einops`).
+# The reference's model files are the vendored ones (tests/reference/trm; REF=path for another
+# checkout); .venv has what they import (pydantic, einops: scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-110}
 ROUNDS=${2:-2}
 THREADS=${3:-2}
-REF=${REF:-/tmp/trmref}
-PY_EXTRA=${PY_EXTRA:-/tmp/trmpy}
+REF=${REF:-tests/reference/trm}
 BIN=target/release/muninn
 PY=.venv/bin/python
 DATA=.cache/datasets/sudoku6
@@ -37,7 +36,7 @@ print(f"{sum(rates) / len(rates):.4f}")
 PY
 }
 reference_arm() {
-  PYTHONPATH="$PY_EXTRA" OMP_NUM_THREADS=$THREADS "$PY" scripts/bench_trm_reference.py \
+  OMP_NUM_THREADS=$THREADS "$PY" scripts/bench_trm_reference.py \
     --repo "$REF" --data "$DATA" --steps "$STEPS" --threads "$THREADS" | awk '{print $2}'
 }
 rows=""

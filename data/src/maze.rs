@@ -186,10 +186,42 @@ pub fn maze(n: usize, rng: &mut ChaCha8Rng) -> Pair {
     (q, a)
 }
 
-/// `count` mazes from the ChaCha8 stream `stream` of `seed`.
-pub fn generate(n: usize, count: usize, seed: u64, stream: u64) -> Vec<Pair> {
+/// A maze's question up to symmetry: the least of its 8 dihedral images.
+pub fn canonical(question: &[u8]) -> Vec<u8> {
+    let g = Grid::square(question.to_vec());
+    (0..8).map(|t| g.dihedral(t).cells).min().expect("8 images")
+}
+
+/// `count` mazes from the ChaCha8 stream `stream` of `seed`, distinct up to symmetry and none
+/// in `exclude` (canonical questions; the training set, when drawing held-out mazes), so that
+/// augmentation never shows a held-out maze in training. Refused when the side has too few mazes.
+pub fn generate(
+    n: usize,
+    count: usize,
+    seed: u64,
+    stream: u64,
+    exclude: &std::collections::HashSet<Vec<u8>>,
+) -> anyhow::Result<Vec<Pair>> {
     use rand_chacha::rand_core::SeedableRng;
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6d61_7a65);
     rng.set_stream(stream);
-    (0..count).map(|_| maze(n, &mut rng)).collect()
+    let mut seen = exclude.clone();
+    let mut out = Vec::with_capacity(count);
+    let tries = 20 * count + 1000;
+    for _ in 0..tries {
+        if out.len() == count {
+            break;
+        }
+        let pair = maze(n, &mut rng);
+        if seen.insert(canonical(&pair.0)) {
+            out.push(pair);
+        }
+    }
+    anyhow::ensure!(
+        out.len() == count,
+        "only {} distinct {n}×{n} mazes (up to symmetry, apart from {} excluded) in {tries} draws, {count} asked: ask for fewer or a larger side",
+        out.len(),
+        exclude.len()
+    );
+    Ok(out)
 }

@@ -376,21 +376,26 @@ impl PuzzleData {
 }
 
 /// Writes the new directory `out` of generated puzzles (streams 0 and 1 of the seed, so the test
-/// puzzles never depend on the training count).
+/// sudoku never depend on the training count; held-out mazes are distinct from the training ones
+/// up to symmetry, since augmentation would otherwise show them).
 pub fn write_generated(out: &Path, spec: &GenerateSpec) -> Result<PuzzleInfo> {
-    let set = |count, stream| PuzzleSet {
-        kind: spec.kind,
-        pairs: match spec.kind {
-            PuzzleKind::Sudoku(b) => sudoku::generate(b, count, spec.seed, stream),
-            PuzzleKind::Maze(n) => maze::generate(n, count, spec.seed, stream),
-        },
+    let (train, test) = match spec.kind {
+        PuzzleKind::Sudoku(b) => (
+            sudoku::generate(b, spec.train, spec.seed, 0),
+            sudoku::generate(b, spec.test, spec.seed, 1),
+        ),
+        PuzzleKind::Maze(n) => {
+            let train = maze::generate(n, spec.train, spec.seed, 0, &Default::default())?;
+            let seen = train.iter().map(|p| maze::canonical(&p.0)).collect();
+            let test = maze::generate(n, spec.test, spec.seed, 1, &seen)?;
+            (train, test)
+        }
     };
-    PuzzleData::write(
-        out,
-        &set(spec.train, 0),
-        &set(spec.test, 1),
-        Some(spec.clone()),
-    )
+    let set = |pairs| PuzzleSet {
+        kind: spec.kind,
+        pairs,
+    };
+    PuzzleData::write(out, &set(train), &set(test), Some(spec.clone()))
 }
 
 /// TRM's tokens for pairs (§4): row-major inputs and labels [pairs × N²] and the vocabulary.

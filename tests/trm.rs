@@ -392,6 +392,25 @@ fn maze_and_arc_datasets_train_and_evaluate_through_the_cli() {
         p,
     );
     assert!(out.contains("7×7 maze"), "{out}");
+    // The Maze-Hard layout imports (with the shortest-path check); the sudoku command refuses it.
+    let import = |cmd: &str, out: &str| {
+        vec![
+            "data".to_string(),
+            cmd.into(),
+            "--from-csv".into(),
+            "maze7/train.csv".into(),
+            "--test-csv".into(),
+            "maze7/test.csv".into(),
+            "--check".into(),
+            "--out".into(),
+            out.into(),
+        ]
+    };
+    let args = import("maze", "maze7b");
+    muninn_ok(&args.iter().map(String::as_str).collect::<Vec<_>>(), p);
+    let args = import("sudoku", "maze7c");
+    let e = muninn_err(&args.iter().map(String::as_str).collect::<Vec<_>>(), p);
+    assert!(e.contains("holds 7×7 maze, not sudoku"), "{e}");
     let cfg = config_for(
         p,
         "maze",
@@ -495,6 +514,7 @@ fn shipped_configs_resolve_to_the_reference_parameter_counts() {
     let data = dir.path().to_str().unwrap();
     for (file, params) in [
         ("trm-sudoku6.toml", 160_898),
+        ("trm-maze9.toml", 229_762),
         ("trm-sudoku-extreme.toml", 5_028_866),
         ("trm-maze-hard.toml", 6_822_914),
         ("trm-arc1.toml", 6_829_058),

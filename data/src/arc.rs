@@ -380,6 +380,8 @@ pub struct ArcData {
     pub plan: Vec<Vec<Aug>>,
     /// Puzzle id of each task's copy 0.
     first_id: Vec<u64>,
+    /// [`ArcData::test_rows`], made once.
+    test_rows: Vec<(usize, usize, usize)>,
 }
 
 impl ArcData {
@@ -463,11 +465,22 @@ impl ArcData {
             first_id.push(next);
             next += copies.len() as u64;
         }
+        // Copy-major, so the first rows of a partial validation cover every task.
+        let most = plan.iter().map(Vec::len).max().unwrap_or(0);
+        let mut test_rows = Vec::new();
+        for c in 0..most {
+            for (t, task) in tasks.iter().enumerate() {
+                if task.set == TaskSet::Evaluation && c < plan[t].len() {
+                    test_rows.extend((0..task.test.len()).map(|k| (t, c, k)));
+                }
+            }
+        }
         ArcData {
             info,
             tasks,
             plan,
             first_id,
+            test_rows,
         }
     }
 
@@ -541,17 +554,8 @@ impl ArcData {
 
     /// The held-out rows, copy-major (every evaluation task's copy 0 first, so the first rows of
     /// a partial validation cover every task): (task, copy, test pair).
-    pub fn test_rows(&self) -> Vec<(usize, usize, usize)> {
-        let most = self.plan.iter().map(Vec::len).max().unwrap_or(0);
-        let mut rows = Vec::new();
-        for c in 0..most {
-            for (t, task) in self.tasks.iter().enumerate() {
-                if task.set == TaskSet::Evaluation && c < self.plan[t].len() {
-                    rows.extend((0..task.test.len()).map(|k| (t, c, k)));
-                }
-            }
-        }
-        rows
+    pub fn test_rows(&self) -> &[(usize, usize, usize)] {
+        &self.test_rows
     }
 
     /// Canvas tokens of copy `copy` of `e`, placed at (`r`, `c`): inputs, and labels with PAD
@@ -629,6 +633,7 @@ pub struct ArcLoader<'a> {
     seed: u64,
     digest: String,
     /// Training pairs of each task.
+    examples: Vec<Vec<&'a Example>>,
     sizes: Vec<u64>,
     epoch_len: u64,
     pub consumed: u64,
@@ -636,13 +641,11 @@ pub struct ArcLoader<'a> {
 
 impl<'a> ArcLoader<'a> {
     pub fn new(data: &'a ArcData, seed: u64) -> Self {
-        let sizes: Vec<u64> = data
-            .tasks
-            .iter()
-            .map(|t| t.train_examples().len() as u64)
-            .collect();
+        let examples: Vec<Vec<&Example>> = data.tasks.iter().map(Task::train_examples).collect();
+        let sizes: Vec<u64> = examples.iter().map(|e| e.len() as u64).collect();
         ArcLoader {
             data,
+            examples,
             seed,
             digest: data.digest(),
             epoch_len: sizes.iter().sum(),
@@ -685,8 +688,7 @@ impl<'a> ArcLoader<'a> {
             let copy = (pick.next_u64() % self.data.plan[task].len() as u64) as usize;
             let unshifted = pick.next_u64() % size;
             let k = Permutation::new(size, self.seed ^ task as u64, visit).apply(pos - start);
-            let examples = self.data.tasks[task].train_examples();
-            let e = examples[k as usize];
+            let e = self.examples[task][k as usize];
             let at = if k == unshifted {
                 (0, 0)
             } else {
@@ -717,11 +719,9 @@ impl crate::loader::Source for ArcLoader<'_> {
         let first = self.consumed + (rank * micro_batch) as u64;
         let picks = self.samples(first, micro_batch as u64);
         self.consumed += (world * micro_batch) as u64;
-        let examples: Vec<Vec<&Example>> =
-            self.data.tasks.iter().map(Task::train_examples).collect();
         let rows: Vec<_> = picks
             .iter()
-            .map(|&(t, c, k, at)| (t, c, examples[t][k], at))
+            .map(|&(t, c, k, at)| (t, c, self.examples[t][k], at))
             .collect();
         self.data
             .batch(&rows, (first..first + micro_batch as u64).collect())

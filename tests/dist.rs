@@ -388,10 +388,16 @@ fn disturb_rank_one(
                     .status();
             }
             let _ = child.kill();
-            let _ = child.wait();
+            // What the ranks said, so a hang names the operation rank 0 was in.
+            let said = child
+                .wait_with_output()
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_default();
+            let tail: Vec<&str> = said.lines().rev().take(30).collect();
             panic!(
-                "the job still runs {} s after rank 1 got {signal} (dist.timeout_s = {TIMEOUT_S})",
-                TIMEOUT_S + SLACK_S
+                "the job still runs {} s after rank 1 got {signal} (dist.timeout_s = {TIMEOUT_S}); its stderr ended:\n{}",
+                TIMEOUT_S + SLACK_S,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
         std::thread::sleep(Duration::from_millis(100));

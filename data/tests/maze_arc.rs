@@ -363,6 +363,6 @@ fn crop_takes_the_largest_rectangle_before_eos_as_the_reference() {
     );
     assert_eq!((g.rows, g.cols), (1, 4));
     // Nothing predicted: an empty grid (never a match).
-    let g = crop(&vec![0; 16], n);
+    let g = crop(&[0; 16], n);
     assert_eq!((g.rows, g.cols), (0, 0));
 }

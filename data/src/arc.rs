@@ -631,12 +631,11 @@ fn clone_pairs(ps: &[PairJson]) -> Vec<PairJson> {
 pub struct ArcLoader<'a> {
     data: &'a ArcData,
     seed: u64,
-    digest: String,
     /// Training pairs of each task.
     examples: Vec<Vec<&'a Example>>,
     sizes: Vec<u64>,
     epoch_len: u64,
-    pub consumed: u64,
+    cursor: crate::loader::Cursor,
 }
 
 impl<'a> ArcLoader<'a> {
@@ -647,10 +646,9 @@ impl<'a> ArcLoader<'a> {
             data,
             examples,
             seed,
-            digest: data.digest(),
+            cursor: crate::loader::Cursor::new(data.digest(), seed),
             epoch_len: sizes.iter().sum(),
             sizes,
-            consumed: 0,
         }
     }
 
@@ -716,30 +714,21 @@ impl<'a> ArcLoader<'a> {
 
 impl crate::loader::Source for ArcLoader<'_> {
     fn next_batch(&mut self, rank: usize, world: usize, micro_batch: usize) -> Batch {
-        let first = self.consumed + (rank * micro_batch) as u64;
-        let picks = self.samples(first, micro_batch as u64);
-        self.consumed += (world * micro_batch) as u64;
+        let ids = self.cursor.take(rank, world, micro_batch);
+        let picks = self.samples(ids.start, micro_batch as u64);
         let rows: Vec<_> = picks
             .iter()
             .map(|&(t, c, k, at)| (t, c, self.examples[t][k], at))
             .collect();
-        self.data
-            .batch(&rows, (first..first + micro_batch as u64).collect())
+        self.data.batch(&rows, ids.collect())
     }
 
     fn state(&self) -> LoaderState {
-        LoaderState {
-            version: 1,
-            data_digest: self.digest.clone(),
-            seed: self.seed,
-            global_samples_consumed: self.consumed,
-        }
+        self.cursor.state()
     }
 
     fn load_state(&mut self, s: &LoaderState) -> Result<()> {
-        crate::loader::check_resume(s, &self.digest, self.seed)?;
-        self.consumed = s.global_samples_consumed;
-        Ok(())
+        self.cursor.load_state(s)
     }
 }
 
@@ -755,10 +744,8 @@ pub fn val_batches(
     let rows = data.test_rows();
     let n = rows.len().min(max_rows as usize);
     let ids: Vec<u64> = (0..n as u64).collect();
-    ids.chunks(micro_batch)
-        .enumerate()
-        .filter(|(i, _)| i % world == rank)
-        .map(|(_, c)| {
+    crate::loader::rank_chunks(&ids, micro_batch, rank, world)
+        .map(|c| {
             let picks: Vec<_> = c
                 .iter()
                 .map(|&i| {

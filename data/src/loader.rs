@@ -258,11 +258,71 @@ pub struct LoaderState {
     pub global_samples_consumed: u64,
 }
 
+/// Where a loader whose global sample g is a pure function of (seed, g) stands: the samples
+/// consumed, and the data and seed a resume must find again. Every loader's whole state.
+#[derive(Debug, Clone)]
+pub struct Cursor {
+    digest: String,
+    seed: u64,
+    pub consumed: u64,
+}
+
+impl Cursor {
+    pub fn new(digest: String, seed: u64) -> Self {
+        Cursor {
+            digest,
+            seed,
+            consumed: 0,
+        }
+    }
+
+    /// Rank `rank`'s `micro_batch` samples of the next global batch of `world × micro_batch`, then
+    /// advances past the whole global batch. Every rank calls this with the same arguments but its
+    /// own rank, so all counters stay equal.
+    pub fn take(&mut self, rank: usize, world: usize, micro_batch: usize) -> std::ops::Range<u64> {
+        assert!(
+            rank < world && micro_batch > 0,
+            "rank {rank} of {world}, micro batch {micro_batch}"
+        );
+        let first = self.consumed + (rank * micro_batch) as u64;
+        self.consumed += (world * micro_batch) as u64;
+        first..first + micro_batch as u64
+    }
+
+    pub fn state(&self) -> LoaderState {
+        LoaderState {
+            version: 1,
+            data_digest: self.digest.clone(),
+            seed: self.seed,
+            global_samples_consumed: self.consumed,
+        }
+    }
+
+    pub fn load_state(&mut self, s: &LoaderState) -> Result<()> {
+        check_resume(s, &self.digest, self.seed)?;
+        self.consumed = s.global_samples_consumed; // any world size may continue from here
+        Ok(())
+    }
+}
+
+/// Rank `rank`'s share of validation rows `ids`: every world-th chunk of `micro_batch`.
+pub fn rank_chunks(
+    ids: &[u64],
+    micro_batch: usize,
+    rank: usize,
+    world: usize,
+) -> impl Iterator<Item = &[u64]> {
+    ids.chunks(micro_batch)
+        .enumerate()
+        .filter(move |(i, _)| i % world == rank)
+        .map(|(_, c)| c)
+}
+
 /// Training loader over one split: an infinite sequence of epochs.
 pub struct Loader<'a> {
     ds: &'a TokenDataset,
     seed: u64,
-    consumed: u64,
+    cursor: Cursor,
 }
 
 impl<'a> Loader<'a> {
@@ -270,7 +330,7 @@ impl<'a> Loader<'a> {
         Loader {
             ds,
             seed,
-            consumed: 0,
+            cursor: Cursor::new(ds.digest(), seed),
         }
     }
 
@@ -283,39 +343,26 @@ impl<'a> Loader<'a> {
         Permutation::new(n, self.seed, g / n).apply(g % n)
     }
 
-    /// Rank `rank`'s `micro_batch` samples of the next global batch of `world × micro_batch`, then
-    /// advances past the whole global batch. Every rank calls this with the same arguments but its
-    /// own rank, so all counters stay equal.
+    /// Rank `rank`'s `micro_batch` samples of the next global batch (see [`Cursor::take`]).
     pub fn next_batch(&mut self, rank: usize, world: usize, micro_batch: usize) -> Batch {
-        assert!(
-            rank < world && micro_batch > 0,
-            "rank {rank} of {world}, micro batch {micro_batch}"
-        );
-        let first = self.consumed + (rank * micro_batch) as u64;
-        let ids = (first..first + micro_batch as u64)
+        let ids = self
+            .cursor
+            .take(rank, world, micro_batch)
             .map(|g| self.row_of(g))
             .collect();
-        self.consumed += (world * micro_batch) as u64;
         Batch::from_rows(self.ds, ids)
     }
 
     pub fn epoch(&self) -> u64 {
-        self.consumed / self.ds.rows()
+        self.cursor.consumed / self.ds.rows()
     }
 
     pub fn state(&self) -> LoaderState {
-        LoaderState {
-            version: 1,
-            data_digest: self.ds.digest(),
-            seed: self.seed,
-            global_samples_consumed: self.consumed,
-        }
+        self.cursor.state()
     }
 
     pub fn load_state(&mut self, s: &LoaderState) -> Result<()> {
-        check_resume(s, &self.ds.digest(), self.seed)?;
-        self.consumed = s.global_samples_consumed; // any world size may continue from here
-        Ok(())
+        self.cursor.load_state(s)
     }
 }
 
@@ -343,9 +390,7 @@ pub fn val_batches(
     let n = ds.rows().min(max_rows);
     // A mixture's validation rows follow its schedule (seed 0), so every source is represented.
     let ids: Vec<u64> = (0..n).map(|i| ds.mixture_row(0, i).unwrap_or(i)).collect();
-    ids.chunks(micro_batch)
-        .enumerate()
-        .filter(|(i, _)| i % world == rank)
-        .map(|(_, c)| Batch::from_rows(ds, c.to_vec()))
+    rank_chunks(&ids, micro_batch, rank, world)
+        .map(|c| Batch::from_rows(ds, c.to_vec()))
         .collect()
 }

@@ -461,8 +461,7 @@ pub struct PuzzleLoader<'a> {
     set: &'a PuzzleSet,
     seed: u64,
     augment: bool,
-    digest: String,
-    pub consumed: u64,
+    cursor: crate::loader::Cursor,
 }
 
 impl<'a> PuzzleLoader<'a> {
@@ -471,8 +470,7 @@ impl<'a> PuzzleLoader<'a> {
             set,
             seed,
             augment,
-            digest: set.digest(),
-            consumed: 0,
+            cursor: crate::loader::Cursor::new(set.digest(), seed),
         }
     }
 
@@ -492,26 +490,17 @@ impl<'a> PuzzleLoader<'a> {
 
 impl crate::loader::Source for PuzzleLoader<'_> {
     fn next_batch(&mut self, rank: usize, world: usize, micro_batch: usize) -> Batch {
-        let first = self.consumed + (rank * micro_batch) as u64;
-        let ids: Vec<u64> = (first..first + micro_batch as u64).collect();
+        let ids: Vec<u64> = self.cursor.take(rank, world, micro_batch).collect();
         let pairs: Vec<Pair> = ids.iter().map(|&g| self.sample(g)).collect();
-        self.consumed += (world * micro_batch) as u64;
         self.set.batch(ids, &pairs)
     }
 
     fn state(&self) -> LoaderState {
-        LoaderState {
-            version: 1,
-            data_digest: self.digest.clone(),
-            seed: self.seed,
-            global_samples_consumed: self.consumed,
-        }
+        self.cursor.state()
     }
 
     fn load_state(&mut self, s: &LoaderState) -> Result<()> {
-        crate::loader::check_resume(s, &self.digest, self.seed)?;
-        self.consumed = s.global_samples_consumed;
-        Ok(())
+        self.cursor.load_state(s)
     }
 }
 
@@ -526,10 +515,8 @@ pub fn val_batches(
 ) -> Vec<Batch> {
     let n = set.pairs.len().min(max_rows as usize);
     let ids: Vec<u64> = (0..n as u64).collect();
-    ids.chunks(micro_batch)
-        .enumerate()
-        .filter(|(i, _)| i % world == rank)
-        .map(|(_, c)| {
+    crate::loader::rank_chunks(&ids, micro_batch, rank, world)
+        .map(|c| {
             let pairs: Vec<Pair> = c.iter().map(|&i| set.pairs[i as usize].clone()).collect();
             set.batch(c.to_vec(), &pairs)
         })

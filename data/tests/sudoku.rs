@@ -182,7 +182,7 @@ fn the_puzzle_loader_is_a_pure_function_of_seed_and_sample() {
         assert_eq!([a.inputs, b2.inputs].concat(), whole.inputs);
     }
     let mut resumed = PuzzleLoader::new(&set, 1, true);
-    resumed.consumed = one.consumed;
+    resumed.load_state(&one.state()).unwrap();
     assert_eq!(resumed.next_batch(0, 1, 8), one.next_batch(0, 1, 8));
     assert_ne!(
         PuzzleLoader::new(&set, 2, true).sample(0),

@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use muninn_data::{atomic, loader, TokenDataset, TokenizerInfo};
 use muninn_model::decode::{self, Budget, GenerateOptions, Generation, Sampling, Start};
 use muninn_model::gpt_family::GptFamily;
+use muninn_model::tidar::{self, LmObjective, Recompute, TidarOptions};
 use muninn_model::{checkpoint, latents, ExitCriterion, Model, Precision};
 use muninn_trainer::config::RawRunConfig;
 use muninn_trainer::eval::{depth_losses, validate, ValBatch};
@@ -136,9 +137,21 @@ pub struct GenerateArgs {
     /// reference that cached decoding must match with --init-state zero.
     #[arg(long)]
     no_kv_cache: bool,
-    /// Print one JSON object instead of text.
+    /// Print one JSON object instead of text: `text`, `tokens` (the generated ids), `forwards`,
+    /// `tokens_per_forward`, `tokens_per_s` and the options.
     #[arg(long)]
     json: bool,
+    /// TiDAR decoding (a checkpoint trained with `[objective] kind = "tidar"`): each forward
+    /// verifies the drafts of the last one and drafts the next block from mask tokens.
+    #[arg(long)]
+    tidar: bool,
+    /// With --tidar: the draft length k [default: the objective's block].
+    #[arg(long)]
+    draft: Option<i64>,
+    /// With --tidar: trust in the AR head, verification logits β·AR + (1−β)·diffusion; 1 decodes
+    /// exactly as plain AR of the same model.
+    #[arg(long, default_value_t = 1.0)]
+    beta: f64,
     #[command(flatten)]
     on: RunOn,
 }
@@ -283,7 +296,10 @@ pub fn eval(a: EvalArgs) -> Result<()> {
                 ds.block_size(),
                 data.display()
             );
-            let family = GptFamily { model: m };
+            let family = GptFamily {
+                model: m,
+                tidar: None,
+            };
             let [(_, loss)] = validate(&family, &batches, &mut |_| Ok(()))?[..] else {
                 unreachable!("the gpt family has one validation metric")
             };
@@ -595,12 +611,23 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         temperature: a.temperature,
         top_p: a.top_p,
     };
-    let model = match model {
-        Model::Huginn(m) => m,
-        Model::Trm(_) => bail!(
+    if let Model::Trm(_) = model {
+        bail!(
             "{} is a trm model: it solves puzzles (muninn eval --puzzles), it does not generate text",
             a.checkpoint.display()
-        ),
+        );
+    }
+    if a.tidar {
+        return generate_tidar(&a, &model, &tok, &prompt, sampling, stop);
+    }
+    ensure!(
+        a.draft.is_none() && a.beta == 1.0,
+        "--draft and --beta are for TiDAR decoding: add --tidar"
+    );
+    let started = std::time::Instant::now();
+    let model = match model {
+        Model::Huginn(m) => m,
+        Model::Trm(_) => unreachable!("refused above"),
         Model::Gpt(m) => {
             ensure!(
                 a.depth.is_none() && a.exit.is_none() && a.min_steps == 0 && !a.continuous,
@@ -618,15 +645,22 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
                 }
                 false => m.generate(&prompt, a.max_tokens, &sampling, stop)?,
             };
+            let secs = started.elapsed().as_secs_f64();
             let text = tok.decode(&tokens)?;
+            // One forward per token: the prompt's gives the first.
+            let n = tokens.len();
             if a.json {
                 println!(
                     "{}",
-                    json!({"prompt": a.prompt.prompt, "prompt_tokens": prompt, "tokens": tokens, "text": text})
+                    json!({"prompt": a.prompt.prompt, "prompt_tokens": prompt, "tokens": tokens, "text": text,
+                           "forwards": n, "tokens_per_forward": 1.0, "tokens_per_s": n as f64 / secs})
                 );
             } else {
                 println!("{}{text}", a.prompt.prompt);
-                println!("-- {} tokens", tokens.len());
+                println!(
+                    "-- {n} tokens in {n} forwards, {:.1} tokens/s",
+                    n as f64 / secs
+                );
             }
             return Ok(());
         }
@@ -675,6 +709,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             },
         )?
     };
+    let secs = started.elapsed().as_secs_f64();
     let mean = generation.mean_iterations();
     let Generation { tokens, iterations } = generation;
     let text = tok.decode(&tokens)?;
@@ -686,6 +721,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
                 "prompt_tokens": prompt,
                 "tokens": tokens,
                 "text": text,
+                "forwards": tokens.len(),
+                "tokens_per_forward": 1.0,
+                "tokens_per_s": tokens.len() as f64 / secs,
                 "iterations": iterations,
                 "mean_iterations": mean,
                 "max_depth": depth,
@@ -703,6 +741,140 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         "-- {} tokens; core iterations per token: mean {mean:.2} (min {lo}, max {hi}) of at most {depth}{}",
         tokens.len(),
         a.exit.map_or(String::new(), |e| format!(", exit {e}"))
+    );
+    Ok(())
+}
+
+/// `muninn generate --tidar`: self-speculative decoding of a TiDAR-trained GPT or Huginn (at a fixed
+/// depth), behind the KV cache or, with --no-kv-cache, re-running the whole prefix every step.
+fn generate_tidar(
+    a: &GenerateArgs,
+    model: &Model,
+    tok: &TokenizerInfo,
+    prompt: &[i64],
+    sampling: Sampling,
+    stop: Option<i64>,
+) -> Result<()> {
+    let trained = run_of(&a.checkpoint)?.map(|(_, rc)| rc.objective);
+    let cfg = match trained {
+        Some(LmObjective::Tidar(c)) => c,
+        Some(LmObjective::NextToken) => bail!(
+            "{} was trained for next-token prediction only (its run's config has no [objective] kind = \"tidar\"): decode it without --tidar",
+            a.checkpoint.display()
+        ),
+        None => bail!(
+            "{} is not inside a run directory: --tidar reads the block and mask id from the run's config.toml",
+            a.checkpoint.display()
+        ),
+    };
+    ensure!(
+        a.exit.is_none() && a.min_steps == 0 && !a.continuous,
+        "--exit, --min-steps and --continuous are not for --tidar: TiDAR decodes at a fixed depth"
+    );
+    ensure!(
+        !a.no_kv_cache || sampling.temperature == 0.0,
+        "--no-kv-cache decodes greedily: drop --temperature and --top-p"
+    );
+    let opts = TidarOptions {
+        draft: a.draft.unwrap_or(cfg.block),
+        beta: a.beta,
+        sampling,
+        max_tokens: a.max_tokens,
+        stop_token: stop,
+    };
+    ensure!(opts.draft >= 1, "--draft must be at least 1");
+    ensure!(
+        (0.0..=1.0).contains(&a.beta),
+        "--beta {} must be in [0, 1]",
+        a.beta
+    );
+    let started = std::time::Instant::now();
+    let (out, depth) = match model {
+        Model::Gpt(m) => {
+            ensure!(
+                a.depth.is_none(),
+                "--depth is for recurrent models; {} is a gpt model",
+                a.checkpoint.display()
+            );
+            let out = match a.no_kv_cache {
+                true => {
+                    let forward = Box::new(|x: &Tensor, att: &muninn_model::Attend| {
+                        Ok(m.forward_with(muninn_model::Input::Ids(x), att)?.logits)
+                    });
+                    let mut lm = Recompute::new(forward, m.config().block_size, m.device());
+                    tidar::generate(&mut lm, prompt, cfg.mask_id, &opts)?
+                }
+                false => tidar::generate(&mut m.cached()?, prompt, cfg.mask_id, &opts)?,
+            };
+            (out, None)
+        }
+        Model::Huginn(m) => {
+            let depth = a.depth.unwrap_or(m.config().mean_recurrence);
+            ensure!(depth >= 1, "--depth must be at least 1");
+            let start: Start = a.prompt.init_state.into();
+            let out = match a.no_kv_cache {
+                true => {
+                    ensure!(
+                        start == Start::Zero,
+                        "--no-kv-cache starts every token from a zero state: add --init-state zero"
+                    );
+                    let forward = Box::new(move |x: &Tensor, att: &muninn_model::Attend| {
+                        let f = m.forward_with(
+                            muninn_model::Input::Ids(x),
+                            att,
+                            muninn_model::Depth::eval(depth),
+                            &muninn_model::InitState::Zero,
+                        )?;
+                        Ok(f.logits)
+                    });
+                    let mut lm = Recompute::new(forward, m.config().block_size, m.device());
+                    tidar::generate(&mut lm, prompt, cfg.mask_id, &opts)?
+                }
+                false => {
+                    let mut lm = decode::HuginnLm {
+                        decoder: decode::Decoder::new(m),
+                        depth,
+                        start,
+                    };
+                    tidar::generate(&mut lm, prompt, cfg.mask_id, &opts)?
+                }
+            };
+            (out, Some(depth))
+        }
+        Model::Trm(_) => unreachable!("refused by the caller"),
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let text = tok.decode(&out.tokens)?;
+    let per_s = out.tokens.len() as f64 / secs;
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "prompt": a.prompt.prompt,
+                "prompt_tokens": prompt,
+                "tokens": out.tokens,
+                "text": text,
+                "forwards": out.forwards,
+                "tokens_per_forward": out.tokens_per_forward(),
+                "accepted": out.accepted,
+                "mean_accepted": out.mean_accepted(),
+                "tokens_per_s": per_s,
+                "draft": opts.draft,
+                "beta": opts.beta,
+                "depth": depth,
+            })
+        );
+        return Ok(());
+    }
+    println!("{}{text}", a.prompt.prompt);
+    println!(
+        "-- {} tokens in {} forwards ({:.2} per forward; {:.2} drafts kept per decode step of k = {}, β = {}), {per_s:.1} tokens/s",
+        out.tokens.len(),
+        out.forwards,
+        out.tokens_per_forward(),
+        out.mean_accepted(),
+        opts.draft,
+        opts.beta
     );
     Ok(())
 }

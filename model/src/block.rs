@@ -251,6 +251,14 @@ impl Kv {
         self.len() == 0
     }
 
+    /// The first `len` tokens.
+    pub fn prefix(&self, len: i64) -> Kv {
+        Kv {
+            k: self.k.narrow(2, 0, len),
+            v: self.v.narrow(2, 0, len),
+        }
+    }
+
     /// `self` followed by `more` along the sequence.
     pub fn cat(&self, more: &Kv) -> Kv {
         Kv {

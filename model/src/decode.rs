@@ -89,27 +89,45 @@ impl<'m> Decoder<'m> {
         self.cache.len == 0
     }
 
+    /// Keeps the first `len` tokens of the cache (TiDAR drops the drafts it did not accept).
+    pub fn truncate(&mut self, len: i64) {
+        let c = &mut self.cache;
+        if len >= c.len {
+            return;
+        }
+        let cut = |slots: &mut Vec<Kv>| slots.iter_mut().for_each(|kv| *kv = kv.prefix(len));
+        cut(&mut c.prelude);
+        c.core.iter_mut().for_each(cut);
+        cut(&mut c.coda);
+        c.len = len;
+    }
+
     /// Layer b on new tokens x after the cached ones (`past`, the same length for every layer).
-    fn block(&self, b: &BlockWeights, x: &Tensor, past: Option<&Kv>) -> Result<(Tensor, Kv)> {
+    fn block(
+        &self,
+        b: &BlockWeights,
+        x: &Tensor,
+        attend: &Attend,
+        past: Option<&Kv>,
+    ) -> Result<(Tensor, Kv)> {
         let cfg = self.model.config();
-        let attend = Attend::causal_from(self.cache.len);
         b.forward_kv(
             x,
             self.model.rope(),
             cfg.n_heads,
             cfg.norm_eps,
-            &attend,
+            attend,
             past,
         )
     }
 
     /// s [1, T, d] → (logits [1, T, V] fp32, the coda's new keys and values, not yet cached).
-    fn coda(&self, s: &Tensor) -> Result<(Tensor, Vec<Kv>)> {
+    fn coda(&self, s: &Tensor, attend: &Attend) -> Result<(Tensor, Vec<Kv>)> {
         let eps = self.model.config().norm_eps;
         let mut x = rms_norm(s, &self.w.ln_f, eps);
         let mut kvs = Vec::with_capacity(self.w.coda.len());
         for (j, b) in self.w.coda.iter().enumerate() {
-            let (y, kv) = self.block(b, &x, self.cache.coda.get(j))?;
+            let (y, kv) = self.block(b, &x, attend, self.cache.coda.get(j))?;
             kvs.push(kv);
             x = y;
         }
@@ -120,10 +138,29 @@ impl<'m> Decoder<'m> {
     /// Runs new tokens `ids` [1, T] from the initial state `init`. After an error the decoder's cache
     /// is incomplete; start a new one.
     pub fn step(&mut self, ids: &Tensor, init: &InitState, budget: &Budget) -> Result<Chunk> {
-        tch::no_grad(|| self.step_inner(ids, init, budget))
+        let attend = Attend::causal_from(self.cache.len);
+        self.step_with(ids, &attend, init, budget)
     }
 
-    fn step_inner(&mut self, ids: &Tensor, init: &InitState, budget: &Budget) -> Result<Chunk> {
+    /// [`Decoder::step`] with explicit positions and mask: the same at every layer of the prelude,
+    /// of every core iteration and of the coda.
+    pub fn step_with(
+        &mut self,
+        ids: &Tensor,
+        attend: &Attend,
+        init: &InitState,
+        budget: &Budget,
+    ) -> Result<Chunk> {
+        tch::no_grad(|| self.step_inner(ids, attend, init, budget))
+    }
+
+    fn step_inner(
+        &mut self,
+        ids: &Tensor,
+        attend: &Attend,
+        init: &InitState,
+        budget: &Budget,
+    ) -> Result<Chunk> {
         let cfg = self.model.config();
         let (b, t) = ids.size2()?;
         ensure!(
@@ -134,8 +171,10 @@ impl<'m> Decoder<'m> {
             budget.max_steps >= 1,
             "decoding needs at least one core iteration"
         );
+        // Explicit positions are checked against the rotary cache instead.
         ensure!(
-            self.cache.len + t <= cfg.block_size,
+            !matches!(attend.positions, crate::block::Positions::From(_))
+                || self.cache.len + t <= cfg.block_size,
             "{} tokens would exceed model.block_size = {}",
             self.cache.len + t,
             cfg.block_size
@@ -144,7 +183,7 @@ impl<'m> Decoder<'m> {
         // Prelude: e [1, T, d].
         let mut x = Tensor::embedding(&self.w.wte, ids, -1, false, false) * cfg.embed_scale();
         for (j, b) in self.w.prelude.iter().enumerate() {
-            let (y, kv) = self.block(b, &x, self.cache.prelude.get(j))?;
+            let (y, kv) = self.block(b, &x, attend, self.cache.prelude.get(j))?;
             append(&mut self.cache.prelude, j, kv);
             x = y;
         }
@@ -167,7 +206,7 @@ impl<'m> Decoder<'m> {
                 newest.clear();
                 fresh.push(Vec::with_capacity(self.w.core.len()));
             }
-            let (y, kv) = self.block(b, x, past.map(|p| &p[j]))?;
+            let (y, kv) = self.block(b, x, attend, past.map(|p| &p[j]))?;
             let slot = fresh.last_mut().expect("pushed at layer 0");
             slot.push(past.map_or_else(|| kv.shallow_clone(), |p| p[j].cat(&kv)));
             newest.push(kv);
@@ -179,7 +218,7 @@ impl<'m> Decoder<'m> {
                 return Ok(Flow::Continue);
             };
             let peek = match budget.exit.is_some_and(|c| c.needs_logits()) {
-                true => Some(self.coda(it.output)?),
+                true => Some(self.coda(it.output, attend)?),
                 false => None,
             };
             let last = peek.as_ref().map(|(l, _)| l.get(0).get(t - 1));
@@ -201,7 +240,7 @@ impl<'m> Decoder<'m> {
         // Coda on the final state (already computed if the last check peeked at it).
         let (logits, kvs) = match peeked {
             Some(done) => done,
-            None => self.coda(&s)?,
+            None => self.coda(&s, attend)?,
         };
         for (j, kv) in kvs.into_iter().enumerate() {
             append(&mut self.cache.coda, j, kv);
@@ -213,6 +252,40 @@ impl<'m> Decoder<'m> {
             iterations: steps,
             exit_values,
         })
+    }
+}
+
+/// Huginn behind its KV cache at a fixed depth, as TiDAR's decoder drives it: every chunk's
+/// recurrence starts from `start` and runs `depth` iterations, under the chunk's mask at every
+/// layer and iteration.
+pub struct HuginnLm<'m> {
+    pub decoder: Decoder<'m>,
+    pub depth: i64,
+    pub start: Start,
+}
+
+impl crate::tidar::CachedLm for HuginnLm<'_> {
+    fn block_size(&self) -> i64 {
+        self.decoder.model.config().block_size
+    }
+
+    fn len(&self) -> i64 {
+        self.decoder.len()
+    }
+
+    fn extend(&mut self, ids: &[i64], positions: &[i64], mask: &[Vec<bool>]) -> Result<Tensor> {
+        let device = self.decoder.model.device();
+        let x = Tensor::from_slice(ids).view([1, -1]).to_device(device);
+        let attend = crate::tidar::step_attend(positions, mask, device);
+        let budget = Budget::fixed(self.depth);
+        let chunk = self
+            .decoder
+            .step_with(&x, &attend, &self.start.state(), &budget)?;
+        Ok(chunk.logits.get(0))
+    }
+
+    fn truncate(&mut self, len: i64) {
+        self.decoder.truncate(len);
     }
 }
 
@@ -239,23 +312,38 @@ impl Sampling {
         if self.temperature <= 0.0 {
             return Ok(logits.argmax(-1, false).int64_value(&[]));
         }
+        self.draw(&self.probs(logits)?)
+    }
+
+    /// The distribution [V] (f64) that [`Sampling::sample`] draws from at a temperature > 0.
+    /// Nucleus: the smallest set of most likely tokens whose mass reaches top_p, the token that
+    /// crosses it included (Holtzman et al., and Hugging Face's TopPLogitsWarper; the reference's
+    /// sampler drops that token), renormalised. The first is always kept.
+    pub fn probs(&self, logits: &Tensor) -> Result<Tensor> {
+        ensure!(
+            self.temperature > 0.0,
+            "a greedy sampler has no distribution"
+        );
         // In f64 and shifted by the maximum, so that a tiny temperature cannot overflow.
         let l = logits.to_kind(Kind::Double);
         let probs = ((&l - l.max()) / self.temperature).softmax(-1, Kind::Double);
-        let draw = |p: &Tensor| -> Result<Tensor> {
-            p.f_multinomial(1, false)
-                .map_err(|e| anyhow::anyhow!("sampling failed (non-finite logits?): {e}"))
-        };
         if self.top_p >= 1.0 {
-            return Ok(draw(&probs)?.int64_value(&[0]));
+            return Ok(probs);
         }
-        // The smallest set of most likely tokens whose mass reaches top_p, the token that crosses it
-        // included (Holtzman et al., and Hugging Face's TopPLogitsWarper; the reference's sampler
-        // drops that token). The first is always kept.
         let (sorted, order) = probs.sort(-1, true);
         let before = sorted.cumsum(-1, Kind::Double) - &sorted;
-        let kept = sorted * before.lt(self.top_p).to_kind(Kind::Double);
-        Ok(order.gather(-1, &draw(&kept)?, false).int64_value(&[0]))
+        let keep_sorted = before.lt(self.top_p).to_kind(Kind::Double);
+        let keep = keep_sorted.zeros_like().scatter(-1, &order, &keep_sorted);
+        let kept = probs * keep;
+        Ok(&kept / kept.sum(Kind::Double))
+    }
+
+    /// A token id drawn from the distribution `p` [V].
+    pub fn draw(&self, p: &Tensor) -> Result<i64> {
+        let token = p
+            .f_multinomial(1, false)
+            .map_err(|e| anyhow::anyhow!("sampling failed (non-finite logits?): {e}"))?;
+        Ok(token.int64_value(&[0]))
     }
 }
 

@@ -90,8 +90,15 @@ pub trait Family {
         on_grad: &mut dyn FnMut(GradEvent),
     ) -> Result<Tensor>;
 
-    /// Model and hardware FLOPs per token of a step with this plan over sequences of `seq_len`.
+    /// Model and hardware FLOPs per computed token of a step with this plan over sequences of
+    /// `seq_len` computed tokens (see [`Family::tokens_computed`]).
     fn flops(&self, plan: Self::Plan, seq_len: i64) -> TrainFlops;
+
+    /// Tokens a forward computes per row of `seq_len` data tokens: TiDAR appends a masked copy
+    /// (2·seq_len). Throughput and FLOPs count these; data progress counts `seq_len`.
+    fn tokens_computed(&self, seq_len: i64) -> i64 {
+        seq_len
+    }
 
     /// Diagnostics of one no-grad pass over `inputs`, averaged over ranks by the trainer.
     fn telemetry(&self, inputs: &Tensor, plan: Self::Plan) -> Result<Fields>;

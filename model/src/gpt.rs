@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 use crate::block::{attention, linear, rms_norm, Attend, Kv};
 use crate::flops::TrainFlops;
 use crate::huginn::{Input, Precision};
-use crate::loss::linear_cross_entropy;
+use crate::loss::LmLoss;
 use crate::params::{FlatParams, Init, ParamSpec, Part};
 use crate::shim;
 
@@ -590,33 +590,27 @@ impl Gpt {
     }
 
     /// Forward, L = scale · Σ cross-entropy over the targets that count, and backward of L into
-    /// the flat gradient (the head's part fused with the loss, as Huginn's). Returns the detached L.
+    /// the flat gradient. Returns the detached L.
     pub fn loss_backward_scaled(
         &self,
         ids: &Tensor,
         targets: &Tensor,
         scale: f64,
     ) -> Result<Tensor> {
+        let attend = Attend::causal();
+        let ce = self.backward_lm(ids, &LmLoss::next_token(targets, scale, &attend))?;
+        Ok(ce.sum(Kind::Float) * scale)
+    }
+
+    /// Forward of ids [B, T] attending as `loss.attend` says, L = Σ w · cross-entropy, and
+    /// backward of L into the flat gradient (the head's part fused with the loss, as Huginn's).
+    /// Returns each position's detached cross-entropy [B, T], unweighted.
+    pub fn backward_lm(&self, ids: &Tensor, loss: &LmLoss) -> Result<Tensor> {
         let w = self.weights()?;
-        let h = self.hidden(&w, Input::Ids(ids), &Attend::causal(), None)?;
-        let (b, t, d) = h.size3()?;
-        ensure!(
-            targets.size() == [b, t],
-            "targets have shape {:?}, expected [{b}, {t}]",
-            targets.size()
-        );
-        let (loss, grad_h) = tch::no_grad(|| {
-            let x = h.detach().reshape([b * t, d]).to_kind(w.head.kind());
-            linear_cross_entropy(
-                &x,
-                &w.head,
-                &targets.reshape([b * t]),
-                &w.head_leaf.grad(),
-                scale,
-            )
-        })?;
-        shim::backward(&h, &grad_h.to_kind(h.kind()).view([b, t, d]))?;
-        Ok(loss)
+        let h = self.hidden(&w, Input::Ids(ids), loss.attend, None)?;
+        let (ce, grad_h) = loss.fused(&h, &w.head, &w.head_leaf.grad())?;
+        shim::backward(&h, &grad_h)?;
+        Ok(ce)
     }
 
     /// (Σ cross-entropy, targets counted) of one batch, without a graph.
@@ -671,5 +665,51 @@ impl Gpt {
                 chunk = vec![next];
             }
         })
+    }
+}
+
+/// A GPT behind its KV cache, as TiDAR's decoder drives it.
+pub struct GptLm<'m> {
+    model: &'m Gpt,
+    w: Weights,
+    /// One per layer.
+    cache: Vec<Kv>,
+}
+
+impl Gpt {
+    pub fn cached(&self) -> Result<GptLm<'_>> {
+        Ok(GptLm {
+            model: self,
+            w: self.weights()?,
+            cache: Vec::new(),
+        })
+    }
+}
+
+impl crate::tidar::CachedLm for GptLm<'_> {
+    fn block_size(&self) -> i64 {
+        self.model.cfg.block_size
+    }
+
+    fn len(&self) -> i64 {
+        self.cache.first().map_or(0, Kv::len)
+    }
+
+    fn extend(&mut self, ids: &[i64], positions: &[i64], mask: &[Vec<bool>]) -> Result<Tensor> {
+        let device = self.model.device();
+        let x = Tensor::from_slice(ids).view([1, -1]).to_device(device);
+        let attend = crate::tidar::step_attend(positions, mask, device);
+        tch::no_grad(|| {
+            let h = self
+                .model
+                .hidden(&self.w, Input::Ids(&x), &attend, Some(&mut self.cache))?;
+            Ok(linear(&h.get(0), &self.w.head).to_kind(Kind::Float))
+        })
+    }
+
+    fn truncate(&mut self, len: i64) {
+        for kv in &mut self.cache {
+            *kv = kv.prefix(len);
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The plain GPT as a trainable [`Family`]: no per-step plan, one backward, one validation loss.
+//! The plain GPT as a trainable [`Family`]: no per-step plan, one backward, one validation loss
+//! (next-token training), or TiDAR's two losses from one 2S-token pass.
 
 use std::ops::Range;
 use std::path::Path;
@@ -11,9 +12,12 @@ use crate::family::{Family, Fields, GradEvent, MicroBatch};
 use crate::flops::TrainFlops;
 use crate::gpt::Gpt;
 use crate::params::FlatParams;
+use crate::tidar::Tidar;
 
 pub struct GptFamily {
     pub model: Gpt,
+    /// TiDAR's objective in place of next-token training.
+    pub tidar: Option<Tidar>,
 }
 
 impl Family for GptFamily {
@@ -53,9 +57,17 @@ impl Family for GptFamily {
         _plan: (),
         on_grad: &mut dyn FnMut(GradEvent),
     ) -> Result<Tensor> {
-        let loss = self
-            .model
-            .loss_backward_scaled(batch.inputs, batch.targets, batch.scale)?;
+        let loss = match &self.tidar {
+            None => self
+                .model
+                .loss_backward_scaled(batch.inputs, batch.targets, batch.scale)?,
+            Some(tidar) => {
+                let tb = tidar.batch(batch.inputs, batch.targets, batch.scale)?;
+                let ce = self.model.backward_lm(&tb.ids, &tb.loss())?;
+                tidar.record(&ce, &tb.targets);
+                (ce * &tb.weights).sum(tch::Kind::Float)
+            }
+        };
         on_grad(GradEvent::Final(0));
         Ok(loss)
     }
@@ -64,17 +76,40 @@ impl Family for GptFamily {
         self.model.config().train_flops_per_token(seq_len)
     }
 
-    fn telemetry(&self, _inputs: &Tensor, _plan: ()) -> Result<Fields> {
-        Ok(Vec::new())
+    fn tokens_computed(&self, seq_len: i64) -> i64 {
+        match self.tidar {
+            Some(_) => 2 * seq_len,
+            None => seq_len,
+        }
     }
 
+    fn telemetry(&self, _inputs: &Tensor, _plan: ()) -> Result<Fields> {
+        Ok(self.tidar.as_ref().map_or_else(Vec::new, Tidar::fields))
+    }
+
+    /// `val_loss` under the causal mask alone (TiDAR's clean half computes exactly this), and with
+    /// TiDAR `val_diff_loss`, the masked half's.
     fn val_metrics(&self) -> Vec<String> {
-        vec!["val_loss".to_string()]
+        let mut names = vec!["val_loss".to_string()];
+        if self.tidar.is_some() {
+            names.push("val_diff_loss".to_string());
+        }
+        names
     }
 
     fn validate(&self, _index: u64, batch: &MicroBatch) -> Result<Vec<(f64, f64)>> {
         let (inputs, targets) = (batch.inputs, batch.targets);
-        Ok(vec![self.model.val_loss_sums(inputs, targets)?])
+        let mut sums = vec![self.model.val_loss_sums(inputs, targets)?];
+        if let Some(tidar) = &self.tidar {
+            let tb = tidar.batch(inputs, targets, 1.0)?;
+            let logits = tch::no_grad(|| {
+                self.model
+                    .forward_with(crate::Input::Ids(&tb.ids), &tb.attend)
+            })?
+            .logits;
+            sums.push(tidar.diff_sums(&logits, &tb.targets)?);
+        }
+        Ok(sums)
     }
 
     fn save_model(&self, dir: &Path) -> Result<()> {

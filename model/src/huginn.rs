@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 use crate::block::{linear, rms_norm, Attend, BlockWeights, Rope};
 use crate::config::{HuginnConfig, StateInit};
 use crate::family::GradEvent;
-use crate::loss::linear_cross_entropy;
+use crate::loss::LmLoss;
 use crate::params::{self, trunc_normal_, FlatParams};
 use crate::shim;
 
@@ -430,16 +430,19 @@ impl Huginn {
     ) -> Result<Tensor> {
         let valid = crate::loss::valid_targets(targets).int64_value(&[]);
         let scale = if valid > 0 { 1.0 / valid as f64 } else { 0.0 };
+        let attend = Attend::causal();
         let objective = Objective {
-            targets,
-            scale,
+            loss: LmLoss::next_token(targets, scale, &attend),
             activation_checkpointing,
         };
-        self.loss_backward_scaled(ids, &objective, depth, init, on_grads)
+        let ce = self.loss_backward_scaled(ids, &objective, depth, init, on_grads)?;
+        Ok(ce.sum(Kind::Float) * scale)
     }
 
-    /// Forward, L = scale · Σ cross-entropy over the targets that count, and backward of L into the
-    /// flat gradient. Returns the detached L.
+    /// Forward, L = Σ w · cross-entropy over the targets that count (`objective.loss`, whose
+    /// attention every block of the prelude, of the core at every iteration, and of the coda
+    /// follows), and backward of L into the flat gradient. Returns each position's detached
+    /// cross-entropy [B, T], unweighted.
     ///
     /// The backward runs in three stages so that a data-parallel trainer can reduce each part of the
     /// model while the next is still being computed (`hpc-and-ecosystem.md` §3.4): `on_grads` hears
@@ -461,10 +464,9 @@ impl Huginn {
         init: &InitState,
         on_grads: &mut dyn FnMut(GradStage),
     ) -> Result<Tensor> {
-        let (targets, activation_checkpointing) =
-            (objective.targets, objective.activation_checkpointing);
-        let (w, attend) = (self.weights(), Attend::causal());
-        let e = self.prelude(&w, Input::Ids(ids), &attend)?;
+        let activation_checkpointing = objective.activation_checkpointing;
+        let (w, attend) = (self.weights(), objective.loss.attend);
+        let e = self.prelude(&w, Input::Ids(ids), attend)?;
         // Every iteration reads e through this leaf; its gradient is summed over iterations.
         let e_leaf = e.detach().set_requires_grad(true);
         let s0 = tch::no_grad(|| self.initial_state(&e, init))?;
@@ -474,7 +476,7 @@ impl Huginn {
             checkpointed: activation_checkpointing,
             ..Run::new(&w, &e_leaf, depth)
         };
-        let s = self.recur_plain(&run, s0, &attend, &mut |it| {
+        let s = self.recur_plain(&run, s0, attend, &mut |it| {
             if activation_checkpointing && it.grad_phase {
                 inputs.push(it.input.shallow_clone());
             }
@@ -483,23 +485,13 @@ impl Huginn {
         // The coda's backward stops at s_k, a leaf. The loss and its gradient come fused, chunk by
         // chunk, without the [B, T, V] logits; the head's part goes straight into wte's gradient.
         let s_k = s.detach().set_requires_grad(true);
-        let h = self.coda_hidden(&w, &s_k, &attend)?; // [B, T, d]
-        let (b, t, d) = h.size3()?;
-        ensure!(
-            targets.size() == [b, t],
-            "targets have shape {:?}, expected [{b}, {t}]",
-            targets.size()
-        );
-        let (loss, grad_h) = tch::no_grad(|| {
-            let x = h.detach().reshape([b * t, d]).to_kind(w.head.kind());
-            let targets = targets.reshape([b * t]);
-            linear_cross_entropy(&x, &w.head, &targets, &w.wte.grad(), objective.scale)
-        })?;
-        shim::backward(&h, &grad_h.to_kind(h.kind()).view([b, t, d]))?;
+        let h = self.coda_hidden(&w, &s_k, attend)?; // [B, T, d]
+        let (ce, grad_h) = objective.loss.fused(&h, &w.head, &w.wte.grad())?;
+        shim::backward(&h, &grad_h)?;
         on_grads(GradStage::Coda);
         let mut g = s_k.grad();
         if activation_checkpointing {
-            let mut plain = self.plain_blocks(&attend);
+            let mut plain = self.plain_blocks(attend);
             for x in inputs.iter().rev() {
                 let x = x.detach().set_requires_grad(true);
                 let y = self.iteration(&w, &x, &e_leaf, &mut plain)?;
@@ -515,16 +507,14 @@ impl Huginn {
             shim::backward(&e, &e_leaf.grad())?;
         }
         on_grads(GradStage::Prelude);
-        Ok(loss)
+        Ok(ce)
     }
 }
 
-/// What [`Huginn::loss_backward_scaled`] differentiates: scale · Σ cross-entropy over `targets`
-/// [B, T] (those equal to [`crate::loss::IGNORE`] left out), with or without activation
-/// checkpointing.
+/// What [`Huginn::loss_backward_scaled`] differentiates: the weighted cross-entropy of `loss`, with
+/// or without activation checkpointing.
 pub struct Objective<'a> {
-    pub targets: &'a Tensor,
-    pub scale: f64,
+    pub loss: LmLoss<'a>,
     pub activation_checkpointing: bool,
 }
 

@@ -8,12 +8,15 @@ use anyhow::Result;
 use serde_json::json;
 use tch::Tensor;
 
+use crate::block::Attend;
 use crate::checkpoint::{self, TensorFiles};
 use crate::family::{Family, Fields, GradEvent, MicroBatch};
 use crate::flops::{train_flops_per_token, TrainFlops};
-use crate::huginn::{Depth, Huginn, InitState, Objective};
+use crate::huginn::{Depth, Huginn, InitState, Input, Objective};
+use crate::loss::LmLoss;
 use crate::params::{self, FlatParams};
 use crate::sampler::DepthSampler;
+use crate::tidar::Tidar;
 
 /// Huginn with its training recipe.
 pub struct HuginnFamily {
@@ -25,6 +28,9 @@ pub struct HuginnFamily {
     pub eval_depths: Vec<i64>,
     /// The run's seed: validation draws each batch's s0 from it.
     pub seed: u64,
+    /// TiDAR's objective in place of next-token training: the same mask and positions at every
+    /// layer of every core iteration.
+    pub tidar: Option<Tidar>,
 }
 
 impl Family for HuginnFamily {
@@ -67,18 +73,41 @@ impl Family for HuginnFamily {
         depth: Depth,
         on_grad: &mut dyn FnMut(GradEvent),
     ) -> Result<Tensor> {
+        let causal = Attend::causal();
+        let tb = match &self.tidar {
+            Some(tidar) => Some(tidar.batch(batch.inputs, batch.targets, batch.scale)?),
+            None => None,
+        };
+        let (ids, loss) = match &tb {
+            Some(tb) => (&tb.ids, tb.loss()),
+            None => (
+                batch.inputs,
+                LmLoss::next_token(batch.targets, batch.scale, &causal),
+            ),
+        };
+        let weights = loss.weights.shallow_clone();
         let objective = Objective {
-            targets: batch.targets,
-            scale: batch.scale,
+            loss,
             activation_checkpointing: self.activation_checkpointing,
         };
-        self.model.loss_backward_scaled(
-            batch.inputs,
+        let ce = self.model.loss_backward_scaled(
+            ids,
             &objective,
             depth,
             &InitState::Config,
             &mut |stage| on_grad(stage.into()),
-        )
+        )?;
+        if let (Some(tidar), Some(tb)) = (&self.tidar, &tb) {
+            tidar.record(&ce, &tb.targets);
+        }
+        Ok((ce * weights).sum(tch::Kind::Float))
+    }
+
+    fn tokens_computed(&self, seq_len: i64) -> i64 {
+        match self.tidar {
+            Some(_) => 2 * seq_len,
+            None => seq_len,
+        }
     }
 
     fn flops(&self, d: Depth, seq_len: i64) -> TrainFlops {
@@ -95,29 +124,58 @@ impl Family for HuginnFamily {
         let tm = self
             .model
             .telemetry(inputs, d.total().max(1), &InitState::Config)?;
-        Ok(vec![
+        let mut fields = vec![
             ("recurrent_state_norm", json!(tm.state_norm)),
             ("recurrent_state_token_corr", json!(tm.token_corr)),
             ("rel_residual", json!(tm.rel_residual)),
-        ])
+        ];
+        fields.extend(self.tidar.as_ref().map_or_else(Vec::new, Tidar::fields));
+        Ok(fields)
     }
 
     /// `val_loss_r{r}` at each of `eval_depths`, every iteration without a graph; the batch's s0 is
-    /// drawn from (seed, index), the same at every depth, evaluation and world size.
+    /// drawn from (seed, index), the same at every depth, evaluation and world size. With TiDAR
+    /// also `val_diff_loss_r{r}`, the masked half's loss.
     fn val_metrics(&self) -> Vec<String> {
-        self.eval_depths
+        let mut names: Vec<String> = self
+            .eval_depths
             .iter()
             .map(|r| format!("val_loss_r{r}"))
-            .collect()
+            .collect();
+        if self.tidar.is_some() {
+            names.extend(
+                self.eval_depths
+                    .iter()
+                    .map(|r| format!("val_diff_loss_r{r}")),
+            );
+        }
+        names
     }
 
     fn validate(&self, index: u64, batch: &MicroBatch) -> Result<Vec<(f64, f64)>> {
         let (inputs, targets) = (batch.inputs, batch.targets);
         let m = &self.model;
-        self.eval_depths
+        let mut sums = self
+            .eval_depths
             .iter()
             .map(|&r| m.val_loss_sums(inputs, targets, r, self.seed, index))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(tidar) = &self.tidar {
+            let tb = tidar.batch(inputs, targets, 1.0)?;
+            for &r in &self.eval_depths {
+                crate::family::seed_torch(self.seed, index, 0xE7A1);
+                let out = tch::no_grad(|| {
+                    m.forward_with(
+                        Input::Ids(&tb.ids),
+                        &tb.attend,
+                        Depth::eval(r),
+                        &InitState::Config,
+                    )
+                })?;
+                sums.push(tidar.diff_sums(&out.logits, &tb.targets)?);
+            }
+        }
+        Ok(sums)
     }
 
     fn save_model(&self, dir: &Path) -> Result<()> {

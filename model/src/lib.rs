@@ -24,6 +24,7 @@ pub mod params;
 pub mod sampler;
 pub mod shim;
 pub mod st;
+pub mod tidar;
 pub mod trm;
 pub mod trm_family;
 pub mod trm_reference;

@@ -52,23 +52,39 @@ pub fn valid_targets(targets: &Tensor) -> Tensor {
 const MIN_CHUNK_ELEMENTS: i64 = 1 << 18;
 
 /// L = scale · Σ_t CE(x_t · headᵀ, target_t) over the targets that count (not [`IGNORE`]), and its
-/// gradients, without ever holding all [N, V] logits or their gradient (the chunked "linear
-/// cross-entropy" of Liger-Kernel and torchtune). Each chunk of rows makes its logits (fp32, as
-/// [`cross_entropy`]), the loss and
-///   ∂L/∂logits = scale · (softmax − onehot(target)),  zero for the rows that do not count,
-/// which gives the chunk's ∂L/∂x at once and is added into `grad_head` (fp32, [V, d]), then is
-/// freed. Against autograd through [`cross_entropy`] this skips the log-softmax backward and the
-/// zero-filled one-hot gradient, and at a 65k vocabulary the multi-GiB logits tensor. With
-/// scale = 1/N and every target counting, L is the mean cross-entropy.
-///
-/// x [N, d] and head [V, d] in the compute dtype, targets [N] (i64), under `no_grad`. Returns the
-/// detached L (fp32 scalar) and ∂L/∂x [N, d] in x's dtype.
+/// gradients: [`linear_cross_entropy_weighted`] with one weight for every target. Returns the
+/// detached L (fp32 scalar) and ∂L/∂x [N, d] in x's dtype. With scale = 1/N and every target
+/// counting, L is the mean cross-entropy.
 pub fn linear_cross_entropy(
     x: &Tensor,
     head: &Tensor,
     targets: &Tensor,
     grad_head: &Tensor,
     scale: f64,
+) -> Result<(Tensor, Tensor)> {
+    let weights = Tensor::full([], scale, (Kind::Float, x.device()));
+    let (ce, grad_x) = linear_cross_entropy_weighted(x, head, targets, grad_head, &weights)?;
+    Ok((ce.sum(Kind::Float) * scale, grad_x))
+}
+
+/// L = Σ_t w_t · CE(x_t · headᵀ, target_t) over the targets that count (not [`IGNORE`]), and its
+/// gradients, without ever holding all [N, V] logits or their gradient (the chunked "linear
+/// cross-entropy" of Liger-Kernel and torchtune). Each chunk of rows makes its logits (fp32, as
+/// [`cross_entropy`]), the loss and
+///   ∂L/∂logits = w · (softmax − onehot(target)),  zero for the rows that do not count,
+/// which gives the chunk's ∂L/∂x at once and is added into `grad_head` (fp32, [V, d]), then is
+/// freed. Against autograd through [`cross_entropy`] this skips the log-softmax backward and the
+/// zero-filled one-hot gradient, and at a 65k vocabulary the multi-GiB logits tensor.
+///
+/// x [N, d] and head [V, d] in the compute dtype, targets [N] (i64), `weights` fp32 of [N] or a
+/// scalar, under `no_grad`. Returns each row's detached cross-entropy [N] (fp32, zero where the
+/// target does not count), unweighted, and ∂L/∂x [N, d] in x's dtype.
+pub fn linear_cross_entropy_weighted(
+    x: &Tensor,
+    head: &Tensor,
+    targets: &Tensor,
+    grad_head: &Tensor,
+    weights: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
     let (n, d) = x.size2()?;
     let (v, dh) = head.size2()?;
@@ -78,9 +94,18 @@ pub fn linear_cross_entropy(
         "targets have shape {:?}, expected [{n}]",
         targets.size()
     );
+    ensure!(
+        weights.dim() == 0 || weights.size() == [n],
+        "loss weights have shape {:?}, expected [] or [{n}]",
+        weights.size()
+    );
+    let weights = weights
+        .to_kind(Kind::Float)
+        .to_device(x.device())
+        .expand([n], false);
     // A chunk's logits are no larger than the hidden states themselves (Liger-Kernel's rule).
     let rows = ((n * d).max(MIN_CHUNK_ELEMENTS) / v).clamp(1, n.max(1));
-    let mut loss = Tensor::zeros([], (Kind::Float, x.device()));
+    let ce = Tensor::zeros([n], (Kind::Float, x.device()));
     let grad_x = x.zeros_like();
     let mut start = 0;
     while start < n {
@@ -88,14 +113,15 @@ pub fn linear_cross_entropy(
         let xc = x.narrow(0, start, len); // [n_c, d]
         let tc = targets.narrow(0, start, len).unsqueeze(1); // [n_c, 1]
                                                              // Rows that do not count take part with target 0 and weight 0.
-        let counts = tc.ne(IGNORE);
+        let counts = tc.ne(IGNORE).to_kind(Kind::Float);
         let tc = tc.clamp_min(0);
-        let weight = counts.to_kind(Kind::Float) * scale; // [n_c, 1]
+        let weight = &counts * weights.narrow(0, start, len).unsqueeze(1); // [n_c, 1]
         let mut logp = xc
             .matmul(&head.tr())
             .to_kind(Kind::Float)
             .log_softmax(-1, Kind::Float); // [n_c, V]
-        loss -= (logp.gather(1, &tc, false) * counts.to_kind(Kind::Float)).sum(Kind::Float);
+        ce.narrow(0, start, len)
+            .copy_(&(-(logp.gather(1, &tc, false) * &counts)).squeeze_dim(1));
         let mut g = logp.exp_(); // softmax, in place
         let _ = g.scatter_add_(
             1,
@@ -117,5 +143,67 @@ pub fn linear_cross_entropy(
         }
         start += len;
     }
-    Ok((loss * scale, grad_x))
+    Ok((ce, grad_x))
+}
+
+/// What a language model's fused backward differentiates: L = Σ_t w_t · CE(logits_t, target_t)
+/// over the targets [B, T] that count, the T tokens attending as `attend` says. Plain next-token
+/// training weighs every target alike (the trainer's scale); TiDAR weighs its two halves.
+pub struct LmLoss<'a> {
+    pub targets: &'a Tensor,
+    /// fp32: a scalar, or [T] (the same for every row).
+    pub weights: Tensor,
+    pub attend: &'a crate::block::Attend,
+}
+
+impl LmLoss<'_> {
+    /// Every target weighed `scale` under causal attention.
+    pub fn next_token<'a>(
+        targets: &'a Tensor,
+        scale: f64,
+        attend: &'a crate::block::Attend,
+    ) -> LmLoss<'a> {
+        LmLoss {
+            targets,
+            weights: Tensor::full([], scale, (Kind::Float, targets.device())),
+            attend,
+        }
+    }
+
+    /// The fused loss over hidden states h [B, T, d] (detached here) and the tied or untied head:
+    /// each position's cross-entropy [B, T] (zero where the target does not count) and ∂L/∂h.
+    pub(crate) fn fused(
+        &self,
+        h: &Tensor,
+        head: &Tensor,
+        grad_head: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, t, d) = h.size3()?;
+        ensure!(
+            self.targets.size() == [b, t],
+            "targets have shape {:?}, expected [{b}, {t}]",
+            self.targets.size()
+        );
+        let weights = match self.weights.dim() {
+            0 => self.weights.shallow_clone(),
+            _ => {
+                ensure!(
+                    self.weights.size() == [t],
+                    "loss weights have shape {:?}, expected [{t}]",
+                    self.weights.size()
+                );
+                self.weights
+                    .to_device(h.device())
+                    .expand([b, t], false)
+                    .reshape([b * t])
+            }
+        };
+        tch::no_grad(|| {
+            let x = h.detach().reshape([b * t, d]).to_kind(head.kind());
+            let targets = self.targets.reshape([b * t]);
+            let (ce, grad) =
+                linear_cross_entropy_weighted(&x, head, &targets, grad_head, &weights)?;
+            Ok((ce.view([b, t]), grad.to_kind(h.kind()).view([b, t, d])))
+        })
+    }
 }

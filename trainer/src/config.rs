@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use muninn_model::config::RawHuginnConfig;
+use muninn_model::tidar::LmObjective;
 pub use muninn_model::FamilyKind;
 use muninn_model::{GptConfig, ModelConfig, Precision};
 use serde::{Deserialize, Serialize};
@@ -340,6 +341,9 @@ pub struct RawRunConfig {
     pub dist: DistSection,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trm: Option<TrmSection>,
+    /// What a language model learns (`gpt` and `huginn`): next-token prediction, or TiDAR.
+    #[serde(default)]
+    pub objective: LmObjective,
 }
 
 /// A checked config, with the typed pieces the loop uses.
@@ -471,6 +475,13 @@ impl RunConfig {
                 ModelConfig::Trm(muninn_model::trm::TrmConfig::from_table(model_table)?)
             }
         };
+        if let LmObjective::Tidar(tidar) = &raw.objective {
+            ensure!(
+                family != FamilyKind::Trm,
+                "objective.kind = \"tidar\" trains a language model; model.family = \"trm\" solves puzzles: remove [objective]"
+            );
+            tidar.validate(model.vocab_size())?;
+        }
         let o = &raw.optimizer;
         let optimizer = OptimizerConfig {
             kind: o.kind,

@@ -13,6 +13,7 @@ use muninn_data::puzzles::{Dataset, PuzzleData};
 use muninn_data::{loader, Batch, Loader, TokenDataset, TokenizerInfo};
 use muninn_model::gpt_family::GptFamily;
 use muninn_model::huginn_family::HuginnFamily;
+use muninn_model::tidar::{LmObjective, Tidar};
 use muninn_model::trm::Trm;
 use muninn_model::trm_family::{TableOptimizer, TrmFamily};
 use muninn_model::{Family, Gpt, Huginn, LossMean, MicroBatch, ModelConfig, IGNORE};
@@ -88,6 +89,7 @@ pub fn train(
                 activation_checkpointing: cfg.raw.recurrence.activation_checkpointing,
                 eval_depths: cfg.raw.eval.depths.clone(),
                 seed: t.seed,
+                tidar: tidar(cfg),
             };
             family.model.init(t.seed);
             run(cfg, &family, device, resume, stop_signal, comm)
@@ -95,6 +97,7 @@ pub fn train(
         ModelConfig::Gpt(shape) => {
             let family = GptFamily {
                 model: Gpt::new(shape.clone(), device, cfg.precision)?,
+                tidar: tidar(cfg),
             };
             family.model.init(t.seed);
             run(cfg, &family, device, resume, stop_signal, comm)
@@ -113,6 +116,50 @@ pub fn train(
             run(cfg, &family, device, resume, stop_signal, comm)
         }
     }
+}
+
+/// The run's TiDAR objective, if it trains with one.
+fn tidar(cfg: &RunConfig) -> Option<Tidar> {
+    match &cfg.raw.objective {
+        LmObjective::Tidar(c) => Some(Tidar::new(c.clone())),
+        LmObjective::NextToken => None,
+    }
+}
+
+/// TiDAR's `[MASK]` must be an id the data never holds: a reserved special token of the
+/// tokenizer, or a row past its vocabulary. Its blocks must tile the shards' rows.
+fn check_tidar(cfg: &RunConfig, tok: &TokenizerInfo, rows: usize) -> Result<()> {
+    let LmObjective::Tidar(c) = &cfg.raw.objective else {
+        return Ok(());
+    };
+    anyhow::ensure!(
+        rows as i64 % c.block == 0,
+        "objective.block = {} does not divide the shards' {rows}-token rows ({})",
+        c.block,
+        cfg.raw.data.dir.display()
+    );
+    if c.mask_id >= tok.vocab_size as i64 {
+        return Ok(());
+    }
+    let name = tok
+        .tokenizer
+        .id_to_token(c.mask_id as u32)
+        .unwrap_or_default();
+    let used = [
+        muninn_data::tokenizer::BOS,
+        muninn_data::tokenizer::EOS,
+        muninn_data::tokenizer::PAD,
+    ];
+    anyhow::ensure!(
+        muninn_data::tokenizer::special_tokens().contains(&name) && !used.contains(&name.as_str()),
+        "objective.mask_id = {} is `{name}` in {}, a token the data can hold; use a reserved one ({} = {}) or a row past the tokenizer's {} ids",
+        c.mask_id,
+        cfg.raw.data.tokenizer.as_deref().unwrap_or(std::path::Path::new("the tokenizer")).display(),
+        "<|reserved_0|>",
+        tok.tokenizer.token_to_id("<|reserved_0|>").map_or("none".to_string(), |i| i.to_string()),
+        tok.vocab_size
+    );
+    Ok(())
 }
 
 /// The puzzle dataset of a TRM run: rank 0 generates it first when the config says how and it is
@@ -193,6 +240,7 @@ fn run<F: Family>(
         train_ds.block_size(),
         model.block_size()
     );
+    check_tidar(cfg, &tok, train_ds.block_size())?;
     let val = loader::val_batches(&val_ds, t.micro_batch_size, raw.eval.max_rows, rank, world)
         .into_iter()
         .map(|b| ignore_targets(b, &raw.data.ignore_targets))
@@ -550,8 +598,10 @@ impl<'a, F: Family> Trainer<'a, F> {
         self.state.tokens_seen += self.tokens_per_step;
         self.state.loader = self.loader.state();
         self.last_loss = loss;
-        let flops = self.model.flops(plan, self.block_size as i64);
-        let tokens = self.tokens_per_step;
+        // Throughput counts what the forward computed (TiDAR: twice the data).
+        let computed = self.model.tokens_computed(self.block_size as i64);
+        let flops = self.model.flops(plan, computed);
+        let tokens = self.tokens_per_step * computed as u64 / self.block_size as u64;
         self.window.1 += tokens;
         self.window.2 += flops.model * tokens as f64;
         self.window.3 += flops.hardware * tokens as f64;
@@ -699,6 +749,10 @@ impl<'a, F: Family> Trainer<'a, F> {
             "loss_tokens": r.loss_tokens,
             "elapsed_s": self.started.elapsed().as_secs_f64(),
         });
+        let computed = self.model.tokens_computed(self.block_size as i64) as f64;
+        if computed != self.block_size as f64 {
+            rec["data_tokens_per_s"] = json!(tokens_per_s * self.block_size as f64 / computed);
+        }
         let (plan_fields, plan_label) = self.model.plan_fields(r.plan);
         for (key, value) in plan_fields {
             rec[key] = value;

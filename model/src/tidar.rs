@@ -273,6 +273,9 @@ pub trait CachedLm {
     fn block_size(&self) -> i64;
     /// Tokens whose keys and values are cached.
     fn len(&self) -> i64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Logits [T, V] (fp32) of `ids` [T] after the cached tokens, at `positions`, attending as
     /// `mask` [T, len + T] allows; their keys and values join the cache.
     fn extend(&mut self, ids: &[i64], positions: &[i64], mask: &[Vec<bool>]) -> Result<Tensor>;

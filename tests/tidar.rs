@@ -97,10 +97,22 @@ fn a_tidar_gpt_trains_and_decodes_as_greedy_ar_at_beta_one() {
     let out = muninn_ok(&["train", &cfg], p);
     assert!(out.contains("step 12 (Finished)"), "{out}");
     let last = metrics(p, "td").pop().unwrap();
-    for key in ["ar_loss", "diff_loss", "ar_ppl", "val_loss", "val_diff_loss"] {
-        assert!(last[key].as_f64().is_some_and(f64::is_finite), "{key}: {last}");
+    for key in [
+        "ar_loss",
+        "diff_loss",
+        "ar_ppl",
+        "val_loss",
+        "val_diff_loss",
+    ] {
+        assert!(
+            last[key].as_f64().is_some_and(f64::is_finite),
+            "{key}: {last}"
+        );
     }
-    let (ar, ppl) = (last["ar_loss"].as_f64().unwrap(), last["ar_ppl"].as_f64().unwrap());
+    let (ar, ppl) = (
+        last["ar_loss"].as_f64().unwrap(),
+        last["ar_ppl"].as_f64().unwrap(),
+    );
     assert!((ppl - ar.exp()).abs() < 1e-6 * ppl);
     // Throughput counts the 2S tokens computed, data progress the S consumed (12 steps · 4 · 32).
     let (tps, dps) = (
@@ -115,11 +127,21 @@ fn a_tidar_gpt_trains_and_decodes_as_greedy_ar_at_beta_one() {
     for prompt in PROMPTS {
         let plain = generate(p, ckpt, prompt, &[]);
         let fast = generate(p, ckpt, prompt, &["--tidar"]);
-        assert_eq!(tokens(&fast), tokens(&plain), "β = 1 equals greedy AR for {prompt:?}");
-        assert_eq!(plain["forwards"].as_u64(), Some(tokens(&plain).len() as u64));
+        assert_eq!(
+            tokens(&fast),
+            tokens(&plain),
+            "β = 1 equals greedy AR for {prompt:?}"
+        );
+        assert_eq!(
+            plain["forwards"].as_u64(),
+            Some(tokens(&plain).len() as u64)
+        );
         let f = fast["forwards"].as_f64().unwrap();
         let tpf = fast["tokens_per_forward"].as_f64().unwrap();
-        assert!((tpf - tokens(&fast).len() as f64 / f).abs() < 1e-9, "{fast}");
+        assert!(
+            (tpf - tokens(&fast).len() as f64 / f).abs() < 1e-9,
+            "{fast}"
+        );
         accepted += fast["mean_accepted"].as_f64().unwrap();
         for beta in ["0", "1"] {
             let args = ["--tidar", "--draft", "4", "--beta", beta];
@@ -134,12 +156,51 @@ fn a_tidar_gpt_trains_and_decodes_as_greedy_ar_at_beta_one() {
     assert!(accepted / 3.0 >= 1.0);
 
     // A mask id the data can hold, or none of the model's rows, is refused by name.
-    let err = muninn_err(&["train", &cfg, "--set", "objective.mask_id=5", "--set", "run.name=x"], p);
-    assert!(err.contains("objective.mask_id = 5") && err.contains("reserved"), "{err}");
-    let err = muninn_err(&["train", &cfg, "--set", "objective.mask_id=512", "--set", "run.name=x"], p);
-    assert!(err.contains("objective.mask_id = 512") && err.contains("vocab_size"), "{err}");
-    let err = muninn_err(&["train", &cfg, "--set", "objective.block=5", "--set", "run.name=x"], p);
-    assert!(err.contains("objective.block = 5") && err.contains("32-token"), "{err}");
+    let err = muninn_err(
+        &[
+            "train",
+            &cfg,
+            "--set",
+            "objective.mask_id=5",
+            "--set",
+            "run.name=x",
+        ],
+        p,
+    );
+    assert!(
+        err.contains("objective.mask_id = 5") && err.contains("reserved"),
+        "{err}"
+    );
+    let err = muninn_err(
+        &[
+            "train",
+            &cfg,
+            "--set",
+            "objective.mask_id=512",
+            "--set",
+            "run.name=x",
+        ],
+        p,
+    );
+    assert!(
+        err.contains("objective.mask_id = 512") && err.contains("vocab_size"),
+        "{err}"
+    );
+    let err = muninn_err(
+        &[
+            "train",
+            &cfg,
+            "--set",
+            "objective.block=5",
+            "--set",
+            "run.name=x",
+        ],
+        p,
+    );
+    assert!(
+        err.contains("objective.block = 5") && err.contains("32-token"),
+        "{err}"
+    );
     // A next-token checkpoint has no drafts to decode with.
     let ar = tidar_config(p, "ar", "gpt", "");
     let text = std::fs::read_to_string(p.join(&ar)).unwrap();
@@ -150,7 +211,13 @@ fn a_tidar_gpt_trains_and_decodes_as_greedy_ar_at_beta_one() {
     std::fs::write(p.join(&ar), text).unwrap();
     muninn_ok(&["train", &ar, "--set", "train.max_steps=1"], p);
     let err = muninn_err(
-        &["generate", "runs/ar/checkpoints/step-00000001", "--prompt", "x", "--tidar"],
+        &[
+            "generate",
+            "runs/ar/checkpoints/step-00000001",
+            "--prompt",
+            "x",
+            "--tidar",
+        ],
         p,
     );
     assert!(err.contains("next-token"), "{err}");
@@ -165,7 +232,10 @@ fn a_tidar_huginn_trains_and_decodes_as_greedy_ar_at_beta_one() {
     muninn_ok(&["train", &cfg], p);
     let last = metrics(p, "th").pop().unwrap();
     for key in ["ar_loss", "diff_loss", "val_loss_r2", "val_diff_loss_r2"] {
-        assert!(last[key].as_f64().is_some_and(f64::is_finite), "{key}: {last}");
+        assert!(
+            last[key].as_f64().is_some_and(f64::is_finite),
+            "{key}: {last}"
+        );
     }
     let ckpt = "runs/th/checkpoints/step-00000012";
     let fixed = ["--depth", "2", "--init-state", "zero"];
@@ -174,9 +244,17 @@ fn a_tidar_huginn_trains_and_decodes_as_greedy_ar_at_beta_one() {
         let mut args = fixed.to_vec();
         args.push("--tidar");
         let fast = generate(p, ckpt, prompt, &args);
-        assert_eq!(tokens(&fast), tokens(&plain), "β = 1 equals greedy AR for {prompt:?}");
+        assert_eq!(
+            tokens(&fast),
+            tokens(&plain),
+            "β = 1 equals greedy AR for {prompt:?}"
+        );
         args.push("--no-kv-cache");
         let slow = generate(p, ckpt, prompt, &args);
-        assert_eq!(tokens(&slow), tokens(&fast), "cached equals re-run for {prompt:?}");
+        assert_eq!(
+            tokens(&slow),
+            tokens(&fast),
+            "cached equals re-run for {prompt:?}"
+        );
     }
 }

@@ -99,9 +99,6 @@ pub fn linear_cross_entropy_weighted(
         "loss weights have shape {:?}, expected [] or [{n}]",
         weights.size()
     );
-    // One weight for every row stays a scalar factor: the same arithmetic as before per-row
-    // weights existed, so next-token training is bit-for-bit what it was.
-    let uniform = (weights.dim() == 0).then(|| weights.double_value(&[]));
     let weights = weights
         .to_kind(Kind::Float)
         .to_device(x.device())
@@ -118,10 +115,7 @@ pub fn linear_cross_entropy_weighted(
                                                              // Rows that do not count take part with target 0 and weight 0.
         let counts = tc.ne(IGNORE).to_kind(Kind::Float);
         let tc = tc.clamp_min(0);
-        let weight = match uniform {
-            Some(w) => &counts * w,
-            None => &counts * weights.narrow(0, start, len).unsqueeze(1),
-        }; // [n_c, 1]
+        let weight = &counts * weights.narrow(0, start, len).unsqueeze(1); // [n_c, 1]
         let mut logp = xc
             .matmul(&head.tr())
             .to_kind(Kind::Float)

@@ -142,20 +142,21 @@ fn the_loss_weighs_both_halves_and_its_gradient_is_autograds() {
     assert!((get("ar_ppl") - get("ar_loss").exp()).abs() < 1e-6);
 }
 
-/// Where two token lists first differ, and whether the plain model's top two logits there are
-/// within 1e-5 (the one excuse for a mismatch).
-fn first_mismatch_is_a_tie(
-    prompt: &[i64],
-    want: &[i64],
-    got: &[i64],
-    logits_of: &dyn Fn(&[i64]) -> Tensor,
-) -> Option<bool> {
-    let i = want.iter().zip(got).position(|(a, b)| a != b)?;
+/// `got` equals greedy AR's `want`, or first differs where the plain model's top two logits are
+/// within 1e-5 (the one excuse for a mismatch, checked rather than assumed).
+fn assert_greedy(prompt: &[i64], want: &[i64], got: &[i64], logits_of: &dyn Fn(&[i64]) -> Tensor) {
+    let Some(i) = want.iter().zip(got).position(|(a, b)| a != b) else {
+        return;
+    };
     let mut seq = prompt.to_vec();
     seq.extend_from_slice(&want[..i]);
     let top = logits_of(&seq).topk(2, -1, true, true).0;
     let gap = top.double_value(&[0]) - top.double_value(&[1]);
-    Some(gap < 1e-5)
+    assert!(
+        gap < 1e-5,
+        "β = 1 differs from greedy AR for {prompt:?} at {i} (top-2 gap {gap}):\n{want:?}\n{got:?}"
+    );
+    eprintln!("a top-2 tie explains a mismatch for {prompt:?} at {i}");
 }
 
 fn prompts() -> Vec<Vec<i64>> {
@@ -192,14 +193,7 @@ fn gpt_tidar_decoding_is_greedy_ar_at_beta_one_and_equals_the_uncached_reference
         let plain = m.generate(&prompt, 110, &Sampling::GREEDY, None).unwrap();
         let out = tidar::generate(&mut m.cached().unwrap(), &prompt, MASK, &opts(1.0)).unwrap();
         assert_eq!(out.tokens.len(), 110);
-        match first_mismatch_is_a_tie(&prompt, &plain, &out.tokens, &last_logits) {
-            None => {}
-            Some(true) => eprintln!("a top-2 tie explains a mismatch for {prompt:?}"),
-            Some(false) => panic!(
-                "β = 1 differs from greedy AR for {prompt:?}:\n{plain:?}\n{:?}",
-                out.tokens
-            ),
-        }
+        assert_greedy(&prompt, &plain, &out.tokens, &last_logits);
         assert_eq!(out.forwards, 1 + out.accepted.len());
         for beta in [0.0, 0.5, 1.0] {
             let cached =
@@ -253,14 +247,7 @@ fn huginn_tidar_decoding_is_greedy_ar_at_beta_one_and_equals_the_uncached_refere
         .tokens;
         let out = cached(1.0, &prompt);
         assert_eq!(out.tokens.len(), 110);
-        match first_mismatch_is_a_tie(&prompt, &plain, &out.tokens, &last_logits) {
-            None => {}
-            Some(true) => eprintln!("a top-2 tie explains a mismatch for {prompt:?}"),
-            Some(false) => panic!(
-                "β = 1 differs from greedy AR for {prompt:?}:\n{plain:?}\n{:?}",
-                out.tokens
-            ),
-        }
+        assert_greedy(&prompt, &plain, &out.tokens, &last_logits);
         for beta in [0.0, 1.0] {
             let fast = cached(beta, &prompt);
             let forward = Box::new(|x: &Tensor, a: &Attend| {

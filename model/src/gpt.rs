@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 use crate::block::{attention, linear, rms_norm, Attend, Kv};
 use crate::flops::TrainFlops;
 use crate::huginn::{Input, Precision};
-use crate::loss::LmLoss;
+use crate::loss::{LmLoss, LossValues};
 use crate::params::{FlatParams, Init, ParamSpec, Part};
 use crate::shim;
 
@@ -598,19 +598,20 @@ impl Gpt {
         scale: f64,
     ) -> Result<Tensor> {
         let attend = Attend::causal();
-        let ce = self.backward_lm(ids, &LmLoss::next_token(targets, scale, &attend))?;
-        Ok(ce.sum(Kind::Float) * scale)
+        Ok(self
+            .backward_lm(ids, &LmLoss::next_token(targets, scale, &attend))?
+            .total)
     }
 
     /// Forward of ids [B, T] attending as `loss.attend` says, L = Σ w · cross-entropy, and
     /// backward of L into the flat gradient (the head's part fused with the loss, as Huginn's).
-    /// Returns each position's detached cross-entropy [B, T], unweighted.
-    pub fn backward_lm(&self, ids: &Tensor, loss: &LmLoss) -> Result<Tensor> {
+    /// Returns the detached L and each position's cross-entropy [B, T], unweighted.
+    pub fn backward_lm(&self, ids: &Tensor, loss: &LmLoss) -> Result<LossValues> {
         let w = self.weights()?;
         let h = self.hidden(&w, Input::Ids(ids), loss.attend, None)?;
-        let (ce, grad_h) = loss.fused(&h, &w.head, &w.head_leaf.grad())?;
+        let (values, grad_h) = loss.fused(&h, &w.head, &w.head_leaf.grad())?;
         shim::backward(&h, &grad_h)?;
-        Ok(ce)
+        Ok(values)
     }
 
     /// (Σ cross-entropy, targets counted) of one batch, without a graph.

@@ -63,9 +63,9 @@ impl Family for GptFamily {
                 .loss_backward_scaled(batch.inputs, batch.targets, batch.scale)?,
             Some(tidar) => {
                 let tb = tidar.batch(batch.inputs, batch.targets, batch.scale)?;
-                let ce = self.model.backward_lm(&tb.ids, &tb.loss())?;
-                tidar.record(&ce, &tb.targets);
-                (ce * &tb.weights).sum(tch::Kind::Float)
+                let values = self.model.backward_lm(&tb.ids, &tb.loss())?;
+                tidar.record(&values.ce, &tb.targets);
+                values.total
             }
         };
         on_grad(GradEvent::Final(0));

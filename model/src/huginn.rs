@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 use crate::block::{linear, rms_norm, Attend, BlockWeights, Rope};
 use crate::config::{HuginnConfig, StateInit};
 use crate::family::GradEvent;
-use crate::loss::LmLoss;
+use crate::loss::{LmLoss, LossValues};
 use crate::params::{self, trunc_normal_, FlatParams};
 use crate::shim;
 
@@ -435,14 +435,15 @@ impl Huginn {
             loss: LmLoss::next_token(targets, scale, &attend),
             activation_checkpointing,
         };
-        let ce = self.loss_backward_scaled(ids, &objective, depth, init, on_grads)?;
-        Ok(ce.sum(Kind::Float) * scale)
+        Ok(self
+            .loss_backward_scaled(ids, &objective, depth, init, on_grads)?
+            .total)
     }
 
     /// Forward, L = Σ w · cross-entropy over the targets that count (`objective.loss`, whose
     /// attention every block of the prelude, of the core at every iteration, and of the coda
-    /// follows), and backward of L into the flat gradient. Returns each position's detached
-    /// cross-entropy [B, T], unweighted.
+    /// follows), and backward of L into the flat gradient. Returns the detached L and each
+    /// position's cross-entropy [B, T], unweighted.
     ///
     /// The backward runs in three stages so that a data-parallel trainer can reduce each part of the
     /// model while the next is still being computed (`hpc-and-ecosystem.md` §3.4): `on_grads` hears
@@ -463,7 +464,7 @@ impl Huginn {
         depth: Depth,
         init: &InitState,
         on_grads: &mut dyn FnMut(GradStage),
-    ) -> Result<Tensor> {
+    ) -> Result<LossValues> {
         let activation_checkpointing = objective.activation_checkpointing;
         let (w, attend) = (self.weights(), objective.loss.attend);
         let e = self.prelude(&w, Input::Ids(ids), attend)?;
@@ -486,7 +487,7 @@ impl Huginn {
         // chunk, without the [B, T, V] logits; the head's part goes straight into wte's gradient.
         let s_k = s.detach().set_requires_grad(true);
         let h = self.coda_hidden(&w, &s_k, attend)?; // [B, T, d]
-        let (ce, grad_h) = objective.loss.fused(&h, &w.head, &w.wte.grad())?;
+        let (values, grad_h) = objective.loss.fused(&h, &w.head, &w.wte.grad())?;
         shim::backward(&h, &grad_h)?;
         on_grads(GradStage::Coda);
         let mut g = s_k.grad();
@@ -507,7 +508,7 @@ impl Huginn {
             shim::backward(&e, &e_leaf.grad())?;
         }
         on_grads(GradStage::Prelude);
-        Ok(ce)
+        Ok(values)
     }
 }
 

@@ -85,12 +85,11 @@ impl Family for HuginnFamily {
                 LmLoss::next_token(batch.targets, batch.scale, &causal),
             ),
         };
-        let weights = loss.weights.shallow_clone();
         let objective = Objective {
             loss,
             activation_checkpointing: self.activation_checkpointing,
         };
-        let ce = self.model.loss_backward_scaled(
+        let values = self.model.loss_backward_scaled(
             ids,
             &objective,
             depth,
@@ -98,9 +97,9 @@ impl Family for HuginnFamily {
             &mut |stage| on_grad(stage.into()),
         )?;
         if let (Some(tidar), Some(tb)) = (&self.tidar, &tb) {
-            tidar.record(&ce, &tb.targets);
+            tidar.record(&values.ce, &tb.targets);
         }
-        Ok((ce * weights).sum(tch::Kind::Float))
+        Ok(values.total)
     }
 
     fn tokens_computed(&self, seq_len: i64) -> i64 {

@@ -63,8 +63,19 @@ pub fn linear_cross_entropy(
     scale: f64,
 ) -> Result<(Tensor, Tensor)> {
     let weights = Tensor::full([], scale, (Kind::Float, x.device()));
-    let (ce, grad_x) = linear_cross_entropy_weighted(x, head, targets, grad_head, &weights)?;
-    Ok((ce.sum(Kind::Float) * scale, grad_x))
+    let (values, grad_x) = linear_cross_entropy_weighted(x, head, targets, grad_head, &weights)?;
+    Ok((values.total, grad_x))
+}
+
+/// The detached values of a fused loss.
+pub struct LossValues {
+    /// Each row's (or position's) cross-entropy, fp32, zero where the target does not count,
+    /// unweighted.
+    pub ce: Tensor,
+    /// L = Σ w · CE, an fp32 scalar: summed chunk by chunk, and a weight shared by every row
+    /// applied once to the sum (so plain next-token training reports the loss it always did, to
+    /// the bit).
+    pub total: Tensor,
 }
 
 /// L = Σ_t w_t · CE(x_t · headᵀ, target_t) over the targets that count (not [`IGNORE`]), and its
@@ -77,15 +88,15 @@ pub fn linear_cross_entropy(
 /// zero-filled one-hot gradient, and at a 65k vocabulary the multi-GiB logits tensor.
 ///
 /// x [N, d] and head [V, d] in the compute dtype, targets [N] (i64), `weights` fp32 of [N] or a
-/// scalar, under `no_grad`. Returns each row's detached cross-entropy [N] (fp32, zero where the
-/// target does not count), unweighted, and ∂L/∂x [N, d] in x's dtype.
+/// scalar, under `no_grad`. Returns the detached values (each row's cross-entropy [N] and L) and
+/// ∂L/∂x [N, d] in x's dtype.
 pub fn linear_cross_entropy_weighted(
     x: &Tensor,
     head: &Tensor,
     targets: &Tensor,
     grad_head: &Tensor,
     weights: &Tensor,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<(LossValues, Tensor)> {
     let (n, d) = x.size2()?;
     let (v, dh) = head.size2()?;
     ensure!(dh == d, "head is [{v}, {dh}], hidden states [{n}, {d}]");
@@ -99,13 +110,13 @@ pub fn linear_cross_entropy_weighted(
         "loss weights have shape {:?}, expected [] or [{n}]",
         weights.size()
     );
-    let weights = weights
-        .to_kind(Kind::Float)
-        .to_device(x.device())
-        .expand([n], false);
+    let shared = weights.dim() == 0;
+    let weights = weights.to_kind(Kind::Float).to_device(x.device());
+    let row_weights = weights.expand([n], false);
     // A chunk's logits are no larger than the hidden states themselves (Liger-Kernel's rule).
     let rows = ((n * d).max(MIN_CHUNK_ELEMENTS) / v).clamp(1, n.max(1));
     let ce = Tensor::zeros([n], (Kind::Float, x.device()));
+    let mut total = Tensor::zeros([], (Kind::Float, x.device()));
     let grad_x = x.zeros_like();
     let mut start = 0;
     while start < n {
@@ -115,13 +126,19 @@ pub fn linear_cross_entropy_weighted(
                                                              // Rows that do not count take part with target 0 and weight 0.
         let counts = tc.ne(IGNORE).to_kind(Kind::Float);
         let tc = tc.clamp_min(0);
-        let weight = &counts * weights.narrow(0, start, len).unsqueeze(1); // [n_c, 1]
+        let wc = row_weights.narrow(0, start, len);
+        let weight = &counts * wc.unsqueeze(1); // [n_c, 1]
         let mut logp = xc
             .matmul(&head.tr())
             .to_kind(Kind::Float)
             .log_softmax(-1, Kind::Float); // [n_c, V]
-        ce.narrow(0, start, len)
-            .copy_(&(-(logp.gather(1, &tc, false) * &counts)).squeeze_dim(1));
+        let mut ce_c = ce.narrow(0, start, len);
+        ce_c.copy_(&(-(logp.gather(1, &tc, false) * &counts)).squeeze_dim(1));
+        total += if shared {
+            ce_c.sum(Kind::Float)
+        } else {
+            (&ce_c * &wc).sum(Kind::Float)
+        };
         let mut g = logp.exp_(); // softmax, in place
         let _ = g.scatter_add_(
             1,
@@ -143,7 +160,10 @@ pub fn linear_cross_entropy_weighted(
         }
         start += len;
     }
-    Ok((ce, grad_x))
+    if shared {
+        total *= &weights;
+    }
+    Ok((LossValues { ce, total }, grad_x))
 }
 
 /// What a language model's fused backward differentiates: L = Σ_t w_t · CE(logits_t, target_t)
@@ -171,13 +191,13 @@ impl LmLoss<'_> {
     }
 
     /// The fused loss over hidden states h [B, T, d] (detached here) and the tied or untied head:
-    /// each position's cross-entropy [B, T] (zero where the target does not count) and ∂L/∂h.
+    /// the loss's values (each position's cross-entropy [B, T]) and ∂L/∂h.
     pub(crate) fn fused(
         &self,
         h: &Tensor,
         head: &Tensor,
         grad_head: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<(LossValues, Tensor)> {
         let (b, t, d) = h.size3()?;
         ensure!(
             self.targets.size() == [b, t],
@@ -201,9 +221,13 @@ impl LmLoss<'_> {
         tch::no_grad(|| {
             let x = h.detach().reshape([b * t, d]).to_kind(head.kind());
             let targets = self.targets.reshape([b * t]);
-            let (ce, grad) =
+            let (values, grad) =
                 linear_cross_entropy_weighted(&x, head, &targets, grad_head, &weights)?;
-            Ok((ce.view([b, t]), grad.to_kind(h.kind()).view([b, t, d])))
+            let values = LossValues {
+                ce: values.ce.view([b, t]),
+                ..values
+            };
+            Ok((values, grad.to_kind(h.kind()).view([b, t, d])))
         })
     }
 }

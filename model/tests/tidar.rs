@@ -313,3 +313,46 @@ fn sampling_decodes_and_stops_at_the_stop_token() {
     assert_eq!(cut.tokens.last(), Some(&stop));
     assert_eq!(cut.tokens.iter().filter(|&&t| t == stop).count(), 1);
 }
+
+/// What decoding drafts is what training taught: the prefill's mask block after a prompt of g·b
+/// tokens, and a decode step's block B_j whose first position is g·b, compute the logits of the
+/// training pass's masked block g over the same tokens (same positions, same visible keys).
+#[test]
+fn decoding_blocks_compute_the_training_blocks() {
+    let (b, s) = (4, 16);
+    let x = ids(1, s, 7);
+    let t = tidar(b);
+    let m = gpt();
+    let tb = t.batch(&x, &x, 1.0).unwrap();
+    let train = tch::no_grad(|| m.forward_with(Input::Ids(&tb.ids), &tb.attend))
+        .unwrap()
+        .logits
+        .get(0); // [2S, V]
+    let tokens = Vec::<i64>::try_from(x.get(0)).unwrap();
+    let masks = vec![MASK; b as usize];
+    for g in 1..s / b {
+        let want = train.narrow(0, s + g * b, b);
+        // Prefill: the prompt x_0 … x_{gb−1}, then one block that sees all of it.
+        let n = g * b;
+        let (positions, mask) = tidar::step_layout(0, n, &[n], b);
+        let ids = [&tokens[..n as usize], &masks[..]].concat();
+        let mut lm = m.cached().unwrap();
+        let got = lm.extend(&ids, &positions, &mask).unwrap().narrow(0, n, b);
+        let d = max_diff(&got, &want);
+        assert!(d < 1e-4, "prefill block after {n} tokens: logits differ by {d}");
+        // A step: the cache holds x_0 … x_{gb−3}, the drafts are the next b tokens, and block B_2
+        // (both drafts before position gb kept) starts at gb.
+        let l = n - 2;
+        let mut lm = m.cached().unwrap();
+        let (positions, mask) = tidar::step_layout(0, l, &[], 0);
+        lm.extend(&tokens[..l as usize], &positions, &mask).unwrap();
+        let blocks: Vec<i64> = (1..=b).collect();
+        let (positions, mask) = tidar::step_layout(l, b, &blocks, b);
+        let mut ids = tokens[l as usize..(l + b) as usize].to_vec();
+        ids.extend(std::iter::repeat_n(MASK, (b * b) as usize));
+        let logits = lm.extend(&ids, &positions, &mask).unwrap();
+        let got = logits.narrow(0, b + b, b); // B_2
+        let d = max_diff(&got, &want);
+        assert!(d < 1e-4, "step block B_2 at {n}: logits differ by {d}");
+    }
+}

@@ -75,12 +75,14 @@ def metrics(d, name):
     per_step = (last["elapsed_s"] - first["elapsed_s"]) / (last["step"] - first["step"])
     return last, per_step
 lines = [
-    "# TiDAR on the default corpus (`scripts/bench-tidar.sh`)",
+    f"# TiDAR on the default corpus (`scripts/bench-tidar.sh {steps} {batch} {new} \"{' '.join(vocabs)}\"`)",
     "",
     f"`configs/tidar-tiny.toml` (GPT d 128, 4 layers, 64-token rows, b = 8, α = 1, mask = `<|reserved_0|>`) and its",
     f"AR twin (`configs/gpt-tiny.toml`, same shape, seed, batches and recipe), {steps} steps of batch {batch} each, one",
-    "process, CPU, fp32, on the default corpus (Shakespeare) with two tokenizers: its 4096-id BPE, and a",
-    "289-id byte-level one (the 256 bytes, one merge and the specials: the shared doc's character-level setup).",
+    "process, CPU, fp32, on the default corpus (Shakespeare), tokenized by "
+    + " and by ".join("its 4096-id BPE" if v == "4096" else
+                      f"a {v}-id byte-level BPE trained on it" + (" (the 256 bytes, one merge and the specials: the shared doc's character-level setup)" if v == "289" else "")
+                      for v in vocabs) + ".",
     "Validation: 512 held-out rows, AR loss under the plain causal mask. Decoding the TiDAR model: 8 fixed",
     f"prompts, {new} new tokens each, one thread, batch 1, greedy; \"accepted\" counts the tokens a decode",
     "forward commits (1 to k).",

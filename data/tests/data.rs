@@ -340,9 +340,7 @@ fn incinerate_packing_starts_every_row_at_a_document() {
 // ---- bad input -------------------------------------------------------------------------------
 
 fn prepare_err(tok: &TokenizerInfo, inputs: &[PathBuf], out: &Path, o: &PrepareOptions) -> String {
-    let err = prepare(tok, inputs, out, o)
-        .err()
-        .expect("prepare must fail");
+    let err = prepare(tok, inputs, out, o).expect_err("prepare must fail");
     assert!(!out.exists(), "a failed prepare must leave no output");
     format!("{err:#}")
 }

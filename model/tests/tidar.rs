@@ -339,13 +339,16 @@ fn decoding_blocks_compute_the_training_blocks() {
         let mut lm = m.cached().unwrap();
         let got = lm.extend(&ids, &positions, &mask).unwrap().narrow(0, n, b);
         let d = max_diff(&got, &want);
-        assert!(d < 1e-4, "prefill block after {n} tokens: logits differ by {d}");
+        assert!(
+            d < 1e-4,
+            "prefill block after {n} tokens: logits differ by {d}"
+        );
         // A step: the cache holds x_0 … x_{gb−3}, the drafts are the next b tokens, and block B_2
         // (both drafts before position gb kept) starts at gb.
         let l = n - 2;
         let mut lm = m.cached().unwrap();
         let (positions, mask) = tidar::step_layout(0, l, &[], 0);
-        lm.extend(&tokens[..l as usize], &positions, &mask).unwrap();
+        let _ = lm.extend(&tokens[..l as usize], &positions, &mask).unwrap();
         let blocks: Vec<i64> = (1..=b).collect();
         let (positions, mask) = tidar::step_layout(l, b, &blocks, b);
         let mut ids = tokens[l as usize..(l + b) as usize].to_vec();

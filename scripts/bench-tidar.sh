@@ -4,7 +4,8 @@
 # vocabulary in VOCABS: 4096 is the default corpus's BPE tokenizer (.cache/datasets/shakespeare), any
 # other size a byte-level BPE of that size trained here on the same corpus (289 = the 256 bytes and
 # one merge, about the shared doc's character vocabulary). Writes bench/tidar.md and bench/tidar.png
-# (the first vocabulary's TiDAR run: its AR and diffusion training losses).
+# (the first vocabulary's TiDAR run: its AR and diffusion training losses); OUT=FILE.md writes FILE.md
+# and FILE.png instead.
 #
 #   scripts/bench-tidar.sh [STEPS=1600] [BATCH=16] [NEW=96] [VOCABS="4096 289"]
 # Needs the default corpus and its tokenizer and 64-token shards (scripts/quickstart.sh makes them).
@@ -17,6 +18,7 @@ NEW=${3:-96}
 VOCABS=${4:-4096 289}
 BIN=${MUNINN_BIN:-target/release/muninn}
 OUT=${OUT:-bench/tidar.md}
+PNG=${OUT%.md}.png
 [ -x "$BIN" ] || cargo build --release
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -63,12 +65,12 @@ print(next(t["id"] for t in json.load(open(sys.argv[1]))["added_tokens"] if t["c
   done
 done
 first=${VOCABS%% *}
-cp "$scratch/tidar-v$first.png" bench/tidar.png
+cp "$scratch/tidar-v$first.png" "$PNG"
 
-python3 - "$scratch" "$STEPS" "$BATCH" "$NEW" "$OUT" $VOCABS <<'PY'
+python3 - "$scratch" "$STEPS" "$BATCH" "$NEW" "$OUT" "$(basename "$PNG")" $VOCABS <<'PY'
 import json, sys, os
 scratch, steps, batch, new, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-vocabs = sys.argv[6:]
+png, vocabs = sys.argv[6], sys.argv[7:]
 def metrics(d, name):
     rows = [json.loads(l) for l in open(os.path.join(d, name, "metrics.jsonl"))]
     last, first = rows[-1], rows[0]
@@ -118,7 +120,7 @@ for v in vocabs:
             tps = sum(r["tokens_per_s"] for r in rs) / len(rs)
             same = sum(r["tokens"] == p["tokens"] for r, p in zip(rs, plain))
             lines.append(f"| {k} | {b} | {acc:.2f} | {tpf:.2f} | {tps:.0f} | {tps / plain_tps:.2f}× | {same} of {len(rs)} |")
-lines += ["", f"![TiDAR training losses, vocabulary {vocabs[0]}](tidar.png)", ""]
+lines += ["", f"![TiDAR training losses, vocabulary {vocabs[0]}]({png})", ""]
 open(out, "w").write("\n".join(lines))
 print("\n".join(lines))
 PY

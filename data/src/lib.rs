@@ -3,6 +3,7 @@
 
 pub mod arc;
 pub mod atomic;
+pub mod coconut;
 pub mod corpus;
 pub mod grid;
 pub mod loader;
@@ -10,7 +11,9 @@ pub mod maze;
 pub mod mixture;
 pub mod perm;
 pub mod prepare;
+pub mod prosqa;
 pub mod puzzles;
+pub mod qa;
 pub mod shard;
 pub mod sudoku;
 pub mod tokenizer;

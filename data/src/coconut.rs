@@ -1,0 +1,493 @@
+//! COCONUT's curriculum and sequence layout (`coconut-reference.md` §1–2; the reference's
+//! `dataset.py` and `run.py`): which stage an epoch trains, how many reasoning steps a stage
+//! replaces by how many thoughts, the token and label layout of a row, and the batch alignment that
+//! puts every row's first thought in one column.
+
+use anyhow::{ensure, Result};
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::loader::IGNORE_TARGET;
+
+/// The ablation arms of the paper's Table 1 as one switch (`[coconut] arm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arm {
+    /// Continuous thoughts on the stage curriculum.
+    Coconut,
+    /// Full chain of thought, no markers (stage 0 throughout).
+    Cot,
+    /// The answer right after the question, no markers.
+    NoCot,
+    /// The curriculum with `<|latent|>` as an ordinary learned token (the reference with every
+    /// flag off).
+    PauseAsThought,
+    /// "w/o thought": the curriculum drops steps but inserts nothing, no markers.
+    NoThought,
+    /// "w/o curriculum": continuous thoughts, in the final stage from the first step.
+    NoCurriculum,
+}
+
+impl Arm {
+    /// Whether `<|start-latent|>` and `<|end-latent|>` frame the thoughts.
+    pub fn markers(self) -> bool {
+        matches!(self, Arm::Coconut | Arm::PauseAsThought | Arm::NoCurriculum)
+    }
+
+    /// Whether a latent column takes the previous column's hidden state (else its token embedding).
+    pub fn continuous(self) -> bool {
+        matches!(self, Arm::Coconut | Arm::NoCurriculum)
+    }
+}
+
+/// When a fresh optimizer replaces the old one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResetOn {
+    /// At every epoch (the reference's `reset_optimizer: True`).
+    Epoch,
+    /// When the stage changes (the paper's description).
+    Stage,
+    Never,
+}
+
+/// `[coconut]`: the curriculum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Curriculum {
+    pub arm: Arm,
+    /// Thoughts per replaced step (c).
+    pub c_thought: usize,
+    /// Stages that replace steps one by one; later stages replace all of them.
+    pub max_latent_stage: usize,
+    pub epochs_per_stage: usize,
+    /// In the final stage, `max_latent_stage`·c thoughts even for shorter chains.
+    #[serde(default = "yes")]
+    pub pad_latent_to_max: bool,
+    /// Chance that an example trains a stage drawn uniformly from 0..=its steps.
+    #[serde(default)]
+    pub uniform_prob: f64,
+    #[serde(default = "epoch")]
+    pub reset_optimizer: ResetOn,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn epoch() -> ResetOn {
+    ResetOn::Epoch
+}
+
+/// How a stage lays out one example.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Leading steps left out.
+    pub skip: usize,
+    /// Latent columns in their place.
+    pub latents: usize,
+}
+
+impl Curriculum {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.epochs_per_stage >= 1,
+            "coconut.epochs_per_stage = 0: must be at least 1"
+        );
+        ensure!(
+            (0.0..=1.0).contains(&self.uniform_prob),
+            "coconut.uniform_prob = {}: must be in [0, 1]",
+            self.uniform_prob
+        );
+        ensure!(
+            self.arm == Arm::NoThought || self.arm == Arm::Cot || self.arm == Arm::NoCot || self.c_thought >= 1,
+            "coconut.c_thought = 0 with arm {:?}: thoughts need c >= 1 (arm \"no-thought\" is the c = 0 ablation)",
+            self.arm
+        );
+        Ok(())
+    }
+
+    /// The stage past the last step-by-step one: every step replaced.
+    pub fn final_stage(&self) -> usize {
+        self.max_latent_stage + 1
+    }
+
+    /// The stage an epoch trains: epoch / epochs_per_stage, 0 for the CoT and No-CoT arms, the
+    /// final stage throughout without curriculum.
+    pub fn stage(&self, epoch: u64) -> usize {
+        match self.arm {
+            Arm::Cot | Arm::NoCot => 0,
+            Arm::NoCurriculum => self.final_stage(),
+            _ => (epoch / self.epochs_per_stage as u64) as usize,
+        }
+    }
+
+    /// Whether the optimizer starts afresh at the start of `epoch` (never at epoch 0: there is
+    /// nothing to reset).
+    pub fn resets_at(&self, epoch: u64) -> bool {
+        epoch > 0
+            && match self.reset_optimizer {
+                ResetOn::Epoch => true,
+                ResetOn::Stage => self.stage(epoch) != self.stage(epoch - 1),
+                ResetOn::Never => false,
+            }
+    }
+
+    fn thoughts(&self) -> usize {
+        match self.arm {
+            Arm::NoThought | Arm::Cot | Arm::NoCot => 0,
+            _ => self.c_thought,
+        }
+    }
+
+    /// Stage `stage` on an example of `steps` steps (`dataset.py:get_cot_latent_dataset`): up to
+    /// the last step-by-step stage k, k steps out and k·c thoughts in (even past the chain's end);
+    /// beyond it, every step out and max·c thoughts, or min(steps, max)·c without
+    /// `pad_latent_to_max`. No-CoT drops every step and thinks nothing.
+    pub fn layout(&self, stage: usize, steps: usize) -> Layout {
+        let (skip, k) = match stage > self.max_latent_stage {
+            true => (
+                steps,
+                match self.pad_latent_to_max {
+                    true => self.max_latent_stage,
+                    false => steps.min(self.max_latent_stage),
+                },
+            ),
+            false => (stage.min(steps), stage),
+        };
+        match self.arm {
+            Arm::NoCot => Layout {
+                skip: steps,
+                latents: 0,
+            },
+            _ => Layout {
+                skip,
+                latents: k * self.thoughts(),
+            },
+        }
+    }
+
+    /// The stage one example trains: the epoch's, or with `uniform_prob` one drawn from
+    /// 0..=steps, a pure function of (seed, epoch, example).
+    pub fn example_stage(&self, epoch: u64, seed: u64, example: u64, steps: usize) -> usize {
+        let stage = self.stage(epoch);
+        if self.uniform_prob == 0.0 {
+            return stage;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ example.wrapping_mul(0xc2b2_ae3d_27d4_eb4f),
+        );
+        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        match u < self.uniform_prob {
+            true => (rng.next_u64() % (steps as u64 + 1)) as usize,
+            false => stage,
+        }
+    }
+
+    /// Thoughts in an evaluation prompt at `stage` (`dataset.py:get_question_latent_dataset`):
+    /// min(stage, max)·c, with max the chain's length without `pad_latent_to_max`.
+    pub fn prompt_latents(&self, stage: usize, steps: usize) -> usize {
+        let max = match self.pad_latent_to_max {
+            true => self.max_latent_stage,
+            false => self.max_latent_stage.min(steps),
+        };
+        match self.arm {
+            Arm::NoCot => 0,
+            _ => stage.min(max) * self.thoughts(),
+        }
+    }
+}
+
+/// The special token ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Special {
+    pub start: i64,
+    pub latent: i64,
+    pub end: i64,
+    pub pad: i64,
+}
+
+/// An example's pieces as token ids: question + "\n", each step + "\n", "### " + answer + EOS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pieces {
+    pub question: Vec<i64>,
+    pub steps: Vec<Vec<i64>>,
+    pub answer: Vec<i64>,
+}
+
+/// One row: its ids and, aligned with them (not shifted), what each position must hold, or
+/// [`IGNORE_TARGET`] on the question, the markers and the thoughts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub ids: Vec<i64>,
+    pub labels: Vec<i64>,
+}
+
+/// question [<start>] <latent>×n [<end>] steps[skip..] answer.
+pub fn row(p: &Pieces, layout: Layout, sp: &Special, markers: bool) -> Row {
+    let mut ids = prompt(p, layout.latents, sp, markers);
+    let hidden = ids.len();
+    for s in p.steps.iter().skip(layout.skip) {
+        ids.extend(s);
+    }
+    ids.extend(&p.answer);
+    let labels = (0..ids.len())
+        .map(|i| if i < hidden { IGNORE_TARGET } else { ids[i] })
+        .collect();
+    Row { ids, labels }
+}
+
+/// What generation starts from: question [<start>] <latent>×n [<end>].
+pub fn prompt(p: &Pieces, latents: usize, sp: &Special, markers: bool) -> Vec<i64> {
+    let mut ids = p.question.clone();
+    if markers {
+        ids.push(sp.start);
+    }
+    ids.extend(std::iter::repeat_n(sp.latent, latents));
+    if markers {
+        ids.push(sp.end);
+    }
+    ids
+}
+
+/// Rows aligned for the multi-pass forward (`dataset.py:MyCollator`), row-major [rows, width].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aligned {
+    pub ids: Vec<i64>,
+    pub labels: Vec<i64>,
+    /// Position ids: 0 on left pads, then 0, 1, … from each row's first real token; 0 on right pads.
+    pub positions: Vec<i64>,
+    /// True on real tokens.
+    pub real: Vec<bool>,
+    pub rows: usize,
+    pub width: usize,
+}
+
+/// Left-pads each row holding a latent so that every first latent lands in one column, then
+/// right-pads all to the longest (pads: `sp.pad`, label ignored, position 0, not real).
+pub fn align(rows: &[Row], sp: &Special) -> Aligned {
+    let first = |r: &Row| r.ids.iter().position(|&t| t == sp.latent);
+    let col = rows.iter().filter_map(first).max();
+    let lead: Vec<usize> = rows
+        .iter()
+        .map(|r| match (col, first(r)) {
+            (Some(c), Some(f)) => c - f,
+            _ => 0,
+        })
+        .collect();
+    let width = rows
+        .iter()
+        .zip(&lead)
+        .map(|(r, l)| l + r.ids.len())
+        .max()
+        .unwrap_or(0);
+    let mut a = Aligned {
+        ids: Vec::with_capacity(rows.len() * width),
+        labels: Vec::with_capacity(rows.len() * width),
+        positions: Vec::with_capacity(rows.len() * width),
+        real: Vec::with_capacity(rows.len() * width),
+        rows: rows.len(),
+        width,
+    };
+    for (r, &l) in rows.iter().zip(&lead) {
+        let tail = width - l - r.ids.len();
+        let pad = |a: &mut Aligned, n: usize| {
+            a.ids.extend(std::iter::repeat_n(sp.pad, n));
+            a.labels.extend(std::iter::repeat_n(IGNORE_TARGET, n));
+            a.positions.extend(std::iter::repeat_n(0, n));
+            a.real.extend(std::iter::repeat_n(false, n));
+        };
+        pad(&mut a, l);
+        a.ids.extend(&r.ids);
+        a.labels.extend(&r.labels);
+        a.positions.extend(0..r.ids.len() as i64);
+        a.real.extend(std::iter::repeat_n(true, r.ids.len()));
+        pad(&mut a, tail);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SP: Special = Special {
+        start: 90,
+        latent: 91,
+        end: 92,
+        pad: 0,
+    };
+
+    fn curriculum(arm: Arm) -> Curriculum {
+        Curriculum {
+            arm,
+            c_thought: 2,
+            max_latent_stage: 3,
+            epochs_per_stage: 3,
+            pad_latent_to_max: true,
+            uniform_prob: 0.0,
+            reset_optimizer: ResetOn::Epoch,
+        }
+    }
+
+    fn pieces(steps: usize) -> Pieces {
+        Pieces {
+            question: vec![1, 2],
+            steps: (0..steps).map(|s| vec![10 + s as i64, 9]).collect(),
+            answer: vec![7, 8],
+        }
+    }
+
+    #[test]
+    fn stages_follow_the_epoch() {
+        let c = curriculum(Arm::Coconut);
+        let stages: Vec<usize> = (0..13).map(|e| c.stage(e)).collect();
+        assert_eq!(stages, [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4]);
+        assert_eq!(curriculum(Arm::Cot).stage(12), 0);
+        assert_eq!(curriculum(Arm::NoCot).stage(12), 0);
+        assert_eq!(curriculum(Arm::NoCurriculum).stage(0), 4);
+        assert_eq!(curriculum(Arm::PauseAsThought).stage(7), 2);
+    }
+
+    #[test]
+    fn latent_counts_per_stage() {
+        let c = curriculum(Arm::Coconut);
+        let l = |stage, steps| {
+            let Layout { skip, latents } = c.layout(stage, steps);
+            (skip, latents)
+        };
+        assert_eq!(l(0, 4), (0, 0));
+        assert_eq!(l(2, 4), (2, 4));
+        // A stage past a short chain still thinks k·c.
+        assert_eq!(l(3, 2), (2, 6));
+        // The final stage: every step out, max·c thoughts ...
+        assert_eq!(l(4, 5), (5, 6));
+        assert_eq!(l(4, 1), (1, 6));
+        // ... or min(steps, max)·c without padding.
+        let short = Curriculum {
+            pad_latent_to_max: false,
+            ..c.clone()
+        };
+        assert_eq!(
+            short.layout(4, 1),
+            Layout {
+                skip: 1,
+                latents: 2
+            }
+        );
+        assert_eq!(
+            short.layout(4, 5),
+            Layout {
+                skip: 5,
+                latents: 6
+            }
+        );
+        assert_eq!(
+            curriculum(Arm::NoThought).layout(2, 4),
+            Layout {
+                skip: 2,
+                latents: 0
+            }
+        );
+        assert_eq!(
+            curriculum(Arm::NoCot).layout(0, 4),
+            Layout {
+                skip: 4,
+                latents: 0
+            }
+        );
+        assert_eq!(
+            curriculum(Arm::Cot).layout(0, 4),
+            Layout {
+                skip: 0,
+                latents: 0
+            }
+        );
+        // Evaluation prompts.
+        assert_eq!(c.prompt_latents(9, 1), 6);
+        assert_eq!(short.prompt_latents(9, 1), 2);
+        assert_eq!(c.prompt_latents(1, 4), 2);
+    }
+
+    #[test]
+    fn optimizer_resets_at_the_configured_event() {
+        let at = |reset, arm| {
+            let c = Curriculum {
+                reset_optimizer: reset,
+                ..curriculum(arm)
+            };
+            (0..8).filter(|&e| c.resets_at(e)).collect::<Vec<u64>>()
+        };
+        assert_eq!(at(ResetOn::Epoch, Arm::Coconut), [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(at(ResetOn::Stage, Arm::Coconut), [3, 6]);
+        assert_eq!(at(ResetOn::Stage, Arm::Cot), Vec::<u64>::new());
+        assert_eq!(at(ResetOn::Never, Arm::Coconut), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn labels_are_ignored_exactly_on_question_markers_and_thoughts() {
+        let c = curriculum(Arm::Coconut);
+        let r = row(&pieces(3), c.layout(1, 3), &SP, true);
+        assert_eq!(r.ids, [1, 2, 90, 91, 91, 92, 11, 9, 12, 9, 7, 8]);
+        let i = IGNORE_TARGET;
+        assert_eq!(r.labels, [i, i, i, i, i, i, 11, 9, 12, 9, 7, 8]);
+        let cot = row(&pieces(2), curriculum(Arm::Cot).layout(0, 2), &SP, false);
+        assert_eq!(cot.ids, [1, 2, 10, 9, 11, 9, 7, 8]);
+        assert_eq!(cot.labels, [i, i, 10, 9, 11, 9, 7, 8]);
+        let nocot = row(&pieces(2), curriculum(Arm::NoCot).layout(0, 2), &SP, false);
+        assert_eq!(nocot.ids, [1, 2, 7, 8]);
+        assert_eq!(prompt(&pieces(2), 2, &SP, true), [1, 2, 90, 91, 91, 92]);
+    }
+
+    #[test]
+    fn alignment_puts_first_thoughts_in_one_column() {
+        let c = curriculum(Arm::Coconut);
+        let long = Pieces {
+            question: vec![1, 2, 3, 4],
+            ..pieces(1)
+        };
+        let rows = [
+            row(&pieces(3), c.layout(1, 3), &SP, true), // latent at 3
+            row(&long, c.layout(1, 1), &SP, true),      // latent at 5
+        ];
+        let a = align(&rows, &SP);
+        assert_eq!(a.width, 14);
+        let r0 = &a.ids[..a.width];
+        let r1 = &a.ids[a.width..];
+        assert_eq!(r0[5], 91);
+        assert_eq!(r1[5], 91);
+        assert_eq!(
+            &a.positions[..a.width],
+            &[0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+        );
+        assert_eq!(&a.real[..3], &[false, false, true]);
+        assert_eq!(&r1[8..], &[7, 8, 0, 0, 0, 0]);
+        assert_eq!(&a.labels[a.width + 12..], &[IGNORE_TARGET, IGNORE_TARGET]);
+        // Without latents nothing moves left.
+        let plain = align(&[row(&pieces(1), c.layout(0, 1), &SP, false)], &SP);
+        assert_eq!(plain.positions, (0..plain.width as i64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn uniform_mixing_is_seeded() {
+        let c = Curriculum {
+            uniform_prob: 0.5,
+            ..curriculum(Arm::Coconut)
+        };
+        let draws: Vec<usize> = (0..200).map(|i| c.example_stage(0, 1, i, 4)).collect();
+        assert_eq!(
+            draws,
+            (0..200)
+                .map(|i| c.example_stage(0, 1, i, 4))
+                .collect::<Vec<_>>()
+        );
+        assert!(draws.iter().all(|&s| s <= 4));
+        let mixed = draws.iter().filter(|&&s| s != 0).count();
+        assert!(
+            (60..140).contains(&mixed),
+            "{mixed} of 200 drawn away from stage 0"
+        );
+    }
+}

@@ -714,3 +714,51 @@ impl crate::tidar::CachedLm for GptLm<'_> {
         }
     }
 }
+
+/// A GPT as COCONUT's multi-pass forward drives it: its weights taken once, one [`Kv`] per layer
+/// that keeps autograd history.
+pub struct GptLatent<'m> {
+    model: &'m Gpt,
+    w: Weights,
+}
+
+impl Gpt {
+    pub fn latent(&self) -> Result<GptLatent<'_>> {
+        Ok(GptLatent {
+            model: self,
+            w: self.weights()?,
+        })
+    }
+}
+
+impl GptLatent<'_> {
+    /// Logits [B, T, V] (fp32) of hidden states [B, T, d].
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        linear(hidden, &self.w.head).to_kind(Kind::Float)
+    }
+
+    /// L = Σ w · cross-entropy of the head over `hidden` (from [`crate::coconut::forward`]), and
+    /// backward of L through every pass into the flat gradient.
+    pub fn backward(&self, hidden: &Tensor, loss: &LmLoss) -> Result<LossValues> {
+        let (values, grad_h) = loss.fused(hidden, &self.w.head, &self.w.head_leaf.grad())?;
+        shim::backward(hidden, &grad_h)?;
+        Ok(values)
+    }
+}
+
+impl crate::coconut::LatentLm for GptLatent<'_> {
+    type Cache = Vec<Kv>;
+
+    fn new_cache(&self) -> Vec<Kv> {
+        Vec::new()
+    }
+
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        Input::Ids(ids).embed(&self.w.embed)
+    }
+
+    fn pass(&self, cache: &mut Vec<Kv>, x: &Tensor, attend: &Attend) -> Result<Tensor> {
+        self.model
+            .hidden(&self.w, Input::Embeds(x), attend, Some(cache))
+    }
+}

@@ -7,6 +7,7 @@
 pub mod any;
 pub mod block;
 pub mod checkpoint;
+pub mod coconut;
 pub mod config;
 pub mod decode;
 pub mod exit;

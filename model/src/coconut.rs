@@ -1,0 +1,174 @@
+//! COCONUT's continuous thoughts (Hao et al. 2024; `coconut-reference.md` §1): every latent column's
+//! input embedding is the model's own final hidden state (the LM head's input) at the column before
+//! it. The forward runs in n + 1 passes behind one KV cache that keeps its autograd history:
+//!   pass 0: columns [0, f), f = the first latent column (shared by every row after alignment);
+//!   pass i (1 ≤ i ≤ n): column f + i − 1, fed h_{f+i−2} where that row has a latent;
+//!   pass n + 1: the rest.
+//! Each column is computed once, so the FLOPs are one plain pass; the price is n + 1 sequential
+//! passes, and backward runs through every thought.
+
+use anyhow::{ensure, Result};
+use tch::{Kind, Tensor};
+
+use crate::block::{Attend, Mask, Positions};
+
+/// A causal LM that can run a chunk of embeddings behind its own cache and return the hidden state
+/// its head reads (after the final norm).
+pub trait LatentLm {
+    type Cache;
+    fn new_cache(&self) -> Self::Cache;
+    /// ids [B, T] → input embeddings [B, T, d].
+    fn embed(&self, ids: &Tensor) -> Result<Tensor>;
+    /// Runs `x` [B, t, d] after the cached columns: `attend` holds the chunk's positions [B, t],
+    /// the causal mask and the key padding of every column so far [B, cached + t]. Returns the
+    /// hidden state [B, t, d] and extends the cache (with autograd history when grad is on).
+    fn pass(&self, cache: &mut Self::Cache, x: &Tensor, attend: &Attend) -> Result<Tensor>;
+}
+
+/// Where a batch's thoughts are: every row's latents are one run starting at column `first`.
+#[derive(Debug)]
+pub struct Latents {
+    pub first: i64,
+    /// [B, n] bool: row b has its i-th latent at column first + i.
+    pub present: Tensor,
+}
+
+impl Latents {
+    /// Finds the latent columns of ids [B, T]; None if there are none. Refuses rows whose latents
+    /// are not one run starting at the shared column (see `muninn_data::coconut::align`).
+    pub fn find(ids: &Tensor, latent_id: i64) -> Result<Option<Latents>> {
+        let (b, _) = ids.size2()?;
+        let is = ids.eq(latent_id);
+        let counts =
+            Vec::<i64>::try_from(is.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64))?;
+        let n = counts.iter().copied().max().unwrap_or(0);
+        if n == 0 {
+            return Ok(None);
+        }
+        let firsts = Vec::<i64>::try_from(is.to_kind(Kind::Int64).argmax(1, false))?;
+        let first = (0..b as usize)
+            .filter(|&r| counts[r] > 0)
+            .map(|r| firsts[r])
+            .max()
+            .unwrap_or(0);
+        let cols = Tensor::arange(n, (Kind::Int64, ids.device()));
+        let present = cols.unsqueeze(0).lt_tensor(
+            &Tensor::from_slice(&counts)
+                .to_device(ids.device())
+                .unsqueeze(1),
+        );
+        for r in 0..b as usize {
+            if counts[r] > 0 {
+                let run = is.get(r as i64).narrow(0, first, counts[r]);
+                ensure!(
+                    firsts[r] == first && bool::try_from(run.all())?,
+                    "row {r}: its latents are not one run starting at column {first}; align the batch so first latents share a column"
+                );
+            }
+        }
+        Ok(Some(Latents { first, present }))
+    }
+}
+
+/// The columns [from, to) of a batch: positions and the key padding of every column before `to`.
+fn chunk_attend(positions: &Tensor, real: &Tensor, from: i64, to: i64) -> Attend {
+    Attend {
+        positions: Positions::Ids(positions.narrow(1, from, to - from)),
+        mask: Mask::Causal,
+        key_padding: Some(real.narrow(1, 0, to)),
+    }
+}
+
+/// What the multi-pass forward produced.
+pub struct Thought {
+    /// [B, T, d]: the hidden state of every column.
+    pub hidden: Tensor,
+    /// The thoughts fed in, one [B, d] per latent column (rows without that latent hold whatever
+    /// their embedding would have been replaced by, unused).
+    pub thoughts: Vec<Tensor>,
+}
+
+/// COCONUT's forward over ids [B, T] with per-row positions [B, T] and key padding `real` [B, T]:
+/// the passes of the module comment, the hidden state written into the latent columns out of place.
+pub fn forward<M: LatentLm>(
+    lm: &M,
+    ids: &Tensor,
+    positions: &Tensor,
+    real: &Tensor,
+    latent_id: i64,
+) -> Result<Thought> {
+    let (_, t) = ids.size2()?;
+    let e = lm.embed(ids)?;
+    let mut cache = lm.new_cache();
+    let Some(lat) = Latents::find(ids, latent_id)? else {
+        let hidden = lm.pass(&mut cache, &e, &chunk_attend(positions, real, 0, t))?;
+        return Ok(Thought {
+            hidden,
+            thoughts: Vec::new(),
+        });
+    };
+    let (f, n) = (lat.first, lat.present.size()[1]);
+    ensure!(
+        f >= 1,
+        "a latent in column 0 has no hidden state before it to take"
+    );
+    let mut parts = vec![lm.pass(
+        &mut cache,
+        &e.narrow(1, 0, f),
+        &chunk_attend(positions, real, 0, f),
+    )?];
+    let mut thoughts = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let col = f + i;
+        let prev = parts.last().expect("pass 0 ran").select(1, -1); // [B, d]: h at col − 1
+        let here = lat.present.select(1, i).unsqueeze(-1); // [B, 1]
+        let x = prev.where_self(&here, &e.select(1, col)).unsqueeze(1);
+        thoughts.push(prev);
+        parts.push(lm.pass(&mut cache, &x, &chunk_attend(positions, real, col, col + 1))?);
+    }
+    if f + n < t {
+        let rest = e.narrow(1, f + n, t - f - n);
+        parts.push(lm.pass(&mut cache, &rest, &chunk_attend(positions, real, f + n, t))?);
+    }
+    Ok(Thought {
+        hidden: Tensor::cat(&parts, 1),
+        thoughts,
+    })
+}
+
+/// The same function without a cache: for each latent column a full forward over every column
+/// before it, then one over all. The test oracle of [`forward`].
+pub fn recompute<M: LatentLm>(
+    lm: &M,
+    ids: &Tensor,
+    positions: &Tensor,
+    real: &Tensor,
+    latent_id: i64,
+) -> Result<Tensor> {
+    let (_, t) = ids.size2()?;
+    let mut e = lm.embed(ids)?;
+    if let Some(lat) = Latents::find(ids, latent_id)? {
+        for i in 0..lat.present.size()[1] {
+            let col = lat.first + i;
+            let h = lm.pass(
+                &mut lm.new_cache(),
+                &e.narrow(1, 0, col),
+                &chunk_attend(positions, real, 0, col),
+            )?;
+            let here = lat.present.select(1, i).unsqueeze(-1);
+            let x = h.select(1, -1).where_self(&here, &e.select(1, col));
+            // Out of place: the embeddings of the earlier passes stay as they were.
+            let (b, d) = x.size2()?;
+            let mut cols = vec![e.narrow(1, 0, col), x.view([b, 1, d])];
+            if col + 1 < t {
+                cols.push(e.narrow(1, col + 1, t - col - 1));
+            }
+            e = Tensor::cat(&cols, 1);
+        }
+    }
+    lm.pass(
+        &mut lm.new_cache(),
+        &e,
+        &chunk_attend(positions, real, 0, t),
+    )
+}

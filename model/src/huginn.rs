@@ -7,7 +7,7 @@
 use anyhow::{ensure, Result};
 use tch::{Device, Kind, Tensor};
 
-use crate::block::{linear, rms_norm, Attend, BlockWeights, Rope};
+use crate::block::{linear, rms_norm, Attend, BlockWeights, Kv, Rope};
 use crate::config::{HuginnConfig, StateInit};
 use crate::family::GradEvent;
 use crate::loss::{LmLoss, LossValues};
@@ -617,5 +617,121 @@ impl Huginn {
                 rel_residual: residual.mean(Kind::Float).double_value(&[]),
             })
         })
+    }
+}
+
+/// Huginn as COCONUT's multi-pass forward drives it: every pass runs the prelude, `depth` core
+/// iterations from `init` (the last k of them with a graph) and the coda, each layer behind its
+/// own cache slot (per iteration for the core) that keeps autograd history. A thought is the head's
+/// input, after the coda's final norm.
+pub struct HuginnLatent<'m> {
+    model: &'m Huginn,
+    w: Weights,
+    depth: Depth,
+    init: InitState,
+}
+
+/// The caches of one multi-pass forward: prelude and coda layers, and core layers per iteration.
+#[derive(Default)]
+pub struct LatentCache {
+    prelude: Vec<Kv>,
+    core: Vec<Vec<Kv>>,
+    coda: Vec<Kv>,
+}
+
+impl Huginn {
+    /// `init` must be reproducible across passes (zero, or the config's, drawn per pass).
+    pub fn latent(&self, depth: Depth, init: InitState) -> HuginnLatent<'_> {
+        HuginnLatent {
+            model: self,
+            w: self.weights(),
+            depth,
+            init,
+        }
+    }
+}
+
+impl HuginnLatent<'_> {
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        linear(hidden, &self.w.head).to_kind(Kind::Float)
+    }
+
+    /// L = Σ w · cross-entropy of the head over `hidden`, and backward of L through every pass into
+    /// the flat gradient.
+    pub fn backward(&self, hidden: &Tensor, loss: &LmLoss) -> Result<LossValues> {
+        let (values, grad_h) = loss.fused(hidden, &self.w.head, &self.w.wte.grad())?;
+        shim::backward(hidden, &grad_h)?;
+        Ok(values)
+    }
+
+    fn layer(
+        &self,
+        b: &BlockWeights,
+        x: &Tensor,
+        attend: &Attend,
+        slot: &mut Vec<Kv>,
+        j: usize,
+    ) -> Result<Tensor> {
+        let cfg = self.model.config();
+        let (y, kv) = b.forward_kv(
+            x,
+            self.model.rope(),
+            cfg.n_heads,
+            cfg.norm_eps,
+            attend,
+            slot.get(j),
+        )?;
+        match slot.get_mut(j) {
+            Some(past) => *past = past.cat(&kv),
+            None => slot.push(kv),
+        }
+        Ok(y)
+    }
+}
+
+impl crate::coconut::LatentLm for HuginnLatent<'_> {
+    type Cache = LatentCache;
+
+    fn new_cache(&self) -> LatentCache {
+        LatentCache::default()
+    }
+
+    /// The token embeddings before the embedding scale, as [`Input::Embeds`] takes them.
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        Input::Ids(ids).embed(&self.w.wte)
+    }
+
+    fn pass(&self, cache: &mut LatentCache, x: &Tensor, attend: &Attend) -> Result<Tensor> {
+        let cfg = self.model.config();
+        let mut h = Input::Embeds(x).embed(&self.w.wte)? * cfg.embed_scale();
+        for (j, b) in self.w.prelude.iter().enumerate() {
+            h = self.layer(b, &h, attend, &mut cache.prelude, j)?;
+        }
+        let e = h;
+        let init = match &self.init {
+            InitState::Config => InitState::Config,
+            InitState::Random => InitState::Random,
+            InitState::Zero => InitState::Zero,
+            InitState::Given(s) => InitState::Given(s.shallow_clone()),
+        };
+        let mut s = tch::no_grad(|| self.model.initial_state(&e, &init))?;
+        for i in 0..self.depth.total() {
+            if cache.core.len() <= i as usize {
+                cache.core.push(Vec::new());
+            }
+            let slot = &mut cache.core[i as usize];
+            let mut blocks =
+                |j: usize, b: &BlockWeights, x: &Tensor| self.layer(b, x, attend, slot, j);
+            s = match i >= self.depth.no_grad {
+                true => self.model.iteration(&self.w, &s, &e, &mut blocks)?,
+                false => tch::no_grad(|| self.model.iteration(&self.w, &s, &e, &mut blocks))?,
+            };
+        }
+        let eps = cfg.norm_eps;
+        let mut x = rms_norm(&s, &self.w.ln_f, eps);
+        for (j, b) in self.w.coda.iter().enumerate() {
+            x = self.layer(b, &x, attend, &mut cache.coda, j)?;
+        }
+        Ok(rms_norm(&x, &self.w.ln_f, eps))
     }
 }

@@ -135,3 +135,48 @@ fn scattered_latents_are_refused() {
     let err = Latents::find(&ids, LATENT).unwrap_err().to_string();
     assert!(err.contains("align"), "{err}");
 }
+
+fn huginn() -> muninn_model::Huginn {
+    tch::set_num_threads(1);
+    let mut cfg = muninn_model::HuginnConfig::preset("micro").unwrap();
+    cfg.block_size = 64;
+    let m = muninn_model::Huginn::new(cfg, Device::Cpu, Precision::F32).unwrap();
+    m.init(5);
+    m
+}
+
+#[test]
+fn huginn_thoughts_match_the_oracle_and_the_plain_forward() {
+    use muninn_model::{Depth, InitState, Input};
+    let h = huginn();
+    // Two iterations without a graph and two with, from a zero state in every pass.
+    let lm = h.latent(Depth::new(2, 2), InitState::Zero);
+    let (ids, pos, real, tgt) = batch();
+    let out = coconut::forward(&lm, &ids, &pos, &real, LATENT).unwrap();
+    let oracle = tch::no_grad(|| coconut::recompute(&lm, &ids, &pos, &real, LATENT)).unwrap();
+    let (a, b) = (lm.logits(&out.hidden), lm.logits(&oracle));
+    let d = max_diff(&a.where_self(&real.unsqueeze(-1), &b), &b);
+    assert!(d < 1e-5, "huginn logits differ by {d}");
+    let loss = cross_entropy(&a, &tgt).unwrap();
+    let lb = cross_entropy(&b, &tgt).unwrap();
+    assert!(max_diff(&loss, &lb) < 1e-5, "losses {loss} vs {lb}");
+    let grads = Tensor::run_backward(&[&loss], &[&out.thoughts[0]], false, false);
+    assert!(grads[0].get(0).norm().double_value(&[]) > 1e-6);
+
+    // No latents: the plain forward at the same depth.
+    let plain_ids = Tensor::randint(240, [2, 10], (Kind::Int64, Device::Cpu));
+    let p = Tensor::arange(10, (Kind::Int64, Device::Cpu)).repeat([2, 1]);
+    let r = Tensor::ones([2, 10], (Kind::Bool, Device::Cpu));
+    let multi = tch::no_grad(|| coconut::forward(&lm, &plain_ids, &p, &r, LATENT)).unwrap();
+    let plain = tch::no_grad(|| {
+        h.forward_with(
+            Input::Ids(&plain_ids),
+            &muninn_model::Attend::causal(),
+            Depth::eval(4),
+            &InitState::Zero,
+        )
+    })
+    .unwrap();
+    let d = max_diff(&multi.hidden, &plain.hidden);
+    assert!(d < 1e-5, "huginn without latents differs by {d}");
+}

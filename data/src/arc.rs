@@ -604,6 +604,7 @@ impl ArcData {
             block: self.seq_len(),
             row_ids,
             puzzle_ids,
+            padded: None,
         }
     }
 

@@ -8,7 +8,15 @@ use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::loader::IGNORE_TARGET;
+use crate::loader::{Batch, Cursor, LoaderState, Padded, Source, IGNORE_TARGET};
+use crate::perm::Permutation;
+use crate::qa::QaExample;
+use crate::tokenizer::TokenizerInfo;
+
+/// The markers and the thought placeholder, in this order (the reference's `run.py`).
+pub const START_LATENT: &str = "<|start-latent|>";
+pub const END_LATENT: &str = "<|end-latent|>";
+pub const LATENT: &str = "<|latent|>";
 
 /// The ablation arms of the paper's Table 1 as one switch (`[coconut] arm`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +317,168 @@ pub fn align(rows: &[Row], sp: &Special) -> Aligned {
     a
 }
 
+impl Special {
+    /// The ids of a tokenizer that has COCONUT's three tokens (see [`add_tokens`]).
+    pub fn of(tok: &TokenizerInfo) -> Result<Special> {
+        let id = |name: &str| {
+            tok.tokenizer.token_to_id(name).map(i64::from).ok_or_else(|| {
+                anyhow::anyhow!("the tokenizer has no `{name}`; COCONUT adds {START_LATENT}, {END_LATENT} and {LATENT} (`muninn data prosqa` and --init-from do)")
+            })
+        };
+        Ok(Special {
+            start: id(START_LATENT)?,
+            latent: id(LATENT)?,
+            end: id(END_LATENT)?,
+            pad: i64::from(tok.specials.pad),
+        })
+    }
+}
+
+/// Adds COCONUT's three special tokens to a tokenizer that lacks them (new ids at the top, in the
+/// reference's order); returns how many it added.
+pub fn add_tokens(tok: TokenizerInfo) -> Result<(TokenizerInfo, usize)> {
+    let mut t = tok.tokenizer;
+    let missing: Vec<tokenizers::AddedToken> = [START_LATENT, END_LATENT, LATENT]
+        .iter()
+        .filter(|s| t.token_to_id(s).is_none())
+        .map(|s| tokenizers::AddedToken::from(s.to_string(), true))
+        .collect();
+    let n = missing.len();
+    t.add_special_tokens(&missing);
+    Ok((TokenizerInfo::new(t, "(with COCONUT's tokens)")?, n))
+}
+
+/// An example as token pieces: `<|begin_text|>` question "\n", each step "\n", "### " answer
+/// `<|end_text|>` (the reference's `get_dataset`, with Muninn's begin-of-text token).
+pub fn pieces(e: &QaExample, tok: &TokenizerInfo) -> Result<Pieces> {
+    let enc =
+        |s: &str| -> Result<Vec<i64>> { Ok(tok.encode(s)?.into_iter().map(i64::from).collect()) };
+    let mut answer = enc(&format!("### {}", e.answer))?;
+    answer.push(i64::from(tok.specials.eos));
+    Ok(Pieces {
+        question: tok.encode_prompt(&format!("{}\n", e.question))?,
+        steps: e
+            .steps
+            .iter()
+            .map(|s| enc(&format!("{s}\n")))
+            .collect::<Result<_>>()?,
+        answer,
+    })
+}
+
+/// Aligned rows as the trainer's batch: inputs are the ids, targets the labels shifted by one (the
+/// last column predicts nothing), with their positions and padding.
+pub fn batch(a: Aligned, row_ids: Vec<u64>) -> Batch {
+    let w = a.width;
+    let targets = (0..a.rows * w)
+        .map(|i| match i % w + 1 < w {
+            true => a.labels[i + 1],
+            false => IGNORE_TARGET,
+        })
+        .collect();
+    Batch {
+        inputs: a.ids,
+        targets,
+        rows: a.rows,
+        block: w,
+        row_ids,
+        puzzle_ids: Vec::new(),
+        padded: Some(Padded {
+            positions: a.positions,
+            real: a.real,
+        }),
+    }
+}
+
+/// COCONUT's training rows. Epochs are whole global batches (the last partial one of an epoch is
+/// dropped, so a step never mixes two stages); epoch e visits the examples in the order
+/// perm(seed, e); every example takes the layout of its stage. A pure function of (seed, global
+/// sample), like every loader.
+pub struct QaLoader<'a> {
+    examples: &'a [Pieces],
+    curriculum: Curriculum,
+    special: Special,
+    seed: u64,
+    per_epoch: u64,
+    cursor: Cursor,
+}
+
+impl<'a> QaLoader<'a> {
+    /// `global_batch` = ranks × micro-batch × accumulation; `digest` names the data for resumes.
+    pub fn new(
+        examples: &'a [Pieces],
+        curriculum: Curriculum,
+        special: Special,
+        seed: u64,
+        global_batch: usize,
+        digest: String,
+    ) -> Result<Self> {
+        let n = examples.len() as u64;
+        let gb = global_batch as u64;
+        ensure!(
+            gb >= 1 && n >= gb,
+            "{n} training examples cannot fill one global batch of {gb} (ranks × micro_batch_size × grad_accum)"
+        );
+        Ok(QaLoader {
+            examples,
+            curriculum,
+            special,
+            seed,
+            per_epoch: n / gb * gb,
+            cursor: Cursor::new(digest, seed),
+        })
+    }
+
+    /// Samples per epoch: whole global batches.
+    pub fn per_epoch(&self) -> u64 {
+        self.per_epoch
+    }
+
+    /// The epoch the next batch belongs to.
+    pub fn epoch(&self) -> u64 {
+        self.cursor.consumed / self.per_epoch
+    }
+
+    /// The row of global sample g.
+    fn row(&self, g: u64) -> (u64, Row) {
+        let (epoch, i) = (g / self.per_epoch, g % self.per_epoch);
+        let n = self.examples.len() as u64;
+        let ex = Permutation::new(n, self.seed, epoch).apply(i);
+        let p = &self.examples[ex as usize];
+        let stage = self
+            .curriculum
+            .example_stage(epoch, self.seed, ex, p.steps.len());
+        let layout = self.curriculum.layout(stage, p.steps.len());
+        (
+            ex,
+            row(p, layout, &self.special, self.curriculum.arm.markers()),
+        )
+    }
+}
+
+impl Source for QaLoader<'_> {
+    fn next_batch(&mut self, rank: usize, world: usize, micro_batch: usize) -> Batch {
+        let (ids, rows): (Vec<u64>, Vec<Row>) = self
+            .cursor
+            .take(rank, world, micro_batch)
+            .map(|g| self.row(g))
+            .unzip();
+        batch(align(&rows, &self.special), ids)
+    }
+
+    fn state(&self) -> LoaderState {
+        self.cursor.state()
+    }
+
+    fn load_state(&mut self, s: &LoaderState) -> Result<()> {
+        self.cursor.load_state(s)
+    }
+
+    fn epoch(&self) -> u64 {
+        QaLoader::epoch(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,5 +659,112 @@ mod tests {
             (60..140).contains(&mixed),
             "{mixed} of 200 drawn away from stage 0"
         );
+    }
+
+    fn examples(n: usize) -> Vec<Pieces> {
+        (0..n)
+            .map(|i| Pieces {
+                question: vec![1, 2 + i as i64],
+                steps: (0..(1 + i % 3)).map(|s| vec![40 + s as i64]).collect(),
+                answer: vec![7, 8],
+            })
+            .collect()
+    }
+
+    fn loader(ex: &[Pieces], gb: usize) -> QaLoader<'_> {
+        QaLoader::new(ex, curriculum(Arm::Coconut), SP, 5, gb, "d".into()).unwrap()
+    }
+
+    #[test]
+    fn epochs_are_whole_global_batches_and_set_the_stage() {
+        let ex = examples(10);
+        // Global batch 4: 8 samples an epoch, the last 2 examples of each order left out.
+        let mut l = loader(&ex, 4);
+        assert_eq!(l.per_epoch(), 8);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2 {
+            assert_eq!(l.epoch(), 0);
+            let b = l.next_batch(0, 1, 4);
+            seen.extend(b.row_ids);
+        }
+        assert_eq!(seen.len(), 8, "an epoch visits distinct examples");
+        // Epochs 0..2 are stage 0 (no latents); epoch 3 is stage 1.
+        for _ in 0..4 {
+            let b = l.next_batch(0, 1, 4);
+            assert!(!b.inputs.contains(&SP.latent));
+        }
+        assert_eq!(l.epoch(), 3);
+        let b = l.next_batch(0, 1, 4);
+        assert!(b.inputs.contains(&SP.latent));
+        let p = b.padded.as_ref().unwrap();
+        assert_eq!(p.positions.len(), b.rows * b.block);
+        // Targets are the labels shifted by one.
+        let w = b.block;
+        for r in 0..b.rows {
+            assert_eq!(b.targets[r * w + w - 1], IGNORE_TARGET);
+        }
+    }
+
+    #[test]
+    fn two_ranks_read_what_one_rank_reads_in_two_micro_batches() {
+        let ex = examples(12);
+        let mut one = loader(&ex, 4);
+        let mut r0 = loader(&ex, 4);
+        let mut r1 = loader(&ex, 4);
+        for _ in 0..5 {
+            let a = one.next_batch(0, 1, 2);
+            let b = one.next_batch(0, 1, 2);
+            assert_eq!(a.row_ids, r0.next_batch(0, 2, 2).row_ids);
+            assert_eq!(b.row_ids, r1.next_batch(1, 2, 2).row_ids);
+        }
+    }
+
+    #[test]
+    fn a_resumed_loader_continues_exactly() {
+        let ex = examples(12);
+        let mut l = loader(&ex, 4);
+        for _ in 0..7 {
+            l.next_batch(0, 1, 4);
+        }
+        let state = l.state();
+        let want = l.next_batch(0, 1, 4);
+        let mut again = loader(&ex, 4);
+        again.load_state(&state).unwrap();
+        assert_eq!(again.epoch(), 2);
+        assert_eq!(again.next_batch(0, 1, 4), want);
+        let mut other = QaLoader::new(&ex, curriculum(Arm::Coconut), SP, 5, 4, "e".into()).unwrap();
+        assert!(other.load_state(&state).is_err(), "other data is refused");
+        assert!(QaLoader::new(&ex[..3], curriculum(Arm::Coconut), SP, 5, 4, "d".into()).is_err());
+    }
+
+    #[test]
+    fn tokens_are_added_once_and_pieces_follow_the_reference_layout() {
+        let texts = [
+            "Every wumpus is a lempus.",
+            "Tom is a wumpus. ### Tom is a lempus.",
+        ];
+        let tok = crate::tokenizer::train(texts.iter().copied(), 300, false).unwrap();
+        let before = tok.vocab_size;
+        let (tok, added) = add_tokens(tok).unwrap();
+        assert_eq!((added, tok.vocab_size), (3, before + 3));
+        let (tok, again) = add_tokens(tok).unwrap();
+        assert_eq!(again, 0);
+        let sp = Special::of(&tok).unwrap();
+        assert_eq!(
+            [sp.start, sp.end, sp.latent],
+            [before as i64, before as i64 + 1, before as i64 + 2]
+        );
+        let e = QaExample {
+            question: "Is Tom a lempus?".into(),
+            steps: vec!["Tom is a wumpus.".into()],
+            answer: "Tom is a lempus.".into(),
+        };
+        let p = super::pieces(&e, &tok).unwrap();
+        let text = |ids: &[i64]| tok.decode(ids).unwrap();
+        assert_eq!(p.question[0], i64::from(tok.specials.bos));
+        assert_eq!(text(&p.question), "Is Tom a lempus?\n");
+        assert_eq!(text(&p.steps[0]), "Tom is a wumpus.\n");
+        assert_eq!(*p.answer.last().unwrap(), i64::from(tok.specials.eos));
+        assert_eq!(crate::qa::answer_of(&text(&p.answer)), "Tom is a lempus.");
     }
 }

@@ -196,6 +196,16 @@ pub struct Batch {
     pub row_ids: Vec<u64>,
     /// Puzzle identifier of each row (TRM's puzzle embedding); empty for text.
     pub puzzle_ids: Vec<i64>,
+    /// Per-row positions and padding, where rows are padded (COCONUT's aligned rows); None when
+    /// every row is `block` real tokens at positions 0, 1, ….
+    pub padded: Option<Padded>,
+}
+
+/// Where a batch's rows are padded: position ids and which tokens are real, row-major like `inputs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Padded {
+    pub positions: Vec<i64>,
+    pub real: Vec<bool>,
 }
 
 /// Where the trainer's rows come from: token shards or puzzles. Both loaders are pure functions of
@@ -205,6 +215,11 @@ pub trait Source {
     fn next_batch(&mut self, rank: usize, world: usize, micro_batch: usize) -> Batch;
     fn state(&self) -> LoaderState;
     fn load_state(&mut self, s: &LoaderState) -> Result<()>;
+    /// The epoch of the next batch, for sources whose training depends on it (COCONUT's stages);
+    /// 0 for the others.
+    fn epoch(&self) -> u64 {
+        0
+    }
 }
 
 /// The checks every loader makes when it resumes: same format, same data, same seed.
@@ -245,6 +260,7 @@ impl Batch {
             block,
             row_ids,
             puzzle_ids: Vec::new(),
+            padded: None,
         }
     }
 }

@@ -448,6 +448,7 @@ impl PuzzleSet {
             block: self.seq_len(),
             puzzle_ids: vec![0; ids.len()],
             row_ids: ids,
+            padded: None,
         }
     }
 }

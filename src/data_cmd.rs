@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use muninn_data::prepare::Part;
 use muninn_data::puzzles::{write_generated, GenerateSpec, PuzzleData, PuzzleKind, PuzzleSet};
 use muninn_data::{
-    corpus, prepare, tokenizer, Loader, Packing, PrepareOptions, TokenDataset, TokenizerInfo,
+    corpus, prepare, qa, tokenizer, Loader, Packing, PrepareOptions, TokenDataset, TokenizerInfo,
 };
 
 /// `muninn data sudoku|maze`: generate `kind` puzzles, or import them (`maze`: whether the
@@ -240,6 +240,45 @@ pub enum DataCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// GSM8K for COCONUT (OUT/train.json, valid.json, test.json, qa.json) from openai's
+    /// grade-school-math `train.jsonl` and `test.jsonl`: steps are the `<<…>>` annotations, the
+    /// answer follows `####`, and valid is iCoT's 500 rows of openai train (train keeps the rest).
+    Gsm8k {
+        /// The directory holding openai's train.jsonl and test.jsonl.
+        #[arg(long)]
+        input: PathBuf,
+        /// New output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// ProsQA-style graph questions for COCONUT (OUT/train.json, test.json in the upstream layout,
+    /// tokenizer.json with COCONUT's tokens, qa.json), as `[data] prosqa` generates them.
+    Prosqa {
+        #[arg(long, default_value_t = 8000)]
+        train: usize,
+        #[arg(long, default_value_t = 300)]
+        test: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Tokenizer size, its 32 specials included (COCONUT's 3 come on top).
+        #[arg(long, default_value_t = 512)]
+        vocab_size: usize,
+        /// Nodes per graph, MIN,MAX (upstream: 19,26).
+        #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [19, 26])]
+        nodes: Vec<usize>,
+        /// Hops from the person to the answer, MIN,MAX (upstream: 3,6).
+        #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [3, 6])]
+        hops: Vec<usize>,
+        /// How many of the 38 upstream concept names to use.
+        #[arg(long, default_value_t = 38)]
+        concepts: usize,
+        /// How many of the 17 upstream person names to use.
+        #[arg(long, default_value_t = 17)]
+        persons: usize,
+        /// New output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Join the parts of OUT/parts/ (written by `prepare --part`) into one dataset: writes
     /// OUT/dataset.json naming every part's shards. Run again after adding parts.
     Merge { dir: PathBuf },
@@ -406,6 +445,52 @@ pub fn run(cmd: DataCommand) -> Result<()> {
                 info.test_examples,
                 start.elapsed().as_secs_f64(),
                 c = canvas
+            );
+            Ok(())
+        }
+        DataCommand::Gsm8k { input, out } => {
+            let s = qa::gsm8k::from_openai(&input)?;
+            let info = qa::write_dir(
+                &out,
+                &format!("gsm8k (openai {}/train.jsonl, test.jsonl)", input.display()),
+                &[("train", &s.train), ("valid", &s.valid), ("test", &s.test)]
+                    .map(|(name, examples)| qa::Split { name, examples }),
+                None,
+                |_| Ok(()),
+            )?;
+            println!("wrote {} ({:?})", out.display(), info.splits);
+            Ok(())
+        }
+        DataCommand::Prosqa {
+            train,
+            test,
+            seed,
+            vocab_size,
+            nodes,
+            hops,
+            concepts,
+            persons,
+            out,
+        } => {
+            let start = Instant::now();
+            let spec = qa::ProsQaGenerate {
+                train,
+                test,
+                seed,
+                vocab_size,
+                graph: muninn_data::prosqa::ProsQaSpec {
+                    nodes: [nodes[0], nodes[1]],
+                    hops: [hops[0], hops[1]],
+                    concepts,
+                    persons,
+                },
+            };
+            let info = qa::write_prosqa(&out, &spec)?;
+            println!(
+                "wrote {} ({:?}) in {:.1} s",
+                out.display(),
+                info.splits,
+                start.elapsed().as_secs_f64()
             );
             Ok(())
         }

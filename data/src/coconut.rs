@@ -60,10 +60,11 @@ pub enum ResetOn {
     Never,
 }
 
-/// `[coconut]`: the curriculum.
+/// `[objective] kind = "coconut"`: the arm, the curriculum, and how thoughts are computed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Curriculum {
+pub struct CoconutConfig {
+    #[serde(default = "coconut")]
     pub arm: Arm,
     /// Thoughts per replaced step (c).
     pub c_thought: usize,
@@ -78,10 +79,26 @@ pub struct Curriculum {
     pub uniform_prob: f64,
     #[serde(default = "epoch")]
     pub reset_optimizer: ResetOn,
+    /// Huginn: core iterations of every pass [default: recurrence.mean_recurrence], the last
+    /// recurrence.mean_backprop_depth of them with a graph.
+    #[serde(default)]
+    pub recurrence: Option<i64>,
+    /// The token whose embedding (and head) rows the three new tokens copy when `--init-from` adds
+    /// them to a model without them (the reference: `<<`).
+    #[serde(default = "init_token")]
+    pub init_token: String,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn coconut() -> Arm {
+    Arm::Coconut
+}
+
+fn init_token() -> String {
+    "<<".to_string()
 }
 
 fn epoch() -> ResetOn {
@@ -97,7 +114,7 @@ pub struct Layout {
     pub latents: usize,
 }
 
-impl Curriculum {
+impl CoconutConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(
             self.epochs_per_stage >= 1,
@@ -396,7 +413,7 @@ pub fn batch(a: Aligned, row_ids: Vec<u64>) -> Batch {
 /// sample), like every loader.
 pub struct QaLoader<'a> {
     examples: &'a [Pieces],
-    curriculum: Curriculum,
+    curriculum: CoconutConfig,
     special: Special,
     seed: u64,
     per_epoch: u64,
@@ -407,7 +424,7 @@ impl<'a> QaLoader<'a> {
     /// `global_batch` = ranks × micro-batch × accumulation; `digest` names the data for resumes.
     pub fn new(
         examples: &'a [Pieces],
-        curriculum: Curriculum,
+        curriculum: CoconutConfig,
         special: Special,
         seed: u64,
         global_batch: usize,
@@ -477,6 +494,10 @@ impl Source for QaLoader<'_> {
     fn epoch(&self) -> u64 {
         QaLoader::epoch(self)
     }
+
+    fn epoch_starts(&self) -> Option<u64> {
+        (self.cursor.consumed % self.per_epoch == 0).then(|| QaLoader::epoch(self))
+    }
 }
 
 #[cfg(test)]
@@ -490,8 +511,8 @@ mod tests {
         pad: 0,
     };
 
-    fn curriculum(arm: Arm) -> Curriculum {
-        Curriculum {
+    fn curriculum(arm: Arm) -> CoconutConfig {
+        CoconutConfig {
             arm,
             c_thought: 2,
             max_latent_stage: 3,
@@ -499,6 +520,8 @@ mod tests {
             pad_latent_to_max: true,
             uniform_prob: 0.0,
             reset_optimizer: ResetOn::Epoch,
+            recurrence: None,
+            init_token: init_token(),
         }
     }
 
@@ -536,7 +559,7 @@ mod tests {
         assert_eq!(l(4, 5), (5, 6));
         assert_eq!(l(4, 1), (1, 6));
         // ... or min(steps, max)·c without padding.
-        let short = Curriculum {
+        let short = CoconutConfig {
             pad_latent_to_max: false,
             ..c.clone()
         };
@@ -584,7 +607,7 @@ mod tests {
     #[test]
     fn optimizer_resets_at_the_configured_event() {
         let at = |reset, arm| {
-            let c = Curriculum {
+            let c = CoconutConfig {
                 reset_optimizer: reset,
                 ..curriculum(arm)
             };
@@ -642,7 +665,7 @@ mod tests {
 
     #[test]
     fn uniform_mixing_is_seeded() {
-        let c = Curriculum {
+        let c = CoconutConfig {
             uniform_prob: 0.5,
             ..curriculum(Arm::Coconut)
         };

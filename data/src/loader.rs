@@ -220,6 +220,11 @@ pub trait Source {
     fn epoch(&self) -> u64 {
         0
     }
+    /// Some(epoch) when the next batch is the first of that epoch, for sources whose epochs are
+    /// whole steps (COCONUT's optimizer resets); None otherwise.
+    fn epoch_starts(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The checks every loader makes when it resumes: same format, same data, same seed.

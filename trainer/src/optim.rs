@@ -147,6 +147,14 @@ impl FlatOptimizer {
         self.steps
     }
 
+    /// Forgets the moments and the update count: a fresh optimizer over the same shard (COCONUT's
+    /// reset at an epoch or stage).
+    pub fn reset(&mut self) {
+        let _ = self.m.zero_();
+        let _ = self.v.zero_();
+        self.steps = 0;
+    }
+
     /// This optimizer's shard of `full`, a tensor laid out like the flat buffer.
     pub fn shard_of(&self, full: &Tensor) -> Tensor {
         gather_pieces(full, &self.pieces)

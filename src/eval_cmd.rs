@@ -299,6 +299,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             let family = GptFamily {
                 model: m,
                 tidar: None,
+                coconut: None,
             };
             let [(_, loss)] = validate(&family, &batches, &mut |_| Ok(()))?[..] else {
                 unreachable!("the gpt family has one validation metric")
@@ -758,8 +759,8 @@ fn generate_tidar(
     let trained = run_of(&a.checkpoint)?.map(|(_, rc)| rc.objective);
     let cfg = match trained {
         Some(LmObjective::Tidar(c)) => c,
-        Some(LmObjective::NextToken) => bail!(
-            "{} was trained for next-token prediction only (its run's config has no [objective] kind = \"tidar\"): decode it without --tidar",
+        Some(LmObjective::NextToken | LmObjective::Coconut(_)) => bail!(
+            "{} was not trained with TiDAR's objective (its run's config has no [objective] kind = \"tidar\"): decode it without --tidar",
             a.checkpoint.display()
         ),
         None => bail!(

@@ -172,3 +172,91 @@ pub fn recompute<M: LatentLm>(
         &chunk_attend(positions, real, 0, t),
     )
 }
+
+/// COCONUT as a family's objective: the latent id, and the thought and embedding norms summed on
+/// the device until they are logged (thoughts are known to be far larger than token embeddings,
+/// `coconut-reference.md` §7; nothing rescales them).
+pub struct Coconut {
+    pub latent: i64,
+    /// Huginn: the core iterations of every pass (unused by gpt).
+    pub depth: crate::huginn::Depth,
+    /// Σ‖thought‖, thoughts, Σ‖token embedding‖ (of the real non-latent inputs), tokens, [4] f64.
+    stats: std::cell::RefCell<Option<Tensor>>,
+}
+
+impl Coconut {
+    pub fn new(latent: i64, depth: crate::huginn::Depth) -> Self {
+        Coconut {
+            latent,
+            depth,
+            stats: Default::default(),
+        }
+    }
+
+    /// The multi-pass forward of a micro-batch (which must carry its positions and padding).
+    pub fn forward<M: LatentLm>(
+        &self,
+        lm: &M,
+        batch: &crate::family::MicroBatch,
+    ) -> Result<Thought> {
+        let Some(p) = &batch.padded else {
+            anyhow::bail!("COCONUT needs aligned rows with positions and padding (a QA dataset)");
+        };
+        let out = forward(lm, batch.inputs, p.positions, p.real, self.latent)?;
+        tch::no_grad(|| self.record(lm, batch.inputs, p.real, &out))?;
+        Ok(out)
+    }
+
+    fn record<M: LatentLm>(
+        &self,
+        lm: &M,
+        ids: &Tensor,
+        real: &Tensor,
+        out: &Thought,
+    ) -> Result<()> {
+        let norm = |t: &Tensor| t.norm_scalaropt_dim(2.0, [-1], false).to_kind(Kind::Double);
+        let lat = Latents::find(ids, self.latent)?;
+        let (mut thought_sum, mut thoughts) =
+            (Tensor::zeros([], (Kind::Double, ids.device())), 0i64);
+        if let Some(lat) = &lat {
+            for (i, t) in out.thoughts.iter().enumerate() {
+                let here = lat.present.select(1, i as i64);
+                thought_sum += (norm(t) * here.to_kind(Kind::Double)).sum(Kind::Double);
+                thoughts += i64::try_from(here.sum(Kind::Int64))?;
+            }
+        }
+        let tokens = real.logical_and(&ids.ne(self.latent));
+        let e = norm(&lm.embed(ids)?) * tokens.to_kind(Kind::Double);
+        let sums = Tensor::stack(
+            &[
+                thought_sum,
+                Tensor::from(thoughts as f64).to_device(ids.device()),
+                e.sum(Kind::Double),
+                tokens.sum(Kind::Double),
+            ],
+            0,
+        );
+        let mut st = self.stats.borrow_mut();
+        *st = Some(match st.take() {
+            Some(acc) => acc + sums,
+            None => sums,
+        });
+        Ok(())
+    }
+
+    /// `thought_norm` and `embed_norm` (mean L2 norms since the last log line).
+    pub fn fields(&self) -> crate::family::Fields {
+        let v: Vec<f64> = match self.stats.borrow_mut().take() {
+            Some(t) => Vec::try_from(t.to_device(tch::Device::Cpu)).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let (t, e) = match v.as_slice() {
+            [t, nt, e, ne] => ((*nt > 0.0).then(|| t / nt), (*ne > 0.0).then(|| e / ne)),
+            _ => (None, None),
+        };
+        vec![
+            ("thought_norm", serde_json::json!(t)),
+            ("embed_norm", serde_json::json!(e)),
+        ]
+    }
+}

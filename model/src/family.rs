@@ -35,9 +35,19 @@ pub struct MicroBatch<'a> {
     pub scale: f64,
     /// [B] puzzle identifiers (TRM's puzzle embedding), where the data has them.
     pub puzzle_ids: Option<&'a Tensor>,
+    /// Per-row positions [B, T] and real tokens [B, T] (bool) of padded rows (COCONUT's aligned
+    /// batches); None for rows that are all real tokens at positions 0, 1, ….
+    pub padded: Option<Padding<'a>>,
     /// Which global micro-batch of the step this is (micro-batch i of rank r is i·W + r): what a
     /// family keeps per micro-batch (TRM's slots) and any randomness it draws are keyed by it.
     pub global: usize,
+}
+
+/// Where a micro-batch's rows are padded.
+#[derive(Clone, Copy)]
+pub struct Padding<'a> {
+    pub positions: &'a Tensor,
+    pub real: &'a Tensor,
 }
 
 /// What a step's loss is the mean over.

@@ -7,10 +7,13 @@ use std::path::Path;
 use anyhow::Result;
 use tch::Tensor;
 
+use crate::block::Attend;
 use crate::checkpoint::{self, TensorFiles};
+use crate::coconut::Coconut;
 use crate::family::{Family, Fields, GradEvent, MicroBatch};
 use crate::flops::TrainFlops;
 use crate::gpt::Gpt;
+use crate::loss::LmLoss;
 use crate::params::FlatParams;
 use crate::tidar::Tidar;
 
@@ -18,6 +21,8 @@ pub struct GptFamily {
     pub model: Gpt,
     /// TiDAR's objective in place of next-token training.
     pub tidar: Option<Tidar>,
+    /// COCONUT's continuous thoughts in the latent columns of aligned rows.
+    pub coconut: Option<Coconut>,
 }
 
 impl Family for GptFamily {
@@ -57,15 +62,23 @@ impl Family for GptFamily {
         _plan: (),
         on_grad: &mut dyn FnMut(GradEvent),
     ) -> Result<Tensor> {
-        let loss = match &self.tidar {
-            None => self
-                .model
-                .loss_backward_scaled(batch.inputs, batch.targets, batch.scale)?,
-            Some(tidar) => {
+        let loss = match (&self.tidar, &self.coconut) {
+            (Some(tidar), _) => {
                 let tb = tidar.batch(batch.inputs, batch.targets, batch.scale)?;
                 let values = self.model.backward_lm(&tb.ids, &tb.loss())?;
                 tidar.record(&values.ce, &tb.targets);
                 values.total
+            }
+            (None, Some(coconut)) => {
+                let lm = self.model.latent()?;
+                let out = coconut.forward(&lm, batch)?;
+                let causal = Attend::causal();
+                let loss = LmLoss::next_token(batch.targets, batch.scale, &causal);
+                lm.backward(&out.hidden, &loss)?.total
+            }
+            (None, None) => {
+                self.model
+                    .loss_backward_scaled(batch.inputs, batch.targets, batch.scale)?
             }
         };
         on_grad(GradEvent::Final(0));
@@ -84,7 +97,9 @@ impl Family for GptFamily {
     }
 
     fn telemetry(&self, _inputs: &Tensor, _plan: ()) -> Result<Fields> {
-        Ok(self.tidar.as_ref().map_or_else(Vec::new, Tidar::fields))
+        let mut fields = self.tidar.as_ref().map_or_else(Vec::new, Tidar::fields);
+        fields.extend(self.coconut.as_ref().map_or_else(Vec::new, Coconut::fields));
+        Ok(fields)
     }
 
     /// `val_loss` under the causal mask alone (TiDAR's clean half computes exactly this), and with
@@ -99,6 +114,14 @@ impl Family for GptFamily {
 
     fn validate(&self, _index: u64, batch: &MicroBatch) -> Result<Vec<(f64, f64)>> {
         let (inputs, targets) = (batch.inputs, batch.targets);
+        if let Some(coconut) = &self.coconut {
+            let (sum, n) = tch::no_grad(|| -> Result<_> {
+                let lm = self.model.latent()?;
+                let out = coconut.forward(&lm, batch)?;
+                crate::loss::cross_entropy_sum(&lm.logits(&out.hidden), targets)
+            })?;
+            return Ok(vec![(sum.double_value(&[]), n.double_value(&[]))]);
+        }
         let mut sums = vec![self.model.val_loss_sums(inputs, targets)?];
         if let Some(tidar) = &self.tidar {
             let tb = tidar.batch(inputs, targets, 1.0)?;

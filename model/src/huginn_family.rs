@@ -10,6 +10,7 @@ use tch::Tensor;
 
 use crate::block::Attend;
 use crate::checkpoint::{self, TensorFiles};
+use crate::coconut::Coconut;
 use crate::family::{Family, Fields, GradEvent, MicroBatch};
 use crate::flops::{train_flops_per_token, TrainFlops};
 use crate::huginn::{Depth, Huginn, InitState, Input, Objective};
@@ -31,6 +32,8 @@ pub struct HuginnFamily {
     /// TiDAR's objective in place of next-token training: the same mask and positions at every
     /// layer of every core iteration.
     pub tidar: Option<Tidar>,
+    /// COCONUT's continuous thoughts: every pass runs `coconut_depth` core iterations.
+    pub coconut: Option<Coconut>,
 }
 
 impl Family for HuginnFamily {
@@ -56,8 +59,12 @@ impl Family for HuginnFamily {
         params::grad_regions(self.model.params().specs()).to_vec()
     }
 
+    /// The sampled (n, k), or COCONUT's fixed depth of every pass.
     fn plan(&self, step: u64) -> Depth {
-        self.sampler.draw(step)
+        match &self.coconut {
+            Some(c) => c.depth,
+            None => self.sampler.draw(step),
+        }
     }
 
     fn plan_fields(&self, d: Depth) -> (Fields, String) {
@@ -74,6 +81,17 @@ impl Family for HuginnFamily {
         on_grad: &mut dyn FnMut(GradEvent),
     ) -> Result<Tensor> {
         let causal = Attend::causal();
+        if let Some(coconut) = &self.coconut {
+            let lm = self.model.latent(depth, InitState::Config);
+            let out = coconut.forward(&lm, batch)?;
+            let loss = LmLoss::next_token(batch.targets, batch.scale, &causal);
+            let total = lm.backward(&out.hidden, &loss)?.total;
+            // One backward call: every region is final at once.
+            for i in 0..self.grad_regions().len() {
+                on_grad(GradEvent::Final(i));
+            }
+            return Ok(total);
+        }
         let tb = match &self.tidar {
             Some(tidar) => Some(tidar.batch(batch.inputs, batch.targets, batch.scale)?),
             None => None,
@@ -129,6 +147,7 @@ impl Family for HuginnFamily {
             ("rel_residual", json!(tm.rel_residual)),
         ];
         fields.extend(self.tidar.as_ref().map_or_else(Vec::new, Tidar::fields));
+        fields.extend(self.coconut.as_ref().map_or_else(Vec::new, Coconut::fields));
         Ok(fields)
     }
 
@@ -154,6 +173,21 @@ impl Family for HuginnFamily {
     fn validate(&self, index: u64, batch: &MicroBatch) -> Result<Vec<(f64, f64)>> {
         let (inputs, targets) = (batch.inputs, batch.targets);
         let m = &self.model;
+        if let Some(coconut) = &self.coconut {
+            return self
+                .eval_depths
+                .iter()
+                .map(|&r| {
+                    crate::family::seed_torch(self.seed, index, 0xC0C0);
+                    let (sum, n) = tch::no_grad(|| -> Result<_> {
+                        let lm = m.latent(Depth::eval(r), InitState::Config);
+                        let out = coconut.forward(&lm, batch)?;
+                        crate::loss::cross_entropy_sum(&lm.logits(&out.hidden), targets)
+                    })?;
+                    Ok((sum.double_value(&[]), n.double_value(&[])))
+                })
+                .collect();
+        }
         let mut sums = self
             .eval_depths
             .iter()

@@ -34,7 +34,7 @@ pub use any::{FamilyKind, Model, ModelConfig};
 pub use block::{Attend, Mask, Positions};
 pub use config::{HuginnConfig, StateInit};
 pub use exit::ExitCriterion;
-pub use family::{Family, GradEvent, LossMean, MicroBatch};
+pub use family::{Family, GradEvent, LossMean, MicroBatch, Padding};
 pub use gpt::{Gpt, GptConfig};
 pub use huginn::{
     Depth, Forward, GradStage, Huginn, InitState, Input, Objective, Precision, Telemetry,

@@ -31,6 +31,8 @@ pub enum LmObjective {
     NextToken,
     /// TiDAR: next-token loss on the clean half plus mask prediction on an appended masked copy.
     Tidar(TidarConfig),
+    /// COCONUT: continuous thoughts on the stage curriculum, trained on a QA dataset.
+    Coconut(muninn_data::coconut::CoconutConfig),
 }
 
 /// `[objective] kind = "tidar"`.

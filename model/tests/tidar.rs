@@ -96,6 +96,7 @@ fn the_loss_weighs_both_halves_and_its_gradient_is_autograds() {
         targets: &y,
         scale: 1.0 / 32.0,
         puzzle_ids: None,
+        padded: None,
         global: 0,
     };
     let loss = fam

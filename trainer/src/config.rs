@@ -49,6 +49,10 @@ pub struct DataSection {
     /// or `{ maze = 11, ... }`.
     #[serde(default)]
     pub generate: Option<muninn_data::puzzles::GenerateSpec>,
+    /// COCONUT: generate a ProsQA-style QA dataset (and its tokenizer) into `dir` on first use,
+    /// e.g. `{ train = 8000, test = 300, seed = 0, vocab_size = 512 }`.
+    #[serde(default)]
+    pub prosqa: Option<muninn_data::qa::ProsQaGenerate>,
     /// Sudoku and maze: draw a fresh augmentation of every training sample (sudoku: digit
     /// permutation, band and stack shuffles, transposition, as the reference's 1000 pre-made copies
     /// per puzzle; maze: one of the 8 dihedral symmetries, the reference's `--aug`). ARC's copies
@@ -482,6 +486,23 @@ impl RunConfig {
             );
             tidar.validate(model.vocab_size())?;
         }
+        if let LmObjective::Coconut(c) = &raw.objective {
+            ensure!(
+                family != FamilyKind::Trm,
+                "objective.kind = \"coconut\" trains a language model; model.family = \"trm\" solves puzzles: remove [objective]"
+            );
+            c.validate().context("in [objective]")?;
+            if let Some(r) = c.recurrence {
+                ensure!(
+                    family == FamilyKind::Huginn && r >= 1,
+                    "objective.recurrence = {r}: the core iterations of a Huginn model's passes (>= 1; gpt has no core)"
+                );
+            }
+        }
+        ensure!(
+            raw.data.prosqa.is_none() || matches!(raw.objective, LmObjective::Coconut(_)),
+            "data.prosqa generates COCONUT's QA data: set [objective] kind = \"coconut\" or remove it"
+        );
         let o = &raw.optimizer;
         let optimizer = OptimizerConfig {
             kind: o.kind,
@@ -578,6 +599,24 @@ impl RunConfig {
                     "data.dir = {}: no such directory (write one with `muninn data sudoku|maze|arc`, or set data.generate)",
                     data.dir.display()
                 );
+            }
+            _ if matches!(raw.objective, LmObjective::Coconut(_)) => {
+                ensure!(
+                    data.generate.is_none() && data.ignore_targets.is_empty(),
+                    "data.generate and data.ignore_targets are for puzzles and token shards; COCONUT reads a QA dataset: remove them"
+                );
+                ensure!(
+                    data.dir.is_dir() || data.prosqa.is_some(),
+                    "data.dir = {}: no such directory (write one with `muninn data gsm8k|prosqa`, or set data.prosqa)",
+                    data.dir.display()
+                );
+                if let Some(tok) = &data.tokenizer {
+                    ensure!(
+                        tok.is_file(),
+                        "data.tokenizer = {}: no such file",
+                        tok.display()
+                    );
+                }
             }
             _ => {
                 ensure!(

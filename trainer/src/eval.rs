@@ -14,6 +14,21 @@ pub struct ValBatch {
     pub inputs: Tensor,
     pub targets: Tensor,
     pub puzzle_ids: Option<Tensor>,
+    /// Positions and real tokens of padded rows (COCONUT).
+    pub padded: Option<(Tensor, Tensor)>,
+}
+
+/// A padded batch's positions and real-token mask as [rows, block] tensors on `device`.
+pub fn padding(b: &Batch, device: Device) -> Option<(Tensor, Tensor)> {
+    let shape = [b.rows as i64, b.block as i64];
+    b.padded.as_ref().map(|p| {
+        (
+            Tensor::from_slice(&p.positions)
+                .view(shape)
+                .to_device(device),
+            Tensor::from_slice(&p.real).view(shape).to_device(device),
+        )
+    })
 }
 
 /// A batch's puzzle identifiers [rows] on `device`, where it has them.
@@ -52,6 +67,7 @@ impl ValBatch {
             inputs,
             targets,
             puzzle_ids: puzzle_ids(b, device),
+            padded: padding(b, device),
         }
     }
 }
@@ -105,6 +121,10 @@ pub fn validate<F: Family>(
             targets: &b.targets,
             scale: 1.0,
             puzzle_ids: b.puzzle_ids.as_ref(),
+            padded: b
+                .padded
+                .as_ref()
+                .map(|(positions, real)| muninn_model::family::Padding { positions, real }),
             global: b.index,
         };
         let metrics = family.validate(b.index as u64, &batch)?;

@@ -8,9 +8,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use muninn_data::coconut::{CoconutConfig, Pieces, QaLoader, Special};
 use muninn_data::loader::Source;
 use muninn_data::puzzles::{Dataset, PuzzleData};
+use muninn_data::qa::QaData;
 use muninn_data::{loader, Batch, Loader, TokenDataset, TokenizerInfo};
+use muninn_model::coconut::Coconut;
 use muninn_model::gpt_family::GptFamily;
 use muninn_model::huginn_family::HuginnFamily;
 use muninn_model::tidar::{LmObjective, Tidar};
@@ -24,7 +27,9 @@ use tch::{Device, Kind, Tensor};
 use crate::ckpt::{self, Extras, TrainerState};
 use crate::config::RunConfig;
 use crate::dist::{Comm, GradSync, Layout, Op};
-use crate::eval::{ignore_targets, puzzle_ids, seed_torch, to_tensors, validate, ValBatch};
+use crate::eval::{
+    ignore_targets, padding, puzzle_ids, seed_torch, to_tensors, validate, ValBatch,
+};
 use crate::metrics::Metrics;
 use crate::optim::{clip_to_norm, Ema, FlatOptimizer};
 use crate::DeviceSpec;
@@ -79,6 +84,17 @@ pub fn train(
         tch::set_num_threads(t.threads);
     }
     let device = rank_device(t.device, comm)?;
+    let qa = open_qa(cfg, comm)?;
+    // Huginn runs every COCONUT pass at r = objective.recurrence (default r̄), the last
+    // min(k̄, r) iterations with a graph.
+    let coconut = || {
+        qa.as_ref().map(|q| {
+            let rec = &cfg.raw.recurrence;
+            let r = q.config.recurrence.unwrap_or(rec.mean_recurrence);
+            let k = rec.mean_backprop_depth.min(r);
+            Coconut::new(q.special.latent, muninn_model::Depth::new(r - k, k))
+        })
+    };
     // The one place that names a family. Every rank builds the same weights (and rank 0's are
     // broadcast before training).
     match &cfg.model {
@@ -90,17 +106,19 @@ pub fn train(
                 eval_depths: cfg.raw.eval.depths.clone(),
                 seed: t.seed,
                 tidar: tidar(cfg),
+                coconut: coconut(),
             };
             family.model.init(t.seed);
-            run(cfg, &family, device, resume, stop_signal, comm)
+            run(cfg, &family, device, resume, stop_signal, comm, qa.as_ref())
         }
         ModelConfig::Gpt(shape) => {
             let family = GptFamily {
                 model: Gpt::new(shape.clone(), device, cfg.precision)?,
                 tidar: tidar(cfg),
+                coconut: coconut(),
             };
             family.model.init(t.seed);
-            run(cfg, &family, device, resume, stop_signal, comm)
+            run(cfg, &family, device, resume, stop_signal, comm, qa.as_ref())
         }
         ModelConfig::Trm(shape) => {
             let table = cfg.raw.trm.clone().unwrap_or_default();
@@ -113,7 +131,7 @@ pub fn train(
                 t.seed,
             );
             family.model.init(t.seed);
-            run(cfg, &family, device, resume, stop_signal, comm)
+            run(cfg, &family, device, resume, stop_signal, comm, None)
         }
     }
 }
@@ -122,7 +140,7 @@ pub fn train(
 fn tidar(cfg: &RunConfig) -> Option<Tidar> {
     match &cfg.raw.objective {
         LmObjective::Tidar(c) => Some(Tidar::new(c.clone())),
-        LmObjective::NextToken => None,
+        LmObjective::NextToken | LmObjective::Coconut(_) => None,
     }
 }
 
@@ -162,6 +180,76 @@ fn check_tidar(cfg: &RunConfig, tok: &TokenizerInfo, rows: usize) -> Result<()> 
     Ok(())
 }
 
+/// A COCONUT run's data: the QA dataset (rank 0 generates it first when `data.prosqa` says how
+/// and it is missing), its tokenizer with COCONUT's tokens, and the examples as token pieces.
+pub struct QaRun {
+    pub config: CoconutConfig,
+    pub special: Special,
+    pub train: Vec<Pieces>,
+    /// The held-out split validation reads (`valid`, else `test`).
+    pub val: Vec<Pieces>,
+    pub tokenizer: PathBuf,
+    /// Ids of the tokenizer, its added tokens included.
+    pub vocab_size: usize,
+    /// The tokenizer's and the training split's sha256: what a resumed loader must find again.
+    pub digest: String,
+}
+
+fn open_qa(cfg: &RunConfig, comm: &mut Comm) -> Result<Option<QaRun>> {
+    let LmObjective::Coconut(config) = &cfg.raw.objective else {
+        return Ok(None);
+    };
+    let d = &cfg.raw.data;
+    let generated = match (&d.prosqa, comm.is_root()) {
+        (Some(spec), true) => QaData::ensure(&d.dir, spec).map(|_| ()),
+        _ => Ok(()),
+    };
+    let mut failed = [generated.is_err() as u8 as f64];
+    comm.sum_f64(&mut failed, "preparing the QA dataset")?;
+    generated?;
+    anyhow::ensure!(
+        failed[0] == 0.0,
+        "rank 0 could not prepare {}",
+        d.dir.display()
+    );
+    let data = match &d.prosqa {
+        Some(spec) => QaData::ensure(&d.dir, spec)?,
+        None => QaData::open(&d.dir)?,
+    };
+    let tokenizer = d
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| d.dir.join("tokenizer.json"));
+    let tok = TokenizerInfo::load(&tokenizer)?;
+    let special =
+        Special::of(&tok).with_context(|| format!("tokenizer {}", tokenizer.display()))?;
+    let pieces = |split: &str| -> Result<Vec<Pieces>> {
+        data.split(split)?
+            .iter()
+            .map(|e| muninn_data::coconut::pieces(e, &tok))
+            .collect()
+    };
+    let val_split = match d.dir.join("valid.json").is_file() {
+        true => "valid",
+        false => "test",
+    };
+    let train_bytes = std::fs::read(d.dir.join("train.json"))
+        .with_context(|| format!("reading {}/train.json", d.dir.display()))?;
+    let digest = format!(
+        "{:x}",
+        Sha256::digest([tok.sha256.as_bytes(), &train_bytes].concat())
+    );
+    Ok(Some(QaRun {
+        config: config.clone(),
+        special,
+        train: pieces("train")?,
+        val: pieces(val_split)?,
+        tokenizer,
+        vocab_size: tok.vocab_size,
+        digest,
+    }))
+}
+
 /// The puzzle dataset of a TRM run: rank 0 generates it first when the config says how and it is
 /// missing; then every rank opens and checks it.
 fn open_puzzles(cfg: &RunConfig, comm: &mut Comm) -> Result<Dataset> {
@@ -189,9 +277,15 @@ fn run<F: Family>(
     resume: Resume,
     stop_signal: Arc<AtomicBool>,
     comm: &mut Comm,
+    qa: Option<&QaRun>,
 ) -> Result<Outcome> {
     let raw = &cfg.raw;
     let (t, rank, world) = (&raw.train, comm.rank(), comm.world());
+    if let Some(qa) = qa {
+        let shape = (model.vocab_size(), model.block_size());
+        let source = qa_source(cfg, qa, shape, rank, world)?;
+        return drive(cfg, model, device, source, resume, stop_signal, comm);
+    }
     // The data outlives the trainer, whose loader reads it.
     if model.loss_mean() == LossMean::Rows {
         let data = open_puzzles(cfg, comm)?;
@@ -254,6 +348,82 @@ fn run<F: Family>(
     drive(cfg, model, device, source, resume, stop_signal, comm)
 }
 
+/// COCONUT's loader and validation batches: the held-out examples at the arm's final stage (what
+/// the trained model is evaluated in), the first `eval.max_rows`, this rank's share.
+fn qa_source<'a>(
+    cfg: &RunConfig,
+    qa: &'a QaRun,
+    (vocab_size, block_size): (i64, i64),
+    rank: usize,
+    world: usize,
+) -> Result<Data<'a>> {
+    let (t, c) = (&cfg.raw.train, &qa.config);
+    anyhow::ensure!(
+        qa.vocab_size as i64 <= vocab_size,
+        "the tokenizer {} has {} ids (COCONUT's tokens included) but model.vocab_size = {vocab_size}",
+        qa.tokenizer.display(),
+        qa.vocab_size
+    );
+    let layout = |p: &Pieces, stage| c.layout(stage, p.steps.len());
+    let longest = qa
+        .train
+        .iter()
+        .flat_map(|p| [0, c.final_stage()].map(|s| (p, s)))
+        .map(|(p, s)| {
+            muninn_data::coconut::row(p, layout(p, s), &qa.special, c.arm.markers())
+                .ids
+                .len()
+        })
+        .max()
+        .unwrap_or(0);
+    anyhow::ensure!(
+        longest as i64 <= block_size,
+        "the longest COCONUT row of {} has {longest} tokens, more than model.block_size = {block_size}",
+        cfg.raw.data.dir.display()
+    );
+    let rows: Vec<_> = qa
+        .val
+        .iter()
+        .take(cfg.raw.eval.max_rows as usize)
+        .map(|p| {
+            muninn_data::coconut::row(p, layout(p, c.final_stage()), &qa.special, c.arm.markers())
+        })
+        .collect();
+    let ids: Vec<u64> = (0..rows.len() as u64).collect();
+    let val = loader::rank_chunks(&ids, t.micro_batch_size, rank, world)
+        .map(|chunk| {
+            let picked: Vec<_> = chunk.iter().map(|&i| rows[i as usize].clone()).collect();
+            muninn_data::coconut::batch(
+                muninn_data::coconut::align(&picked, &qa.special),
+                chunk.to_vec(),
+            )
+        })
+        .collect();
+    let global = world * t.micro_batch_size * t.grad_accum;
+    let loader = QaLoader::new(
+        &qa.train,
+        c.clone(),
+        qa.special,
+        t.seed,
+        global,
+        qa.digest.clone(),
+    )
+    .with_context(|| format!("COCONUT on {}", cfg.raw.data.dir.display()))?;
+    // Throughput counts a row as the mean full chain-of-thought row (rows vary in length).
+    let mean = qa
+        .train
+        .iter()
+        .map(|p| p.question.len() + p.steps.iter().map(Vec::len).sum::<usize>() + p.answer.len())
+        .sum::<usize>()
+        / qa.train.len().max(1);
+    Ok((
+        Box::new(loader),
+        val,
+        mean.max(1),
+        Some(qa.tokenizer.as_path()),
+    ))
+}
+
 /// The training rows (a loader), the validation batches of this rank, the sequence length and the
 /// tokenizer that checkpoints copy (token data only).
 type Data<'a> = (
@@ -292,6 +462,9 @@ fn drive<F: Family>(
     })
 }
 
+/// One micro-batch on the device: inputs, targets, puzzle ids, positions and padding.
+type MicroRows = (Tensor, Tensor, Option<Tensor>, Option<(Tensor, Tensor)>);
+
 /// The loop's state between steps: the family, communication, optimizer, loader, counters and sinks.
 struct Trainer<'a, F: Family> {
     cfg: &'a RunConfig,
@@ -328,6 +501,8 @@ struct Trainer<'a, F: Family> {
     phases: Phases,
     /// The last micro-batch's inputs (telemetry reads them).
     last_x: Option<Tensor>,
+    /// The loader's epoch of the last step (COCONUT logs it and its stage).
+    epoch: u64,
 }
 
 /// What one step did, for its log line and the decision to save or stop.
@@ -510,6 +685,7 @@ impl<'a, F: Family> Trainer<'a, F> {
             started: Instant::now(),
             phases: Phases::new(raw.log.profile, device),
             last_x: None,
+            epoch: 0,
         })
     }
 
@@ -526,6 +702,12 @@ impl<'a, F: Family> Trainer<'a, F> {
             muninn_model::shim::profiler_start()?;
         }
         self.phases.start();
+        self.epoch = self.loader.epoch();
+        if let (Some(e), LmObjective::Coconut(c)) = (self.loader.epoch_starts(), &raw.objective) {
+            if c.resets_at(e) {
+                self.opt.reset();
+            }
+        }
         let (batches, loss_tokens, scale) = self.micro_batches()?;
         self.phases.lap(Phase::Data);
 
@@ -534,7 +716,7 @@ impl<'a, F: Family> Trainer<'a, F> {
         // the device until the vote: no host sync per micro-batch.
         let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
         let mut comm_err = Ok(());
-        for (i, (x, y, ids)) in batches.iter().enumerate() {
+        for (i, (x, y, ids, padded)) in batches.iter().enumerate() {
             // Each micro-batch draws its own s0, as the global micro-batch it is.
             seed_torch(t.seed, step, 0x50 + (i * world + rank) as u64);
             self.last_x = Some(x.shallow_clone());
@@ -551,6 +733,9 @@ impl<'a, F: Family> Trainer<'a, F> {
                 targets: y,
                 scale,
                 puzzle_ids: ids.as_ref(),
+                padded: padded
+                    .as_ref()
+                    .map(|(positions, real)| muninn_model::family::Padding { positions, real }),
                 global: i * world + rank,
             };
             let loss = model.micro_step(&batch, plan, &mut on_grad)?;
@@ -626,7 +811,7 @@ impl<'a, F: Family> Trainer<'a, F> {
     /// micro-batch's sum is scaled by W·A / count, so that the accumulation (÷A) and the rank
     /// average (÷W) leave Σ loss / count. Counted on the host.
     #[allow(clippy::type_complexity)]
-    fn micro_batches(&mut self) -> Result<(Vec<(Tensor, Tensor, Option<Tensor>)>, u64, f64)> {
+    fn micro_batches(&mut self) -> Result<(Vec<MicroRows>, u64, f64)> {
         let (t, raw) = (&self.cfg.raw.train, &self.cfg.raw);
         let rows: Vec<_> = (0..t.grad_accum)
             .map(|_| {
@@ -657,7 +842,7 @@ impl<'a, F: Family> Trainer<'a, F> {
             .iter()
             .map(|b| {
                 let (x, y) = to_tensors(b, self.device);
-                (x, y, puzzle_ids(b, self.device))
+                (x, y, puzzle_ids(b, self.device), padding(b, self.device))
             })
             .collect();
         Ok((batches, counts[0] as u64, scale))
@@ -756,6 +941,10 @@ impl<'a, F: Family> Trainer<'a, F> {
         let (plan_fields, plan_label) = self.model.plan_fields(r.plan);
         for (key, value) in plan_fields {
             rec[key] = value;
+        }
+        if let LmObjective::Coconut(c) = &raw.objective {
+            rec["epoch"] = json!(self.epoch);
+            rec["stage"] = json!(c.stage(self.epoch));
         }
         self.phases.record(&mut rec, window_steps);
         // Host RSS, and on a GPU its caching allocator's peaks; the largest over ranks.

@@ -193,17 +193,21 @@ impl Coconut {
         }
     }
 
-    /// The multi-pass forward of a micro-batch (which must carry its positions and padding).
+    /// The multi-pass forward of a micro-batch (which must carry its positions and padding);
+    /// training passes (`record`) add to the logged norms, validation passes do not.
     pub fn forward<M: LatentLm>(
         &self,
         lm: &M,
         batch: &crate::family::MicroBatch,
+        record: bool,
     ) -> Result<Thought> {
         let Some(p) = &batch.padded else {
             anyhow::bail!("COCONUT needs aligned rows with positions and padding (a QA dataset)");
         };
         let out = forward(lm, batch.inputs, p.positions, p.real, self.latent)?;
-        tch::no_grad(|| self.record(lm, batch.inputs, p.real, &out))?;
+        if record {
+            tch::no_grad(|| self.record(lm, batch.inputs, p.real, &out))?;
+        }
         Ok(out)
     }
 

@@ -71,7 +71,7 @@ impl Family for GptFamily {
             }
             (None, Some(coconut)) => {
                 let lm = self.model.latent()?;
-                let out = coconut.forward(&lm, batch)?;
+                let out = coconut.forward(&lm, batch, true)?;
                 let causal = Attend::causal();
                 let loss = LmLoss::next_token(batch.targets, batch.scale, &causal);
                 lm.backward(&out.hidden, &loss)?.total
@@ -117,7 +117,7 @@ impl Family for GptFamily {
         if let Some(coconut) = &self.coconut {
             let (sum, n) = tch::no_grad(|| -> Result<_> {
                 let lm = self.model.latent()?;
-                let out = coconut.forward(&lm, batch)?;
+                let out = coconut.forward(&lm, batch, false)?;
                 crate::loss::cross_entropy_sum(&lm.logits(&out.hidden), targets)
             })?;
             return Ok(vec![(sum.double_value(&[]), n.double_value(&[]))]);

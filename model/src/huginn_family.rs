@@ -83,7 +83,7 @@ impl Family for HuginnFamily {
         let causal = Attend::causal();
         if let Some(coconut) = &self.coconut {
             let lm = self.model.latent(depth, InitState::Config);
-            let out = coconut.forward(&lm, batch)?;
+            let out = coconut.forward(&lm, batch, true)?;
             let loss = LmLoss::next_token(batch.targets, batch.scale, &causal);
             let total = lm.backward(&out.hidden, &loss)?.total;
             // One backward call: every region is final at once.
@@ -181,7 +181,7 @@ impl Family for HuginnFamily {
                     crate::family::seed_torch(self.seed, index, 0xC0C0);
                     let (sum, n) = tch::no_grad(|| -> Result<_> {
                         let lm = m.latent(Depth::eval(r), InitState::Config);
-                        let out = coconut.forward(&lm, batch)?;
+                        let out = coconut.forward(&lm, batch, false)?;
                         crate::loss::cross_entropy_sum(&lm.logits(&out.hidden), targets)
                     })?;
                     Ok((sum.double_value(&[]), n.double_value(&[])))

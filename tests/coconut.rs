@@ -1,0 +1,241 @@
+//! COCONUT through the real binary on tiny generated ProsQA graphs (gpt-micro): the stage follows
+//! the epoch, a run resumed in the middle of a stage continues bit for bit, the optimizer reset
+//! changes training exactly from the epoch it happens at, every arm trains, and 2 MPI ranks equal
+//! 1 rank with 2 accumulation steps.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+/// The tests that train share two cores: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// 64 training graphs and micro-batches of 8: an epoch is 8 steps, a stage 1 epoch.
+fn config(p: &Path, name: &str, max_steps: u64, extra: &str) -> String {
+    let text = format!(
+        r#"
+[run]
+name = "{name}"
+dir = "runs"
+[model]
+family = "gpt"
+preset = "gpt-micro"
+vocab_size = 320
+block_size = 256
+[objective]
+kind = "coconut"
+arm = "coconut"
+c_thought = 1
+max_latent_stage = 2
+epochs_per_stage = 1
+reset_optimizer = "epoch"
+[data]
+dir = "prosqa"
+prosqa = {{ train = 64, test = 16, seed = 0, vocab_size = 317, graph = {{ nodes = [6, 8], hops = [2, 3], concepts = 10, persons = 4 }} }}
+[optimizer]
+kind = "adamw"
+lr = 3e-3
+schedule = "constant"
+warmup_steps = 0
+weight_decay = 0.01
+grad_clip = 1.0
+[train]
+seed = 3
+max_steps = {max_steps}
+micro_batch_size = 8
+threads = 1
+[checkpoint]
+interval = 0
+[log]
+interval = 1
+tensorboard = false
+[eval]
+interval = 6
+max_rows = 16
+[dist]
+timeout_s = 120
+{extra}"#
+    );
+    let path = p.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn records(p: &Path, run: &str) -> Vec<serde_json::Value> {
+    metrics(p, run)
+        .into_iter()
+        .map(|mut m| {
+            for k in ["tokens_per_s", "peak_mem_gib", "elapsed_s"] {
+                m.as_object_mut().unwrap().remove(k);
+            }
+            m
+        })
+        .collect()
+}
+
+#[test]
+fn stages_follow_epochs_and_a_resume_mid_stage_is_bit_exact() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let straight = config(p, "straight", 20, "");
+    let out = muninn(&["train", &straight], p);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("generated prosqa"));
+    let all = records(p, "straight");
+    assert_eq!(all.len(), 20);
+    for r in &all {
+        let step = r["step"].as_u64().unwrap();
+        let epoch = (step - 1) / 8;
+        assert_eq!(r["epoch"].as_u64(), Some(epoch), "{r}");
+        assert_eq!(r["stage"].as_u64(), Some(epoch), "{r}");
+        // Thoughts from stage 1 on, far larger than token embeddings.
+        let thought = r["thought_norm"].as_f64();
+        assert_eq!(thought.is_some(), epoch >= 1, "{r}");
+        if let Some(t) = thought {
+            assert!(t > r["embed_norm"].as_f64().unwrap(), "{r}");
+        }
+    }
+    // Stopped at step 12 (epoch 1 of 8 steps, stage 1), then resumed to 20.
+    let part = config(p, "part", 12, "");
+    muninn_ok(&["train", &part], p);
+    muninn_ok(
+        &[
+            "train",
+            &part,
+            "--resume",
+            "auto",
+            "--set",
+            "train.max_steps=20",
+        ],
+        p,
+    );
+    let resumed: Vec<String> = records(p, "part").iter().map(|r| r.to_string()).collect();
+    let want: Vec<String> = all.iter().map(|r| r.to_string()).collect();
+    assert_eq!(resumed, want, "every logged metric, bit for bit");
+
+    // Without the reset at epoch 1 (step 9) training is the same up to step 8 and differs after.
+    let never = config(p, "never", 10, "");
+    let text = std::fs::read_to_string(&never)
+        .unwrap()
+        .replace("reset_optimizer = \"epoch\"", "reset_optimizer = \"never\"");
+    std::fs::write(&never, text).unwrap();
+    muninn_ok(&["train", &never], p);
+    let other = records(p, "never");
+    for (a, b) in all.iter().zip(&other).take(9) {
+        assert_eq!(a["loss"], b["loss"], "step {}", a["step"]);
+    }
+    assert_ne!(
+        all[9]["loss"], other[9]["loss"],
+        "the reset at step 9 changes step 10"
+    );
+}
+
+#[test]
+fn every_arm_trains() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    for arm in [
+        "coconut",
+        "cot",
+        "no-cot",
+        "pause-as-thought",
+        "no-thought",
+        "no-curriculum",
+    ] {
+        let cfg = config(p, arm, 2, "");
+        let set = format!("objective.arm={arm}");
+        muninn_ok(
+            &["train", &cfg, "--set", &set, "--set", "eval.interval=2"],
+            p,
+        );
+        let last = records(p, arm).pop().unwrap();
+        assert!(last["loss"].as_f64().unwrap().is_finite(), "{arm}: {last}");
+        assert!(
+            last["val_loss"].as_f64().unwrap().is_finite(),
+            "{arm}: {last}"
+        );
+        // Thoughts are continuous only where the arm says so; no-curriculum starts in the
+        // final stage.
+        let continuous = arm == "no-curriculum";
+        assert_eq!(
+            last["thought_norm"].is_number(),
+            continuous,
+            "{arm}: {last}"
+        );
+        assert_eq!(
+            last["stage"].as_u64() == Some(3),
+            continuous,
+            "{arm}: {last}"
+        );
+    }
+    let e = muninn_err(
+        &[
+            "train",
+            &config(p, "bad", 2, ""),
+            "--set",
+            "objective.arm=thinking",
+        ],
+        p,
+    );
+    assert!(e.contains("objective") || e.contains("arm"), "{e}");
+}
+
+#[test]
+fn two_ranks_equal_one_rank_with_two_accumulation_steps() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !mpirun_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    // Micro-batches of 4: a global batch of 8 either way, stages 0 and 1 on the way.
+    let cfg = config(p, "dp", 12, "");
+    let small = "train.micro_batch_size=4";
+    muninn_ok(
+        &[
+            "train",
+            &cfg,
+            "--set",
+            "run.name=one",
+            "--set",
+            "train.grad_accum=2",
+            "--set",
+            small,
+        ],
+        p,
+    );
+    let out = mpirun(
+        2,
+        &["train", &cfg, "--set", "run.name=two", "--set", small],
+        p,
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (records(p, "one"), records(p, "two"));
+    assert_eq!(a.len(), 12);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        for key in ["loss", "grad_norm"] {
+            let (u, v) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+            assert!(
+                (u - v).abs() < 1e-5,
+                "{key} at step {}: {u} vs {v}",
+                x["step"]
+            );
+        }
+    }
+    assert!(a[11]["thought_norm"].is_number(), "stage 1 has thoughts");
+}

@@ -97,11 +97,23 @@ pub fn forward<M: LatentLm>(
     real: &Tensor,
     latent_id: i64,
 ) -> Result<Thought> {
+    forward_into(lm, &mut lm.new_cache(), ids, positions, real, latent_id)
+}
+
+/// [`forward`] into a given (empty) cache, which then holds every column: generation goes on
+/// from it.
+pub fn forward_into<M: LatentLm>(
+    lm: &M,
+    cache: &mut M::Cache,
+    ids: &Tensor,
+    positions: &Tensor,
+    real: &Tensor,
+    latent_id: i64,
+) -> Result<Thought> {
     let (_, t) = ids.size2()?;
     let e = lm.embed(ids)?;
-    let mut cache = lm.new_cache();
     let Some(lat) = Latents::find(ids, latent_id)? else {
-        let hidden = lm.pass(&mut cache, &e, &chunk_attend(positions, real, 0, t))?;
+        let hidden = lm.pass(cache, &e, &chunk_attend(positions, real, 0, t))?;
         return Ok(Thought {
             hidden,
             thoughts: Vec::new(),
@@ -113,7 +125,7 @@ pub fn forward<M: LatentLm>(
         "a latent in column 0 has no hidden state before it to take"
     );
     let mut parts = vec![lm.pass(
-        &mut cache,
+        cache,
         &e.narrow(1, 0, f),
         &chunk_attend(positions, real, 0, f),
     )?];
@@ -124,15 +136,83 @@ pub fn forward<M: LatentLm>(
         let here = lat.present.select(1, i).unsqueeze(-1); // [B, 1]
         let x = prev.where_self(&here, &e.select(1, col)).unsqueeze(1);
         thoughts.push(prev);
-        parts.push(lm.pass(&mut cache, &x, &chunk_attend(positions, real, col, col + 1))?);
+        parts.push(lm.pass(cache, &x, &chunk_attend(positions, real, col, col + 1))?);
     }
     if f + n < t {
         let rest = e.narrow(1, f + n, t - f - n);
-        parts.push(lm.pass(&mut cache, &rest, &chunk_attend(positions, real, f + n, t))?);
+        parts.push(lm.pass(cache, &rest, &chunk_attend(positions, real, f + n, t))?);
     }
     Ok(Thought {
         hidden: Tensor::cat(&parts, 1),
         thoughts,
+    })
+}
+
+/// Greedy decoding after prompts that may hold thoughts (question [<start>] <latent>×K [<end>]),
+/// a batch at a time: the prompts are left-padded to end in one column (so rows must share K, or
+/// hold none), the thoughts filled by [`forward_into`], then one column per step behind the cache
+/// until every row has produced `stop` or `max_new` tokens. `head` maps hidden states [B, d] to
+/// logits [B, V]. Returns each row's new tokens, `stop` included.
+pub fn generate<M: LatentLm>(
+    lm: &M,
+    head: &dyn Fn(&Tensor) -> Tensor,
+    prompts: &[Vec<i64>],
+    (latent_id, pad): (i64, i64),
+    max_new: usize,
+    stop: i64,
+    device: tch::Device,
+) -> Result<Vec<Vec<i64>>> {
+    let b = prompts.len();
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    ensure!(b > 0 && width > 0, "nothing to generate from");
+    let mut ids = Vec::with_capacity(b * width);
+    let (mut pos, mut real) = (Vec::with_capacity(b * width), Vec::with_capacity(b * width));
+    for p in prompts {
+        let lead = width - p.len();
+        ids.extend(std::iter::repeat_n(pad, lead).chain(p.iter().copied()));
+        pos.extend(std::iter::repeat_n(0, lead).chain(0..p.len() as i64));
+        real.extend(std::iter::repeat_n(false, lead).chain(std::iter::repeat_n(true, p.len())));
+    }
+    let shape = [b as i64, width as i64];
+    let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
+    let mut real = Tensor::from_slice(&real).view(shape).to_device(device);
+    let positions = Tensor::from_slice(&pos).view(shape).to_device(device);
+    tch::no_grad(|| {
+        let mut cache = lm.new_cache();
+        let out = forward_into(lm, &mut cache, &ids, &positions, &real, latent_id)?;
+        let mut next_pos = positions.select(1, -1) + 1; // [B]
+        let mut last = out.hidden.select(1, -1);
+        let mut new: Vec<Vec<i64>> = vec![Vec::new(); b];
+        let mut done = vec![false; b];
+        for _ in 0..max_new {
+            let tokens = Vec::<i64>::try_from(head(&last).argmax(-1, false))?;
+            for (r, &t) in tokens.iter().enumerate() {
+                if !done[r] {
+                    new[r].push(t);
+                    done[r] = t == stop;
+                }
+            }
+            if done.iter().all(|&d| d) || new.iter().all(|n| n.len() >= max_new) {
+                break;
+            }
+            let x = lm.embed(
+                &Tensor::from_slice(&tokens)
+                    .view([b as i64, 1])
+                    .to_device(device),
+            )?;
+            real = Tensor::cat(
+                &[&real, &Tensor::ones([b as i64, 1], (Kind::Bool, device))],
+                1,
+            );
+            let attend = Attend {
+                positions: Positions::Ids(next_pos.unsqueeze(1)),
+                mask: Mask::Causal,
+                key_padding: Some(real.shallow_clone()),
+            };
+            last = lm.pass(&mut cache, &x, &attend)?.select(1, 0);
+            next_pos += 1;
+        }
+        Ok(new)
     })
 }
 

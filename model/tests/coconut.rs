@@ -180,3 +180,45 @@ fn huginn_thoughts_match_the_oracle_and_the_plain_forward() {
     let d = max_diff(&multi.hidden, &plain.hidden);
     assert!(d < 1e-5, "huginn without latents differs by {d}");
 }
+
+#[test]
+fn batched_cached_generation_equals_one_row_at_a_time_without_a_cache() {
+    let g = gpt();
+    let lm = g.latent().unwrap();
+    let head = |h: &Tensor| lm.logits(h);
+    let l = LATENT;
+    let prompts = vec![
+        vec![5i64, 6, 7, 8, START, l, l, END],
+        vec![9i64, 10, START, l, l, END],
+    ];
+    let batched =
+        coconut::generate(&lm, &head, &prompts, (LATENT, PAD), 12, 2, Device::Cpu).unwrap();
+    for (p, got) in prompts.iter().zip(&batched) {
+        let alone = coconut::generate(&lm, &head, &[p.clone()], (LATENT, PAD), 12, 2, Device::Cpu)
+            .unwrap()
+            .remove(0);
+        assert_eq!(got, &alone, "batched vs alone");
+        // The oracle: recompute everything (thoughts included) for every new token.
+        let mut seq = p.clone();
+        let mut want = Vec::new();
+        for _ in 0..12 {
+            let t = seq.len() as i64;
+            let ids = Tensor::from_slice(&seq).view([1, t]);
+            let pos = Tensor::arange(t, (Kind::Int64, Device::Cpu)).view([1, t]);
+            let real = Tensor::ones([1, t], (Kind::Bool, Device::Cpu));
+            let h = tch::no_grad(|| coconut::recompute(&lm, &ids, &pos, &real, LATENT)).unwrap();
+            let next = lm
+                .logits(&h)
+                .get(0)
+                .get(-1)
+                .argmax(-1, false)
+                .int64_value(&[]);
+            want.push(next);
+            seq.push(next);
+            if next == 2 {
+                break;
+            }
+        }
+        assert_eq!(got, &want, "cached vs recomputed");
+    }
+}

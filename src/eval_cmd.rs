@@ -68,6 +68,17 @@ pub struct EvalArgs {
     /// a blank) [default: test.csv of --data, else of the run's data.dir].
     #[arg(long)]
     puzzles: Option<PathBuf>,
+    /// COCONUT (any arm): a JSON list of {question, steps, answer} to answer greedily; reports
+    /// accuracy (the text after the last `#`, commas dropped, equal to the answer) and the mean
+    /// number of generated tokens.
+    #[arg(long)]
+    pub qa: Option<PathBuf>,
+    /// With --qa: the curriculum stage whose thoughts the prompts hold [default: the arm's final].
+    #[arg(long)]
+    pub stage: Option<usize>,
+    /// With --qa: the most tokens generated per question.
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
     #[command(flatten)]
     on: RunOn,
 }
@@ -209,6 +220,30 @@ fn report_dir(a: &EvalArgs, run: &Option<(PathBuf, RawRunConfig)>) -> Result<Pat
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     let model = a.on.load(&a.checkpoint)?;
+    if let Some(qa) = &a.qa {
+        let run = run_of(&a.checkpoint)?;
+        let out = report_dir(&a, &run)?;
+        let opts = crate::coconut_cmd::QaOptions {
+            file: qa.clone(),
+            stage: a.stage,
+            max_new_tokens: a.max_new_tokens,
+            max_rows: a.max_rows,
+            batch_size: a.batch_size.unwrap_or(32),
+            out,
+        };
+        let tokenizer = checkpoint_tokenizer(&a.checkpoint)?;
+        return crate::coconut_cmd::eval_qa(
+            &a.checkpoint,
+            model,
+            run.map(|r| r.1),
+            &tokenizer,
+            &opts,
+        );
+    }
+    ensure!(
+        a.stage.is_none(),
+        "--stage is for --qa (COCONUT's thoughts in the prompt)"
+    );
     let model = match model {
         Model::Trm(m) => return eval_puzzles(&a, &m),
         other => other,

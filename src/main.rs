@@ -1,6 +1,7 @@
 //! `muninn`: the command line. Thin glue over the crates; every error is printed once, with its
 //! chain, and turns into exit code 1.
 
+mod coconut_cmd;
 mod data_cmd;
 mod eval_cmd;
 mod launch_cmd;

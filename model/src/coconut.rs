@@ -12,6 +12,9 @@ use tch::{Kind, Tensor};
 
 use crate::block::{Attend, Mask, Positions};
 
+/// A latent id no token has (ids are never negative): the multi-pass forward then is one plain pass.
+pub const NO_LATENT: i64 = -1;
+
 /// A causal LM that can run a chunk of embeddings behind its own cache and return the hidden state
 /// its head reads (after the final norm).
 pub trait LatentLm {
@@ -257,7 +260,9 @@ pub fn recompute<M: LatentLm>(
 /// the device until they are logged (thoughts are known to be far larger than token embeddings,
 /// `coconut-reference.md` §7; nothing rescales them).
 pub struct Coconut {
-    pub latent: i64,
+    /// The latent token's id; None when the arm treats it as an ordinary learned token
+    /// (pause-as-thought).
+    pub latent: Option<i64>,
     /// Huginn: the core iterations of every pass (unused by gpt).
     pub depth: crate::huginn::Depth,
     /// Σ‖thought‖, thoughts, Σ‖token embedding‖ (of the real non-latent inputs), tokens, [4] f64.
@@ -265,7 +270,7 @@ pub struct Coconut {
 }
 
 impl Coconut {
-    pub fn new(latent: i64, depth: crate::huginn::Depth) -> Self {
+    pub fn new(latent: Option<i64>, depth: crate::huginn::Depth) -> Self {
         Coconut {
             latent,
             depth,
@@ -284,11 +289,16 @@ impl Coconut {
         let Some(p) = &batch.padded else {
             anyhow::bail!("COCONUT needs aligned rows with positions and padding (a QA dataset)");
         };
-        let out = forward(lm, batch.inputs, p.positions, p.real, self.latent)?;
+        let out = forward(lm, batch.inputs, p.positions, p.real, self.latent_id())?;
         if record {
             tch::no_grad(|| self.record(lm, batch.inputs, p.real, &out))?;
         }
         Ok(out)
+    }
+
+    /// The id the multi-pass forward fills with thoughts: none, if the arm has no continuous ones.
+    pub fn latent_id(&self) -> i64 {
+        self.latent.unwrap_or(NO_LATENT)
     }
 
     fn record<M: LatentLm>(
@@ -299,7 +309,7 @@ impl Coconut {
         out: &Thought,
     ) -> Result<()> {
         let norm = |t: &Tensor| t.norm_scalaropt_dim(2.0, [-1], false).to_kind(Kind::Double);
-        let lat = Latents::find(ids, self.latent)?;
+        let lat = Latents::find(ids, self.latent_id())?;
         let (mut thought_sum, mut thoughts) =
             (Tensor::zeros([], (Kind::Double, ids.device())), 0i64);
         if let Some(lat) = &lat {
@@ -309,7 +319,7 @@ impl Coconut {
                 thoughts += i64::try_from(here.sum(Kind::Int64))?;
             }
         }
-        let tokens = real.logical_and(&ids.ne(self.latent));
+        let tokens = real.logical_and(&ids.ne(self.latent_id()));
         let e = norm(&lm.embed(ids)?) * tokens.to_kind(Kind::Double);
         let sums = Tensor::stack(
             &[

@@ -92,7 +92,8 @@ pub fn train(
             let rec = &cfg.raw.recurrence;
             let r = q.config.recurrence.unwrap_or(rec.mean_recurrence);
             let k = rec.mean_backprop_depth.min(r);
-            Coconut::new(q.special.latent, muninn_model::Depth::new(r - k, k))
+            let latent = q.config.arm.continuous().then_some(q.special.latent);
+            Coconut::new(latent, muninn_model::Depth::new(r - k, k))
         })
     };
     // The one place that names a family. Every rank builds the same weights (and rank 0's are

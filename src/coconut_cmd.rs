@@ -23,6 +23,9 @@ pub struct QaOptions {
     pub out: PathBuf,
 }
 
+/// The mean norm of the thoughts and of the prompts' token embeddings (None without any).
+type Norms = (Option<f64>, Option<f64>);
+
 /// One answered question.
 struct Answer {
     correct: bool,
@@ -183,7 +186,7 @@ fn answer_all<M: LatentLm>(
     eos: i64,
     o: &QaOptions,
     device: tch::Device,
-) -> Result<(Vec<Answer>, (Option<f64>, Option<f64>))> {
+) -> Result<(Vec<Answer>, Norms)> {
     let latents = |p: &Vec<i64>| p.iter().filter(|&&t| t == sp.latent).count();
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| latents(&prompts[i]));

@@ -183,11 +183,11 @@ pub fn generate<M: LatentLm>(
     tch::no_grad(|| {
         let mut cache = lm.new_cache();
         let out = forward_into(lm, &mut cache, &ids, &positions, &real, latent_id)?;
-        let mut next_pos = positions.select(1, -1) + 1; // [B]
+        let first = positions.select(1, -1) + 1; // [B]: where each row's new tokens start
         let mut last = out.hidden.select(1, -1);
         let mut new: Vec<Vec<i64>> = vec![Vec::new(); b];
         let mut done = vec![false; b];
-        for _ in 0..max_new {
+        for step in 0..max_new {
             let tokens = Vec::<i64>::try_from(head(&last).argmax(-1, false))?;
             for (r, &t) in tokens.iter().enumerate() {
                 if !done[r] {
@@ -208,12 +208,11 @@ pub fn generate<M: LatentLm>(
                 1,
             );
             let attend = Attend {
-                positions: Positions::Ids(next_pos.unsqueeze(1)),
+                positions: Positions::Ids((&first + step as i64).unsqueeze(1)),
                 mask: Mask::Causal,
                 key_padding: Some(real.shallow_clone()),
             };
             last = lm.pass(&mut cache, &x, &attend)?.select(1, 0);
-            next_pos += 1;
         }
         Ok(new)
     })

@@ -57,9 +57,9 @@ impl ProsQa {
     }
 }
 
-/// The sizes of generated graphs.
+/// The sizes of generated graphs; a key left out keeps the upstream value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProsQaSpec {
     /// Nodes per graph, drawn uniformly from this inclusive range (upstream: 19–26, mean 22.8).
     pub nodes: [usize; 2],

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# COCONUT's ProsQA demonstration: the arms No-CoT, CoT, Coconut and pause-as-thought (ARMS) of
+# configs/coconut-prosqa.toml on the same generated graphs, model shape, seed and step budget, two
+# arms at a time (one thread each); then each final checkpoint answers the held-out generated graphs
+# and the upstream ProsQA valid split. Writes bench/coconut.md and bench/coconut.png (the training
+# loss of the last arm); OUT=FILE.md writes FILE.md and FILE.png instead.
+#
+#   scripts/bench-coconut.sh [STEPS=10000] [BATCH=16] [ARMS="no-cot cot coconut pause-as-thought"]
+# Extra settings for every arm: SET="model.preset=gpt-micro data.prosqa.graph.nodes=[10,14] ..."
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${1:-10000}
+BATCH=${2:-16}
+ARMS=${3:-no-cot cot coconut pause-as-thought}
+BIN=${MUNINN_BIN:-target/release/muninn}
+OUT=${OUT:-bench/coconut.md}
+PNG=${OUT%.md}.png
+UPSTREAM=${UPSTREAM:-../shared/data/prosqa/prosqa_valid.json}
+[ -x "$BIN" ] || cargo build --release
+scratch=${SCRATCH:-$(mktemp -d)}
+mkdir -p "$scratch"
+sets=(--set run.dir="$scratch/runs" --set data.dir="$scratch/prosqa" --set train.max_steps="$STEPS"
+  --set train.micro_batch_size="$BATCH" --set checkpoint.interval=0 --set eval.interval=0)
+for s in ${SET:-}; do sets+=(--set "$s"); done
+
+# The data first, once, so the parallel arms find it made.
+"$BIN" train configs/coconut-prosqa.toml "${sets[@]}" --set train.max_steps=1 \
+  --set run.name=make-data >/dev/null
+pids=()
+for arm in $ARMS; do
+  OMP_NUM_THREADS=1 "$BIN" train configs/coconut-prosqa.toml "${sets[@]}" --set run.name="$arm" \
+    --set objective.arm="$arm" >"$scratch/$arm.log" 2>&1 &
+  pids+=($!)
+  if [ ${#pids[@]} -ge 2 ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
+done
+for p in "${pids[@]}"; do wait "$p"; done
+
+for arm in $ARMS; do
+  ck=$(ls -d "$scratch/runs/$arm/checkpoints/step-"* | tail -n 1)
+  for set in test upstream; do
+    file=$scratch/prosqa/test.json
+    [ "$set" = upstream ] && file=$UPSTREAM
+    OMP_NUM_THREADS=2 "$BIN" eval "$ck" --qa "$file" --threads 2 --out "$scratch/eval/$arm-$set" >/dev/null
+  done
+done
+last=${ARMS##* }
+"$BIN" curve "$scratch/runs/$last" --metrics loss --out "$PNG" >/dev/null
+
+python3 - "$scratch" "$STEPS" "$BATCH" "$OUT" "$(basename "$PNG")" "${SET:-}" $ARMS <<'PY'
+import json, sys, os
+scratch, steps, batch, out, png, extra = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+arms = sys.argv[7:]
+ev = lambda arm, s: json.load(open(os.path.join(scratch, "eval", f"{arm}-{s}", "eval.json")))
+info = json.load(open(os.path.join(scratch, "prosqa", "qa.json")))
+lines = [
+    f"# COCONUT on ProsQA-style graphs (`scripts/bench-coconut.sh {steps} {batch} \"{' '.join(arms)}\"`)",
+    "",
+    f"`configs/coconut-prosqa.toml`{' with `' + extra + '`' if extra else ''}, {steps} steps of batch {batch} per arm, same",
+    f"generated data ({info['generated']}), seed and shape; CPU, fp32, one thread per arm.",
+    "Accuracy: greedy answers, the text after the last `#` equal to the answer (the reference's rule);",
+    "\"tokens\": mean generated tokens (thoughts not counted).",
+    "",
+    "| arm | held-out graphs | tokens | upstream ProsQA valid | tokens | thoughts | thought norm / embedding norm |",
+    "|---|---|---|---|---|---|---|",
+]
+for arm in arms:
+    t, u = ev(arm, "test"), ev(arm, "upstream")
+    norm = "–" if t["thought_norm"] is None else f"{t['thought_norm']:.1f} / {t['embed_norm']:.2f}"
+    lines.append(f"| {arm} | {100 * t['accuracy']:.1f} % | {t['mean_generated_tokens']:.1f} | "
+                 f"{100 * u['accuracy']:.1f} % | {u['mean_generated_tokens']:.1f} | {t['thoughts_per_question']:.0f} | {norm} |")
+lines += ["", f"![training loss of the {arms[-1]} arm]({png})", ""]
+open(out, "w").write("\n".join(lines))
+print("\n".join(lines))
+PY

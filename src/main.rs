@@ -49,6 +49,9 @@ enum Command {
         /// `auto`: continue from the newest complete checkpoint of the run, if any; or a checkpoint dir.
         #[arg(long)]
         resume: Option<String>,
+        /// Start a fresh run from this checkpoint's weights (the same as --set train.init_from=CKPT).
+        #[arg(long, value_name = "CKPT")]
+        init_from: Option<PathBuf>,
     },
     /// Training checkpoints.
     #[command(subcommand)]
@@ -252,9 +255,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Train {
             config,
-            set,
+            mut set,
             resume,
+            init_from,
         } => {
+            if let Some(src) = init_from {
+                set.push(format!("train.init_from={}", src.display()));
+            }
             use muninn_trainer::train::{self, Resume};
             // Before anything slow: a time-limit signal that arrives during start-up must not kill
             // the process but stop it at its first step.

@@ -239,3 +239,48 @@ fn two_ranks_equal_one_rank_with_two_accumulation_steps() {
     }
     assert!(a[11]["thought_norm"].is_number(), "stage 1 has thoughts");
 }
+
+#[test]
+fn a_coconut_run_starts_from_a_cot_checkpoint() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let cot = config(p, "cot", 6, "");
+    muninn_ok(&["train", &cot, "--set", "objective.arm=cot"], p);
+    let fresh = config(p, "fresh", 1, "");
+    muninn_ok(&["train", &fresh], p);
+    let warm = config(p, "warm", 1, "");
+    let out = muninn(
+        &[
+            "train",
+            &warm,
+            "--init-from",
+            "runs/cot/checkpoints/step-00000006",
+        ],
+        p,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("initialised from"));
+    // Six CoT steps already taught the layout: the warm start's first loss is far below a fresh one's.
+    let first = |run: &str| records(p, run)[0]["loss"].as_f64().unwrap();
+    assert!(
+        first("warm") < first("fresh") - 0.5,
+        "{} vs {}",
+        first("warm"),
+        first("fresh")
+    );
+    let e = muninn_err(
+        &[
+            "train",
+            &config(p, "bad", 1, ""),
+            "--init-from",
+            "runs/nowhere",
+        ],
+        p,
+    );
+    assert!(e.contains("runs/nowhere"), "{e}");
+}

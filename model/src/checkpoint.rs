@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::any::{Model, ModelConfig};
 use crate::huginn::{Huginn, Precision};
@@ -161,6 +161,55 @@ pub fn load_weights(
         tch::no_grad(|| t.shallow_clone().copy_(&v));
     }
     Ok(())
+}
+
+/// Fills `model` from another checkpoint's `files` (a warm start), whose vocabulary may be smaller:
+/// the embedding and head rows it has are copied, and each missing row (tokens added since, such
+/// as COCONUT's three) copies row `init_row` of the source. Every other parameter must match exactly.
+/// Returns how many rows were added.
+pub fn load_weights_grown(
+    model: &impl Stored,
+    files: &TensorFiles,
+    init_row: Option<i64>,
+) -> Result<i64> {
+    let mut added = 0;
+    for spec in model.params().specs() {
+        let k = &spec.name;
+        let shape = files
+            .shape(k)
+            .with_context(|| format!("{}: missing tensor `{k}`", files.describe()))?;
+        let vocab = matches!(
+            spec.part,
+            crate::params::Part::Embedding | crate::params::Part::Head
+        );
+        let grown =
+            vocab && shape.len() == 2 && shape[1] == spec.shape[1] && shape[0] < spec.shape[0];
+        if !grown {
+            ensure!(
+                shape == spec.shape,
+                "{}: tensor `{k}` has shape {:?}, the model config expects {:?}",
+                files.describe(),
+                shape,
+                spec.shape
+            );
+            model.params().set(k, &files.get(k)?)?;
+            continue;
+        }
+        let Some(row) = init_row.filter(|r| (0..shape[0]).contains(r)) else {
+            bail!(
+                "{}: `{k}` has {} rows, the model {}: new rows need an init token inside the source's vocabulary",
+                files.describe(),
+                shape[0],
+                spec.shape[0]
+            );
+        };
+        let src = files.get(k)?;
+        let extra = spec.shape[0] - shape[0];
+        let fill = src.get(row).unsqueeze(0).repeat([extra, 1]);
+        model.params().set(k, &Tensor::cat(&[&src, &fill], 0))?;
+        added = added.max(extra);
+    }
+    Ok(added)
 }
 
 /// Reads a Huginn checkpoint directory into a model on `device`; a checkpoint of another family is

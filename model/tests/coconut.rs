@@ -222,3 +222,43 @@ fn batched_cached_generation_equals_one_row_at_a_time_without_a_cache() {
         assert_eq!(got, &want, "cached vs recomputed");
     }
 }
+
+#[test]
+fn a_warm_start_grows_the_vocabulary_from_the_init_token() {
+    use muninn_model::checkpoint::{
+        load_weights_grown, model_files, write_model_files, TensorFiles,
+    };
+    let src = gpt(); // vocabulary 256
+    let dir = tempfile::tempdir().unwrap();
+    write_model_files(&src, dir.path()).unwrap();
+    let mut cfg = GptConfig::preset("gpt-micro").unwrap();
+    cfg.block_size = 64;
+    cfg.vocab_size = 259;
+    let grown = Gpt::new(cfg, Device::Cpu, Precision::F32).unwrap();
+    grown.init(9);
+    let files = TensorFiles::open(&model_files(dir.path()).unwrap()).unwrap();
+    assert_eq!(load_weights_grown(&grown, &files, Some(60)).unwrap(), 3);
+    let embed = |m: &Gpt| {
+        m.params()
+            .named_detached()
+            .into_iter()
+            .find(|(n, _)| n == "model.embed_tokens.weight")
+            .unwrap()
+            .1
+    };
+    let (a, b) = (embed(&src), embed(&grown));
+    assert_eq!(max_diff(&a, &b.narrow(0, 0, 256)), 0.0);
+    for r in 256..259 {
+        assert_eq!(
+            max_diff(&a.get(60), &b.get(r)),
+            0.0,
+            "row {r} copies row 60"
+        );
+    }
+    // Without an init row new rows are refused; a smaller model is refused outright.
+    assert!(load_weights_grown(&grown, &files, None).is_err());
+    let mut small = GptConfig::preset("gpt-micro").unwrap();
+    small.vocab_size = 200;
+    let small = Gpt::new(small, Device::Cpu, Precision::F32).unwrap();
+    assert!(load_weights_grown(&small, &files, Some(1)).is_err());
+}

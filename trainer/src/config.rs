@@ -174,6 +174,11 @@ pub struct TrainSection {
     pub max_consecutive_nonfinite: u64,
     /// libtorch intra-op threads (0: libtorch's default).
     pub threads: i32,
+    /// A fresh run starts from this checkpoint's weights (a warm start, e.g. COCONUT from a CoT
+    /// run; `muninn train --init-from`); a resumed run ignores it. Vocabulary rows the source lacks
+    /// copy the row of `objective.init_token` (COCONUT).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for TrainSection {
@@ -189,6 +194,7 @@ impl Default for TrainSection {
             nonfinite: NonFinite::Skip,
             max_consecutive_nonfinite: 10,
             threads: 0,
+            init_from: None,
         }
     }
 }

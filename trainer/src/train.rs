@@ -110,6 +110,7 @@ pub fn train(
                 coconut: coconut(),
             };
             family.model.init(t.seed);
+            warm_start(cfg, &family.model, qa.as_ref())?;
             run(cfg, &family, device, resume, stop_signal, comm, qa.as_ref())
         }
         ModelConfig::Gpt(shape) => {
@@ -119,6 +120,7 @@ pub fn train(
                 coconut: coconut(),
             };
             family.model.init(t.seed);
+            warm_start(cfg, &family.model, qa.as_ref())?;
             run(cfg, &family, device, resume, stop_signal, comm, qa.as_ref())
         }
         ModelConfig::Trm(shape) => {
@@ -135,6 +137,52 @@ pub fn train(
             run(cfg, &family, device, resume, stop_signal, comm, None)
         }
     }
+}
+
+/// `train.init_from`: the source checkpoint's weights, its vocabulary grown where COCONUT added
+/// tokens (their rows copy `objective.init_token`'s). Every rank loads the same file; a resumed run
+/// then overwrites them with its own checkpoint.
+fn warm_start(
+    cfg: &RunConfig,
+    model: &impl muninn_model::checkpoint::Stored,
+    qa: Option<&QaRun>,
+) -> Result<()> {
+    let Some(src) = &cfg.raw.train.init_from else {
+        return Ok(());
+    };
+    let files =
+        muninn_model::checkpoint::TensorFiles::open(&muninn_model::checkpoint::model_files(src)?)
+            .with_context(|| format!("train.init_from = {}", src.display()))?;
+    // Only needed where the source lacks rows; then it must be one token the source has.
+    let init_row = match qa {
+        Some(q) => {
+            let tok = TokenizerInfo::load(&q.tokenizer)?;
+            match tok.encode(&q.config.init_token)?[..] {
+                [id] => Some(i64::from(id)),
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    let added = muninn_model::checkpoint::load_weights_grown(model, &files, init_row)
+        .with_context(|| {
+            format!(
+                "warm start from {} (new vocabulary rows copy objective.init_token, which must be one token)",
+                src.display()
+            )
+        })?;
+    eprintln!(
+        "initialised from {}{}",
+        src.display(),
+        match added {
+            0 => String::new(),
+            n => format!(
+                " ({n} new vocabulary rows from {:?})",
+                qa.map_or("", |q| q.config.init_token.as_str())
+            ),
+        }
+    );
+    Ok(())
 }
 
 /// The run's TiDAR objective, if it trains with one.

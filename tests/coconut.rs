@@ -284,3 +284,125 @@ fn a_coconut_run_starts_from_a_cot_checkpoint() {
     );
     assert!(e.contains("runs/nowhere"), "{e}");
 }
+
+#[test]
+fn the_shipped_config_generates_its_data_and_saves_on_sigterm() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let cfg = repo_root().join("configs/coconut-prosqa.toml");
+    let child = Command::new(env!("CARGO_BIN_EXE_muninn"))
+        .args(["train", cfg.to_str().unwrap()])
+        .args([
+            "--set",
+            "run.dir=runs",
+            "--set",
+            "data.dir=prosqa",
+            "--set",
+            "train.micro_batch_size=2",
+        ])
+        .args(["--set", "model.preset=gpt-micro", "--set", "log.interval=1"])
+        .current_dir(p)
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics_file = p.join("runs/coconut-prosqa/metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics_file).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "SIGTERM must end the run cleanly: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(Signal)"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("generated prosqa (8000 training and 300 test graphs"));
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("prosqa/qa.json")).unwrap()).unwrap();
+    assert_eq!(
+        info["splits"],
+        serde_json::json!([["train", 8000], ["test", 300]])
+    );
+    let saved = std::fs::read_dir(p.join("runs/coconut-prosqa/checkpoints"))
+        .unwrap()
+        .count();
+    assert!(saved >= 1, "a checkpoint was saved");
+}
+
+#[test]
+fn gsm8k_is_rebuilt_from_the_openai_files() {
+    let src = repo_root().join("../shared/data/gsm8k");
+    if !src.join("train.jsonl").is_file() {
+        skip_without(
+            "shared-data",
+            "the project's ../shared/data/gsm8k (openai train.jsonl, test.jsonl)",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let out = muninn_ok(
+        &[
+            "data",
+            "gsm8k",
+            "--input",
+            src.to_str().unwrap(),
+            "--out",
+            "gsm8k",
+        ],
+        p,
+    );
+    assert!(
+        out.contains("6973") && out.contains("500") && out.contains("1319"),
+        "{out}"
+    );
+    let read = |s: &str| -> Vec<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(p.join(format!("gsm8k/{s}.json"))).unwrap())
+            .unwrap()
+    };
+    let (valid, test) = (read("valid"), read("test"));
+    // iCoT's first validation row, and the test rows without an annotation (one empty step).
+    assert!(valid[0]["question"]
+        .as_str()
+        .unwrap()
+        .starts_with("John cuts his grass to 2 inches."));
+    assert_eq!(
+        valid[0]["steps"],
+        serde_json::json!(["<<4-2=2>>", "<<2/.5=4>>", "<<12/4=3>>", "<<100*3=300>>"])
+    );
+    assert_eq!(valid[0]["answer"], "300");
+    let empty = test
+        .iter()
+        .filter(|r| r["steps"] == serde_json::json!([""]))
+        .count();
+    assert_eq!(empty, 18);
+    // An existing output is never overwritten.
+    let e = muninn_err(
+        &[
+            "data",
+            "gsm8k",
+            "--input",
+            src.to_str().unwrap(),
+            "--out",
+            "gsm8k",
+        ],
+        p,
+    );
+    assert!(e.contains("already exists"), "{e}");
+}

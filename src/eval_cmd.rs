@@ -794,8 +794,12 @@ fn generate_tidar(
     let trained = run_of(&a.checkpoint)?.map(|(_, rc)| rc.objective);
     let cfg = match trained {
         Some(LmObjective::Tidar(c)) => c,
-        Some(LmObjective::NextToken | LmObjective::Coconut(_)) => bail!(
-            "{} was not trained with TiDAR's objective (its run's config has no [objective] kind = \"tidar\"): decode it without --tidar",
+        Some(LmObjective::Coconut(_)) => bail!(
+            "{} was trained with COCONUT's objective, not TiDAR's: decode it without --tidar",
+            a.checkpoint.display()
+        ),
+        Some(LmObjective::NextToken) => bail!(
+            "{} was trained for next-token prediction only (its run's config has no [objective] kind = \"tidar\"): decode it without --tidar",
             a.checkpoint.display()
         ),
         None => bail!(

@@ -406,3 +406,56 @@ fn gsm8k_is_rebuilt_from_the_openai_files() {
     );
     assert!(e.contains("already exists"), "{e}");
 }
+
+#[test]
+fn a_huginn_model_thinks_with_a_fixed_depth_per_pass() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let cfg = config(
+        p,
+        "hug",
+        10,
+        "[recurrence]\nmean_recurrence = 3\nmean_backprop_depth = 1\n",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            "family = \"gpt\"\npreset = \"gpt-micro\"",
+            "family = \"huginn\"\npreset = \"micro\"",
+        )
+        .replace("[eval]\n", "[eval]\ndepths = [3]\n");
+    std::fs::write(&cfg, text).unwrap();
+    muninn_ok(&["train", &cfg, "--set", "objective.recurrence=2"], p);
+    let all = records(p, "hug");
+    let last = all.last().unwrap();
+    // Every pass at r = objective.recurrence = 2, the last min(k̄, r) = 1 with a graph.
+    assert_eq!(
+        (last["n"].as_i64(), last["k"].as_i64()),
+        (Some(1), Some(1)),
+        "{last}"
+    );
+    assert!(last["thought_norm"].is_number(), "stage 1 thinks: {last}");
+    assert!(all.iter().any(|r| r["val_loss_r3"].is_number()));
+    muninn_ok(
+        &[
+            "eval",
+            "runs/hug/checkpoints/step-00000010",
+            "--qa",
+            "prosqa/test.json",
+            "--max-new-tokens",
+            "4",
+        ],
+        p,
+    );
+    let e = muninn_err(
+        &[
+            "train",
+            &config(p, "g", 1, ""),
+            "--set",
+            "objective.recurrence=2",
+        ],
+        p,
+    );
+    assert!(e.contains("objective.recurrence"), "{e}");
+}

@@ -417,7 +417,7 @@ fn qa_source<'a>(
     let longest = qa
         .train
         .iter()
-        .flat_map(|p| [0, c.final_stage()].map(|s| (p, s)))
+        .flat_map(|p| (0..=c.final_stage()).map(move |s| (p, s)))
         .map(|(p, s)| {
             muninn_data::coconut::row(p, layout(p, s), &qa.special, c.arm.markers())
                 .ids

@@ -194,9 +194,17 @@ fn batched_cached_generation_equals_one_row_at_a_time_without_a_cache() {
     let batched =
         coconut::generate(&lm, &head, &prompts, (LATENT, PAD), 12, 2, Device::Cpu).unwrap();
     for (p, got) in prompts.iter().zip(&batched) {
-        let alone = coconut::generate(&lm, &head, &[p.clone()], (LATENT, PAD), 12, 2, Device::Cpu)
-            .unwrap()
-            .remove(0);
+        let alone = coconut::generate(
+            &lm,
+            &head,
+            std::slice::from_ref(p),
+            (LATENT, PAD),
+            12,
+            2,
+            Device::Cpu,
+        )
+        .unwrap()
+        .remove(0);
         assert_eq!(got, &alone, "batched vs alone");
         // The oracle: recompute everything (thoughts included) for every new token.
         let mut seq = p.clone();

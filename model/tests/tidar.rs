@@ -90,6 +90,7 @@ fn the_loss_weighs_both_halves_and_its_gradient_is_autograds() {
             alpha,
             mask_id: MASK,
         })),
+        coconut: None,
     };
     let batch = MicroBatch {
         inputs: &x,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use muninn_data::coconut::{pieces, prompt, Special};
+use muninn_data::coconut::{pieces, prompt, CoconutConfig, Special};
 use muninn_data::qa::{answer_of, read_json};
 use muninn_data::TokenizerInfo;
 use muninn_model::coconut::{self, LatentLm};
@@ -246,4 +246,92 @@ fn answer_all<M: LatentLm>(
             .collect(),
         norms,
     ))
+}
+
+pub struct GenerateOptions {
+    pub thoughts: Option<usize>,
+    pub max_tokens: usize,
+    pub json: bool,
+}
+
+/// `muninn generate` on a COCONUT checkpoint: `<|begin_text|>` text "\n" [`<|start-latent|>`
+/// thoughts `<|end-latent|>`], the thoughts filled, then greedy decoding behind the KV cache.
+pub fn generate(
+    model: &Model,
+    rc: &RawRunConfig,
+    c: &CoconutConfig,
+    tok: &TokenizerInfo,
+    text: &str,
+    o: &GenerateOptions,
+) -> Result<()> {
+    let special = Special::of(tok)?;
+    let question = tok.encode_prompt(&format!("{text}\n"))?;
+    let p = muninn_data::coconut::Pieces {
+        question,
+        steps: Vec::new(),
+        answer: Vec::new(),
+    };
+    // A question of unknown length: the final stage's full count.
+    let n = o
+        .thoughts
+        .unwrap_or_else(|| c.prompt_latents(c.final_stage(), usize::MAX));
+    let markers = c.arm.markers();
+    ensure!(
+        n == 0 || markers,
+        "--thoughts {n}: arm {:?} has no thought markers",
+        c.arm
+    );
+    let ids = prompt(&p, n, &special, markers);
+    let fill = match c.arm.continuous() {
+        true => special.latent,
+        false => coconut::NO_LATENT,
+    };
+    let eos = i64::from(tok.specials.eos);
+    let started = std::time::Instant::now();
+    let tokens = match model {
+        Model::Gpt(m) => {
+            let lm = m.latent()?;
+            coconut::generate(
+                &lm,
+                &|h| lm.logits(h),
+                &[ids],
+                (fill, special.pad),
+                o.max_tokens,
+                eos,
+                m.device(),
+            )?
+        }
+        Model::Huginn(m) => {
+            let r = c.recurrence.unwrap_or(rc.recurrence.mean_recurrence);
+            let lm = m.latent(Depth::eval(r), InitState::Zero);
+            coconut::generate(
+                &lm,
+                &|h| lm.logits(h),
+                &[ids],
+                (fill, special.pad),
+                o.max_tokens,
+                eos,
+                m.device(),
+            )?
+        }
+        Model::Trm(_) => bail!("a trm model does not generate text"),
+    }
+    .remove(0);
+    let secs = started.elapsed().as_secs_f64();
+    let out = tok.decode(&tokens)?;
+    if o.json {
+        println!(
+            "{}",
+            json!({"prompt": text, "thoughts": n, "tokens": tokens, "text": out,
+                   "answer": answer_of(&out), "tokens_per_s": tokens.len() as f64 / secs})
+        );
+    } else {
+        println!("{text}\n{out}");
+        println!(
+            "-- {n} thoughts, {} tokens, answer {:?}",
+            tokens.len(),
+            answer_of(&out)
+        );
+    }
+    Ok(())
 }

@@ -152,6 +152,10 @@ pub struct GenerateArgs {
     /// `tokens_per_forward`, `tokens_per_s` and the options.
     #[arg(long)]
     json: bool,
+    /// COCONUT checkpoints: continuous thoughts after the question [default: the final stage's
+    /// count, max_latent_stage · c_thought; 0 for arms without thoughts].
+    #[arg(long)]
+    thoughts: Option<usize>,
     /// TiDAR decoding (a checkpoint trained with `[objective] kind = "tidar"`): each forward
     /// verifies the drafts of the last one and drafts the next block from mask tokens.
     #[arg(long)]
@@ -656,6 +660,24 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     if a.tidar {
         return generate_tidar(&a, &model, &tok, &prompt, sampling, stop);
     }
+    if let Some((_, rc)) = run_of(&a.checkpoint)? {
+        if let muninn_model::tidar::LmObjective::Coconut(c) = &rc.objective {
+            ensure!(
+                a.temperature == 0.0 && a.top_p == 1.0 && a.depth.is_none() && a.exit.is_none(),
+                "a COCONUT checkpoint decodes greedily after its thoughts: drop --temperature, --top-p, --depth and --exit"
+            );
+            let o = crate::coconut_cmd::GenerateOptions {
+                thoughts: a.thoughts,
+                max_tokens: a.max_tokens,
+                json: a.json,
+            };
+            return crate::coconut_cmd::generate(&model, &rc, c, &tok, &a.prompt.prompt, &o);
+        }
+    }
+    ensure!(
+        a.thoughts.is_none(),
+        "--thoughts is for COCONUT checkpoints ([objective] kind = \"coconut\")"
+    );
     ensure!(
         a.draft.is_none() && a.beta == 1.0,
         "--draft and --beta are for TiDAR decoding: add --tidar"

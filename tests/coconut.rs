@@ -175,6 +175,68 @@ fn every_arm_trains() {
             continuous,
             "{arm}: {last}"
         );
+        // Every arm's checkpoint answers the held-out questions: its prompts hold the final
+        // stage's thoughts (max_latent_stage · c = 2) where the arm thinks.
+        let ck = format!("runs/{arm}/checkpoints/step-00000002");
+        let out = muninn_ok(
+            &[
+                "eval",
+                &ck,
+                "--qa",
+                "prosqa/test.json",
+                "--max-new-tokens",
+                "8",
+                "--threads",
+                "1",
+            ],
+            p,
+        );
+        assert!(out.contains("accuracy"), "{out}");
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(p.join(format!("runs/{arm}/eval/step-00000002/eval.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report["questions"], 16, "{report}");
+        let acc = report["accuracy"].as_f64().unwrap();
+        let correct = report["correct"].as_f64().unwrap();
+        assert!((acc - correct / 16.0).abs() < 1e-12, "{report}");
+        assert!(
+            report["mean_generated_tokens"].as_f64().unwrap() <= 8.0,
+            "{report}"
+        );
+        let thinks = matches!(arm, "coconut" | "pause-as-thought" | "no-curriculum");
+        let want = if thinks { 2.0 } else { 0.0 };
+        assert_eq!(
+            report["thoughts_per_question"].as_f64(),
+            Some(want),
+            "{arm}: {report}"
+        );
+        // Pause tokens fill thought columns too, but as ordinary tokens: no hidden state fills them.
+        let filled = matches!(arm, "coconut" | "no-curriculum");
+        assert_eq!(
+            report["thought_norm"].is_number(),
+            filled,
+            "{arm}: {report}"
+        );
+        // `generate` prompts the same way, the thoughts after the question.
+        let out = muninn_ok(
+            &[
+                "generate",
+                &ck,
+                "--prompt",
+                "Is Tom a wumpus or lempus?",
+                "--max-tokens",
+                "4",
+                "--json",
+                "--threads",
+                "1",
+            ],
+            p,
+        );
+        let g: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(g["thoughts"].as_f64(), Some(want), "{arm}: {g}");
+        assert!(g["tokens"].as_array().unwrap().len() <= 4, "{arm}: {g}");
     }
     let e = muninn_err(
         &[

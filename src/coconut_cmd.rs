@@ -105,7 +105,7 @@ pub fn eval_qa(
             )?
         }
         Model::Huginn(m) => {
-            let r = c.recurrence.unwrap_or(rc.recurrence.mean_recurrence);
+            let r = c.pass_iterations(rc.recurrence.mean_recurrence);
             let lm = m.latent(Depth::eval(r), InitState::Zero);
             answer_all(
                 &lm,
@@ -302,7 +302,7 @@ pub fn generate(
             )?
         }
         Model::Huginn(m) => {
-            let r = c.recurrence.unwrap_or(rc.recurrence.mean_recurrence);
+            let r = c.pass_iterations(rc.recurrence.mean_recurrence);
             let lm = m.latent(Depth::eval(r), InitState::Zero);
             coconut::generate(
                 &lm,

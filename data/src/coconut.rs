@@ -133,6 +133,11 @@ impl CoconutConfig {
         Ok(())
     }
 
+    /// Huginn: the core iterations of every pass, `recurrence` or else the run's r̄.
+    pub fn pass_iterations(&self, mean_recurrence: i64) -> i64 {
+        self.recurrence.unwrap_or(mean_recurrence)
+    }
+
     /// The stage past the last step-by-step one: every step replaced.
     pub fn final_stage(&self) -> usize {
         self.max_latent_stage + 1

@@ -133,33 +133,35 @@ pub fn load_weights(
     );
     for spec in specs {
         let k = key(&spec.name);
-        let shape = files
-            .shape(&k)
-            .with_context(|| format!("{}: missing tensor `{k}`", files.describe()))?;
-        ensure!(
-            shape == spec.shape,
-            "{}: tensor `{k}` has shape {:?}, the model config expects {:?}",
-            files.describe(),
-            shape,
-            spec.shape
-        );
+        check_shape(files, &k, &spec.shape)?;
         model.params().set(&spec.name, &files.get(&k)?)?;
     }
     for (name, t) in buffers {
         let k = key(name);
-        let shape = files
-            .shape(&k)
-            .with_context(|| format!("{}: missing tensor `{k}`", files.describe()))?;
-        ensure!(
-            shape == t.size(),
-            "{}: tensor `{k}` has shape {:?}, the model config expects {:?}",
-            files.describe(),
-            shape,
-            t.size()
-        );
+        check_shape(files, &k, &t.size())?;
         let v = files.get(&k)?.to_kind(t.kind()).to_device(t.device());
         tch::no_grad(|| t.shallow_clone().copy_(&v));
     }
+    Ok(())
+}
+
+/// The shape `files` stores tensor `k` with, or an error naming the missing tensor.
+fn stored_shape(files: &TensorFiles, k: &str) -> Result<Vec<i64>> {
+    files
+        .shape(k)
+        .with_context(|| format!("{}: missing tensor `{k}`", files.describe()))
+}
+
+/// Refuses a tensor `k` that is missing or not of the shape the model expects.
+fn check_shape(files: &TensorFiles, k: &str, want: &[i64]) -> Result<()> {
+    let shape = stored_shape(files, k)?;
+    ensure!(
+        shape == want,
+        "{}: tensor `{k}` has shape {:?}, the model config expects {:?}",
+        files.describe(),
+        shape,
+        want
+    );
     Ok(())
 }
 
@@ -175,9 +177,7 @@ pub fn load_weights_grown(
     let mut added = 0;
     for spec in model.params().specs() {
         let k = &spec.name;
-        let shape = files
-            .shape(k)
-            .with_context(|| format!("{}: missing tensor `{k}`", files.describe()))?;
+        let shape = stored_shape(files, k)?;
         let vocab = matches!(
             spec.part,
             crate::params::Part::Embedding | crate::params::Part::Head
@@ -185,13 +185,7 @@ pub fn load_weights_grown(
         let grown =
             vocab && shape.len() == 2 && shape[1] == spec.shape[1] && shape[0] < spec.shape[0];
         if !grown {
-            ensure!(
-                shape == spec.shape,
-                "{}: tensor `{k}` has shape {:?}, the model config expects {:?}",
-                files.describe(),
-                shape,
-                spec.shape
-            );
+            check_shape(files, k, &spec.shape)?;
             model.params().set(k, &files.get(k)?)?;
             continue;
         }

@@ -90,7 +90,7 @@ pub fn train(
     let coconut = || {
         qa.as_ref().map(|q| {
             let rec = &cfg.raw.recurrence;
-            let r = q.config.recurrence.unwrap_or(rec.mean_recurrence);
+            let r = q.config.pass_iterations(rec.mean_recurrence);
             let k = rec.mean_backprop_depth.min(r);
             let latent = q.config.arm.continuous().then_some(q.special.latent);
             Coconut::new(latent, muninn_model::Depth::new(r - k, k))

@@ -8,6 +8,7 @@
 # and FILE.png instead.
 #
 #   scripts/bench-tidar.sh [STEPS=1600] [BATCH=16] [NEW=96] [VOCABS="4096 289"]
+# Extra settings for both models: SET="model.n_embd=256 model.intermediate_size=1024 optimizer.lr=1e-3"
 # Needs the default corpus and its tokenizer and 64-token shards (scripts/quickstart.sh makes them).
 # About 16 minutes on 2 cores at the defaults.
 set -euo pipefail
@@ -52,6 +53,7 @@ print(next(t["id"] for t in json.load(open(sys.argv[1]))["added_tokens"] if t["c
     --set eval.interval=0 --set eval.max_rows=512 --set checkpoint.interval=0 --set log.interval=20
     --set log.tensorboard=false --set optimizer.warmup_steps=40 --set data.dir="$shards"
     --set data.tokenizer="$tok" --set model.vocab_size="$v")
+  for s in ${SET:-}; do common+=(--set "$s"); done
   "$BIN" train configs/tidar-tiny.toml "${common[@]}" --set objective.mask_id="$mask" >"$dir/tidar.log" 2>&1
   "$BIN" train configs/gpt-tiny.toml "${common[@]}" --set run.name=ar-twin --set model.block_size=256 \
     >"$dir/ar.log" 2>&1
@@ -67,19 +69,24 @@ done
 first=${VOCABS%% *}
 cp "$scratch/tidar-v$first.png" "$PNG"
 
-python3 - "$scratch" "$STEPS" "$BATCH" "$NEW" "$OUT" "$(basename "$PNG")" $VOCABS <<'PY'
-import json, sys, os
+python3 - "$scratch" "$STEPS" "$BATCH" "$NEW" "$OUT" "$(basename "$PNG")" "${SET:-}" $VOCABS <<'PY'
+import json, sys, os, tomllib
 scratch, steps, batch, new, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-png, vocabs = sys.argv[6], sys.argv[7:]
+png, sets, vocabs = sys.argv[6], sys.argv[7], sys.argv[8:]
 def metrics(d, name):
     rows = [json.loads(l) for l in open(os.path.join(d, name, "metrics.jsonl"))]
     last, first = rows[-1], rows[0]
     per_step = (last["elapsed_s"] - first["elapsed_s"]) / (last["step"] - first["step"])
     return last, per_step
+run = tomllib.load(open(os.path.join(scratch, f"v{vocabs[0]}", "tidar-tiny", "config.toml"), "rb"))
+m, obj, opt = run["model"], run["objective"], run["optimizer"]
+shape = (f"GPT d {m['n_embd']}, {m['n_layers']} layers, {m['n_heads']} query / {m['n_kv_heads']} key-value heads, "
+         f"I {m['intermediate_size']}; AdamW lr {opt['lr']:g} → {opt['min_lr']:g} {opt['schedule']}")
+prefix = f"SET=\"{sets}\" " if sets else ""
 lines = [
-    f"# TiDAR on the default corpus (`scripts/bench-tidar.sh {steps} {batch} {new} \"{' '.join(vocabs)}\"`)",
+    f"# TiDAR on the default corpus (`{prefix}scripts/bench-tidar.sh {steps} {batch} {new} \"{' '.join(vocabs)}\"`)",
     "",
-    f"`configs/tidar-tiny.toml` (GPT d 128, 4 layers, 64-token rows, b = 8, α = 1, mask = `<|reserved_0|>`) and its",
+    f"`configs/tidar-tiny.toml` ({shape}, 64-token rows, b = {obj['block']}, α = {obj['alpha']}, mask = `<|reserved_0|>`) and its",
     f"AR twin (`configs/gpt-tiny.toml`, same shape, seed, batches and recipe), {steps} steps of batch {batch} each, one",
     "process, CPU, fp32, on the default corpus (Shakespeare), tokenized by "
     + " and by ".join("its 4096-id BPE" if v == "4096" else

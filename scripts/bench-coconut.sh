@@ -26,6 +26,14 @@ for s in ${SET:-}; do sets+=(--set "$s"); done
 # The data first, once, so the parallel arms find it made.
 "$BIN" train configs/coconut-prosqa.toml "${sets[@]}" --set train.max_steps=1 \
   --set run.name=make-data >/dev/null
+# Graph-token data answers the upstream split rewritten in its encoding.
+encoding=$(python3 -c 'import json, sys
+print(json.load(open(sys.argv[1]))["generated"].get("encoding", "sentences"))' "$scratch/prosqa/qa.json")
+if [ "$encoding" != sentences ]; then
+  rm -f "$scratch/upstream.json"
+  "$BIN" data prosqa-encode "$UPSTREAM" --encoding "$encoding" --out "$scratch/upstream.json" >/dev/null
+  UPSTREAM=$scratch/upstream.json
+fi
 pids=()
 for arm in $ARMS; do
   OMP_NUM_THREADS=1 "$BIN" train configs/coconut-prosqa.toml "${sets[@]}" --set run.name="$arm" \

@@ -264,10 +264,10 @@ pub enum DataCommand {
         #[arg(long, default_value_t = 512)]
         vocab_size: usize,
         /// Nodes per graph, MIN,MAX (upstream: 19,26).
-        #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [19, 26])]
+        #[arg(long, value_delimiter = ',', default_values_t = [19, 26])]
         nodes: Vec<usize>,
         /// Hops from the person to the answer, MIN,MAX (upstream: 3,6).
-        #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [3, 6])]
+        #[arg(long, value_delimiter = ',', default_values_t = [3, 6])]
         hops: Vec<usize>,
         /// How many of the 38 upstream concept names to use.
         #[arg(long, default_value_t = 38)]
@@ -275,7 +275,20 @@ pub enum DataCommand {
         /// How many of the 17 upstream person names to use.
         #[arg(long, default_value_t = 17)]
         persons: usize,
+        /// `sentences` (upstream) or `graph` (one `parent child |` per fact: a third the tokens).
+        #[arg(long, default_value = "sentences")]
+        encoding: muninn_data::prosqa::Encoding,
         /// New output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rewrite a ProsQA file in the upstream layout (e.g. ../shared/data/prosqa/prosqa_valid.json)
+    /// in another encoding, the other fields kept, so graph-token models answer the upstream split.
+    ProsqaEncode {
+        input: PathBuf,
+        #[arg(long)]
+        encoding: muninn_data::prosqa::Encoding,
+        /// New output file.
         #[arg(long)]
         out: PathBuf,
     },
@@ -470,8 +483,12 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             hops,
             concepts,
             persons,
+            encoding,
             out,
         } => {
+            for (flag, v) in [("--nodes", &nodes), ("--hops", &hops)] {
+                anyhow::ensure!(v.len() == 2, "{flag} {v:?}: expected MIN,MAX");
+            }
             let start = Instant::now();
             let spec = qa::ProsQaGenerate {
                 train,
@@ -484,6 +501,7 @@ pub fn run(cmd: DataCommand) -> Result<()> {
                     concepts,
                     persons,
                 },
+                encoding,
             };
             let info = qa::write_prosqa(&out, &spec)?;
             println!(
@@ -491,6 +509,42 @@ pub fn run(cmd: DataCommand) -> Result<()> {
                 out.display(),
                 info.splits,
                 start.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        DataCommand::ProsqaEncode {
+            input,
+            encoding,
+            out,
+        } => {
+            anyhow::ensure!(
+                !out.exists(),
+                "{} exists: prosqa-encode writes a new file",
+                out.display()
+            );
+            let text = std::fs::read_to_string(&input)
+                .with_context(|| format!("reading {}", input.display()))?;
+            let mut rows: Vec<serde_json::Map<String, serde_json::Value>> =
+                serde_json::from_str(&text).with_context(|| {
+                    format!("{}: expected a JSON list of objects", input.display())
+                })?;
+            for (i, row) in rows.iter_mut().enumerate() {
+                let e: qa::QaExample = serde_json::from_value(serde_json::Value::Object(
+                    row.clone(),
+                ))
+                .with_context(|| format!("{} row {i}: question, steps, answer", input.display()))?;
+                let e = encoding
+                    .encode(&e)
+                    .with_context(|| format!("{} row {i}", input.display()))?;
+                row.insert("question".into(), e.question.into());
+                row.insert("steps".into(), e.steps.into());
+                row.insert("answer".into(), e.answer.into());
+            }
+            muninn_data::atomic::write_file(&out, &serde_json::to_vec(&rows)?)?;
+            println!(
+                "wrote {} ({} rows, {encoding:?})",
+                out.display(),
+                rows.len()
             );
             Ok(())
         }

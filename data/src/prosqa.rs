@@ -47,14 +47,78 @@ pub struct ProsQa {
     pub neg_target: usize,
 }
 
-impl ProsQa {
-    pub fn qa(&self) -> QaExample {
-        QaExample {
-            question: self.question.clone(),
-            steps: self.steps.clone(),
-            answer: self.answer.clone(),
+/// How an example's question, steps and answer are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoding {
+    /// The upstream sentences: `Every wumpus is a yumpus. … Is Tom a wumpus or zumpus?`, steps
+    /// `Tom is a wumpus.`, answer `Tom is a wumpus.` (about 230 tokens a row at upstream sizes).
+    #[default]
+    Sentences,
+    /// Graph tokens (coconut-reference.md §6): one `parent child |` per fact in the question's
+    /// order, then `? person option option`; steps `parent child`, answer the concept. The same
+    /// graphs in about a third of the tokens, each name one token of the generated tokenizer.
+    Graph,
+}
+
+impl std::str::FromStr for Encoding {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sentences" => Ok(Encoding::Sentences),
+            "graph" => Ok(Encoding::Graph),
+            _ => {
+                anyhow::bail!("unknown prosqa encoding {s:?}: expected \"sentences\" or \"graph\"")
+            }
         }
     }
+}
+
+impl Encoding {
+    /// Rewrites an example written in the upstream sentences (generated or an upstream split).
+    pub fn encode(self, e: &QaExample) -> Result<QaExample> {
+        match self {
+            Encoding::Sentences => Ok(e.clone()),
+            Encoding::Graph => graph_tokens(e),
+        }
+    }
+}
+
+/// `Every a is a b` or `a is a b` (trailing period optional) → (a, b).
+fn fact_of(sentence: &str) -> Result<(&str, &str)> {
+    let s = sentence.trim().trim_end_matches('.');
+    let s = s.strip_prefix("Every ").unwrap_or(s);
+    s.split_once(" is a ")
+        .ok_or_else(|| anyhow::anyhow!("{sentence:?} is not a ProsQA fact (`[Every] X is a Y.`)"))
+}
+
+fn graph_tokens(e: &QaExample) -> Result<QaExample> {
+    let q = &e.question;
+    let split = q
+        .rfind(". Is ")
+        .ok_or_else(|| anyhow::anyhow!("{q:?}: no `. Is X a A or B?` at the end"))?;
+    let (facts, query) = (&q[..split], &q[split + 5..]);
+    let mut edges = Vec::new();
+    for f in facts.split('.') {
+        let (a, b) = fact_of(f)?;
+        edges.push(format!("{a} {b} |"));
+    }
+    let query = query.trim_end_matches('?');
+    let (person, options) = query
+        .split_once(" a ")
+        .and_then(|(p, o)| Some((p, o.split_once(" or ")?)))
+        .ok_or_else(|| anyhow::anyhow!("{q:?}: the question is not `Is X a A or B?`"))?;
+    let steps = e
+        .steps
+        .iter()
+        .map(|s| fact_of(s).map(|(a, b)| format!("{a} {b}")))
+        .collect::<Result<_>>()?;
+    let (_, answer) = fact_of(&e.answer)?;
+    Ok(QaExample {
+        question: format!("{} ? {person} {} {}", edges.join(" "), options.0, options.1),
+        steps,
+        answer: answer.to_string(),
+    })
 }
 
 /// The sizes of generated graphs; a key left out keeps the upstream value.
@@ -351,6 +415,30 @@ mod tests {
         let mean_steps = set.iter().map(|e| e.steps.len()).sum::<usize>() as f64 / set.len() as f64;
         assert!((21.0..24.5).contains(&mean_nodes), "{mean_nodes}");
         assert!((3.2..4.8).contains(&mean_steps), "{mean_steps}");
+    }
+
+    #[test]
+    fn graph_tokens_keep_the_facts_order_steps_and_answer() {
+        let e = QaExample {
+            question: "Every shumpus is a rempus. Tom is a terpus. Every terpus is a lempus. Is Tom a lempus or rempus?".into(),
+            steps: vec!["Tom is a terpus.".into(), "Every terpus is a lempus.".into()],
+            answer: "Tom is a lempus.".into(),
+        };
+        let g = Encoding::Graph.encode(&e).unwrap();
+        assert_eq!(
+            g.question,
+            "shumpus rempus | Tom terpus | terpus lempus | ? Tom lempus rempus"
+        );
+        assert_eq!(g.steps, ["Tom terpus", "terpus lempus"]);
+        assert_eq!(g.answer, "lempus");
+        assert_eq!(Encoding::Sentences.encode(&e).unwrap(), e);
+        let bad = QaExample {
+            question: "Tom likes a terpus. Is Tom a lempus or rempus?".into(),
+            ..e
+        };
+        let err = Encoding::Graph.encode(&bad).unwrap_err().to_string();
+        assert!(err.contains("Tom likes a terpus"), "{err}");
+        assert!("graphs".parse::<Encoding>().is_err());
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub struct ProsQaGenerate {
     pub vocab_size: usize,
     #[serde(default)]
     pub graph: crate::prosqa::ProsQaSpec,
+    /// How questions, steps and answers are written: the upstream `"sentences"` or `"graph"` tokens.
+    #[serde(default)]
+    pub encoding: crate::prosqa::Encoding,
 }
 
 /// A QA dataset directory.
@@ -182,8 +185,29 @@ pub fn write_prosqa(out: &Path, spec: &ProsQaGenerate) -> Result<QaInfo> {
         spec.train >= 1 && spec.test >= 1,
         "prosqa train and test: at least one graph each"
     );
-    let train = crate::prosqa::generate(&spec.graph, spec.seed.wrapping_mul(2), spec.train)?;
-    let test = crate::prosqa::generate(&spec.graph, spec.seed.wrapping_mul(2) + 1, spec.test)?;
+    let encoded = |set: Vec<crate::prosqa::ProsQa>| {
+        set.into_iter()
+            .map(|mut e| {
+                let qa = spec.encoding.encode(&QaExample {
+                    question: e.question,
+                    steps: e.steps,
+                    answer: e.answer,
+                })?;
+                (e.question, e.steps, e.answer) = (qa.question, qa.steps, qa.answer);
+                Ok(e)
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    let train = encoded(crate::prosqa::generate(
+        &spec.graph,
+        spec.seed.wrapping_mul(2),
+        spec.train,
+    )?)?;
+    let test = encoded(crate::prosqa::generate(
+        &spec.graph,
+        spec.seed.wrapping_mul(2) + 1,
+        spec.test,
+    )?)?;
     let full: Vec<String> = train
         .iter()
         .map(|e| format!("{}\n{}\n### {}", e.question, e.steps.join("\n"), e.answer))

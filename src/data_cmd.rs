@@ -517,35 +517,8 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             encoding,
             out,
         } => {
-            anyhow::ensure!(
-                !out.exists(),
-                "{} exists: prosqa-encode writes a new file",
-                out.display()
-            );
-            let text = std::fs::read_to_string(&input)
-                .with_context(|| format!("reading {}", input.display()))?;
-            let mut rows: Vec<serde_json::Map<String, serde_json::Value>> =
-                serde_json::from_str(&text).with_context(|| {
-                    format!("{}: expected a JSON list of objects", input.display())
-                })?;
-            for (i, row) in rows.iter_mut().enumerate() {
-                let e: qa::QaExample = serde_json::from_value(serde_json::Value::Object(
-                    row.clone(),
-                ))
-                .with_context(|| format!("{} row {i}: question, steps, answer", input.display()))?;
-                let e = encoding
-                    .encode(&e)
-                    .with_context(|| format!("{} row {i}", input.display()))?;
-                row.insert("question".into(), e.question.into());
-                row.insert("steps".into(), e.steps.into());
-                row.insert("answer".into(), e.answer.into());
-            }
-            muninn_data::atomic::write_file(&out, &serde_json::to_vec(&rows)?)?;
-            println!(
-                "wrote {} ({} rows, {encoding:?})",
-                out.display(),
-                rows.len()
-            );
+            let rows = muninn_data::prosqa::encode_file(&input, encoding, &out)?;
+            println!("wrote {} ({} rows, {encoding:?})", out.display(), rows);
             Ok(())
         }
         DataCommand::Merge { dir } => {

@@ -354,6 +354,10 @@ fn disturb_rank_one(
             "checkpoint.interval=2",
             "--set",
             &format!("dist.timeout_s={TIMEOUT_S}"),
+            // Every other step saves, and a save waits under its own (default hour-long) bound: the
+            // signal may land in one, so that bound is the same here.
+            "--set",
+            &format!("checkpoint.timeout_s={TIMEOUT_S}"),
         ],
         p,
     )

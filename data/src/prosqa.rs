@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Poisson};
@@ -82,6 +82,47 @@ impl Encoding {
             Encoding::Graph => graph_tokens(e),
         }
     }
+}
+
+impl ProsQa {
+    /// This example with its question, steps and answer written in `encoding`.
+    pub fn encoded(mut self, encoding: Encoding) -> Result<ProsQa> {
+        let qa = encoding.encode(&QaExample {
+            question: self.question,
+            steps: self.steps,
+            answer: self.answer,
+        })?;
+        (self.question, self.steps, self.answer) = (qa.question, qa.steps, qa.answer);
+        Ok(self)
+    }
+}
+
+/// Rewrites a JSON list of ProsQA examples (an upstream split) in `encoding` into the new file
+/// `out`, keeping every other field of each entry (`edges`, `root`, …). Returns the entry count.
+pub fn encode_file(
+    input: &std::path::Path,
+    encoding: Encoding,
+    out: &std::path::Path,
+) -> Result<usize> {
+    ensure!(
+        !out.exists(),
+        "{} exists: prosqa-encode writes a new file",
+        out.display()
+    );
+    let mut rows = crate::qa::read_list(input)?;
+    for (i, row) in rows.iter_mut().enumerate() {
+        let e = encoding
+            .encode(&crate::qa::example(row, input, i)?)
+            .with_context(|| format!("{} entry {i}", input.display()))?;
+        let fields = row
+            .as_object_mut()
+            .with_context(|| format!("{} entry {i}: expected an object", input.display()))?;
+        fields.insert("question".into(), e.question.into());
+        fields.insert("steps".into(), e.steps.into());
+        fields.insert("answer".into(), e.answer.into());
+    }
+    crate::atomic::write_file(out, &serde_json::to_vec(&rows)?)?;
+    Ok(rows.len())
 }
 
 /// `Every a is a b` or `a is a b` (trailing period optional) → (a, b).
@@ -439,6 +480,36 @@ mod tests {
         let err = Encoding::Graph.encode(&bad).unwrap_err().to_string();
         assert!(err.contains("Tom likes a terpus"), "{err}");
         assert!("graphs".parse::<Encoding>().is_err());
+    }
+
+    #[test]
+    fn an_encoded_file_keeps_other_fields_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let (input, out) = (dir.path().join("valid.json"), dir.path().join("graph.json"));
+        let row = serde_json::json!({
+            "question": "Tom is a terpus. Every terpus is a lempus. Is Tom a lempus or rempus?",
+            "steps": ["Tom is a terpus.", "Every terpus is a lempus."],
+            "answer": "Tom is a lempus.",
+            "edges": [[0, 1], [1, 2]],
+        });
+        std::fs::write(&input, serde_json::to_vec(&[&row]).unwrap()).unwrap();
+        assert_eq!(encode_file(&input, Encoding::Graph, &out).unwrap(), 1);
+        let back = crate::qa::read_list(&out).unwrap();
+        assert_eq!(
+            back[0]["question"],
+            "Tom terpus | terpus lempus | ? Tom lempus rempus"
+        );
+        assert_eq!(back[0]["answer"], "lempus");
+        assert_eq!(back[0]["edges"], row["edges"]);
+        let err = encode_file(&input, Encoding::Graph, &out).unwrap_err();
+        assert!(format!("{err:#}").contains("exists"), "{err:#}");
+
+        std::fs::write(&input, br#"[{"question": "Tom is a terpus."}]"#).unwrap();
+        let err = encode_file(&input, Encoding::Graph, &dir.path().join("x.json")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("valid.json entry 0: expected question"),
+            "{err:#}"
+        );
     }
 
     #[test]

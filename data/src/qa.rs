@@ -17,26 +17,33 @@ pub struct QaExample {
 
 /// Reads a JSON list of examples; a malformed entry is named by its index and field.
 pub fn read_json(path: &Path) -> Result<Vec<QaExample>> {
+    read_list(path)?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| example(v, path, i))
+        .collect()
+}
+
+/// The entries of a JSON list file, unparsed, so that a rewrite can keep their other fields.
+pub fn read_list(path: &Path) -> Result<Vec<serde_json::Value>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let items: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(|| {
+    serde_json::from_str(&text).with_context(|| {
         format!(
             "{}: expected a JSON list of {{question, steps, answer}} objects",
             path.display()
         )
-    })?;
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| {
-            serde_json::from_value(v).with_context(|| {
-                format!(
-                    "{} entry {i}: expected question (string), steps (list of strings), answer (string)",
-                    path.display()
-                )
-            })
-        })
-        .collect()
+    })
+}
+
+/// Entry `i` of the list in `path` as an example, or an error naming the entry and its fields.
+pub fn example(v: &serde_json::Value, path: &Path, i: usize) -> Result<QaExample> {
+    QaExample::deserialize(v).with_context(|| {
+        format!(
+            "{} entry {i}: expected question (string), steps (list of strings), answer (string)",
+            path.display()
+        )
+    })
 }
 
 /// Writes a JSON list of examples, all at once.
@@ -185,29 +192,14 @@ pub fn write_prosqa(out: &Path, spec: &ProsQaGenerate) -> Result<QaInfo> {
         spec.train >= 1 && spec.test >= 1,
         "prosqa train and test: at least one graph each"
     );
-    let encoded = |set: Vec<crate::prosqa::ProsQa>| {
-        set.into_iter()
-            .map(|mut e| {
-                let qa = spec.encoding.encode(&QaExample {
-                    question: e.question,
-                    steps: e.steps,
-                    answer: e.answer,
-                })?;
-                (e.question, e.steps, e.answer) = (qa.question, qa.steps, qa.answer);
-                Ok(e)
-            })
+    let encoded = |seed: u64, count: usize| {
+        crate::prosqa::generate(&spec.graph, seed, count)?
+            .into_iter()
+            .map(|e| e.encoded(spec.encoding))
             .collect::<Result<Vec<_>>>()
     };
-    let train = encoded(crate::prosqa::generate(
-        &spec.graph,
-        spec.seed.wrapping_mul(2),
-        spec.train,
-    )?)?;
-    let test = encoded(crate::prosqa::generate(
-        &spec.graph,
-        spec.seed.wrapping_mul(2) + 1,
-        spec.test,
-    )?)?;
+    let train = encoded(spec.seed.wrapping_mul(2), spec.train)?;
+    let test = encoded(spec.seed.wrapping_mul(2) + 1, spec.test)?;
     let full: Vec<String> = train
         .iter()
         .map(|e| format!("{}\n{}\n### {}", e.question, e.steps.join("\n"), e.answer))

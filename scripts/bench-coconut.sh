@@ -1,26 +1,27 @@
 #!/usr/bin/env bash
 # COCONUT's ProsQA demonstration: the arms No-CoT, CoT, Coconut and pause-as-thought (ARMS) of
-# configs/coconut-prosqa.toml on the same generated graphs, model shape, seed and step budget, two
-# arms at a time (one thread each); then each final checkpoint answers the held-out generated graphs
+# configs/coconut-prosqa.toml on the same generated graphs, model shape, seed and step budget, JOBS
+# arms at a time (default 2, one thread each); then each final checkpoint answers the held-out generated graphs
 # and the upstream ProsQA valid split. Writes bench/coconut.md and bench/coconut.png (the training
 # loss of the last arm); OUT=FILE.md writes FILE.md and FILE.png instead.
 #
-#   scripts/bench-coconut.sh [STEPS=10000] [BATCH=16] [ARMS="no-cot cot coconut pause-as-thought"]
+#   scripts/bench-coconut.sh [STEPS=10000] [BATCH=12] [ARMS="no-cot cot coconut pause-as-thought"]
 # Extra settings for every arm: SET="model.preset=gpt-micro data.prosqa.graph.nodes=[10,14] ..."
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-10000}
-BATCH=${2:-16}
+BATCH=${2:-12}
 ARMS=${3:-no-cot cot coconut pause-as-thought}
 BIN=${MUNINN_BIN:-target/release/muninn}
 OUT=${OUT:-bench/coconut.md}
+JOBS=${JOBS:-2}
 PNG=${OUT%.md}.png
 UPSTREAM=${UPSTREAM:-../shared/data/prosqa/prosqa_valid.json}
 [ -x "$BIN" ] || cargo build --release
 scratch=${SCRATCH:-$(mktemp -d)}
 mkdir -p "$scratch"
 sets=(--set run.dir="$scratch/runs" --set data.dir="$scratch/prosqa" --set train.max_steps="$STEPS"
-  --set train.micro_batch_size="$BATCH" --set checkpoint.interval=0 --set eval.interval=0)
+  --set train.micro_batch_size="$BATCH" --set checkpoint.interval=0 --set eval.interval=1000)
 for s in ${SET:-}; do sets+=(--set "$s"); done
 
 # The data first, once, so the parallel arms find it made.
@@ -39,7 +40,7 @@ for arm in $ARMS; do
   OMP_NUM_THREADS=1 "$BIN" train configs/coconut-prosqa.toml "${sets[@]}" --set run.name="$arm" \
     --set objective.arm="$arm" >"$scratch/$arm.log" 2>&1 &
   pids+=($!)
-  if [ ${#pids[@]} -ge 2 ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
+  if [ ${#pids[@]} -ge "$JOBS" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
 done
 for p in "${pids[@]}"; do wait "$p"; done
 
@@ -68,14 +69,19 @@ lines = [
     "Accuracy: greedy answers, the text after the last `#` equal to the answer (the reference's rule);",
     "\"tokens\": mean generated tokens (thoughts not counted).",
     "",
-    "| arm | held-out graphs | tokens | upstream ProsQA valid | tokens | thoughts | thought norm / embedding norm |",
-    "|---|---|---|---|---|---|---|",
+    "| arm | held-out graphs | tokens | upstream ProsQA valid | tokens | thoughts | thought norm / embedding norm | final train loss | val loss | s / step |",
+    "|---|---|---|---|---|---|---|---|---|---|",
 ]
 for arm in arms:
     t, u = ev(arm, "test"), ev(arm, "upstream")
     norm = "–" if t["thought_norm"] is None else f"{t['thought_norm']:.1f} / {t['embed_norm']:.2f}"
+    recs = [json.loads(l) for l in open(os.path.join(scratch, "runs", arm, "metrics.jsonl"))]
+    last = [r for r in recs if "loss" in r][-1]
+    vals = [r["val_loss"] for r in recs if r.get("val_loss") is not None]
+    val = f"{vals[-1]:.3f}" if vals else "–"
     lines.append(f"| {arm} | {100 * t['accuracy']:.1f} % | {t['mean_generated_tokens']:.1f} | "
-                 f"{100 * u['accuracy']:.1f} % | {u['mean_generated_tokens']:.1f} | {t['thoughts_per_question']:.0f} | {norm} |")
+                 f"{100 * u['accuracy']:.1f} % | {u['mean_generated_tokens']:.1f} | {t['thoughts_per_question']:.0f} | {norm} | "
+                 f"{last['loss']:.3f} | {val} | {last['elapsed_s'] / last['step']:.3f} |")
 lines += ["", f"![training loss of the {arms[-1]} arm]({png})", ""]
 open(out, "w").write("\n".join(lines))
 print("\n".join(lines))

@@ -65,11 +65,7 @@ pub fn eval_qa(
         o.file.display()
     );
     ensure!(o.batch_size >= 1, "--batch-size must be at least 1");
-    let stage = o.stage.unwrap_or(c.final_stage());
-    let stage = match c.arm {
-        muninn_data::coconut::Arm::Cot | muninn_data::coconut::Arm::NoCot => 0,
-        _ => stage,
-    };
+    let stage = c.answer_stage(o.stage);
     let prompts: Vec<Vec<i64>> = examples
         .iter()
         .map(|e| {

@@ -143,6 +143,16 @@ impl CoconutConfig {
         self.max_latent_stage + 1
     }
 
+    /// The stage a trained model answers in (validation, `muninn eval --qa`): `asked`, else the
+    /// final stage, for the arms with a curriculum; stage 0 for CoT and No-CoT, which never leave
+    /// it (CoT's final-stage layout would drop the steps it writes).
+    pub fn answer_stage(&self, asked: Option<usize>) -> usize {
+        match self.arm {
+            Arm::Cot | Arm::NoCot => 0,
+            _ => asked.unwrap_or(self.final_stage()),
+        }
+    }
+
     /// The stage an epoch trains: epoch / epochs_per_stage, 0 for the CoT and No-CoT arms, the
     /// final stage throughout without curriculum.
     pub fn stage(&self, epoch: u64) -> usize {
@@ -547,6 +557,23 @@ mod tests {
         assert_eq!(curriculum(Arm::NoCot).stage(12), 0);
         assert_eq!(curriculum(Arm::NoCurriculum).stage(0), 4);
         assert_eq!(curriculum(Arm::PauseAsThought).stage(7), 2);
+    }
+
+    #[test]
+    fn each_arm_answers_in_the_layout_it_trained_last() {
+        let steps = 4;
+        let answer = |arm| {
+            let c = curriculum(arm);
+            let Layout { skip, latents } = c.layout(c.answer_stage(None), steps);
+            (skip, latents)
+        };
+        assert_eq!(answer(Arm::Cot), (0, 0), "CoT writes every step");
+        assert_eq!(answer(Arm::NoCot), (steps, 0));
+        assert_eq!(answer(Arm::Coconut), (steps, 6));
+        assert_eq!(answer(Arm::PauseAsThought), (steps, 6));
+        assert_eq!(answer(Arm::NoThought), (steps, 0));
+        assert_eq!(curriculum(Arm::Coconut).answer_stage(Some(1)), 1);
+        assert_eq!(curriculum(Arm::Cot).answer_stage(Some(1)), 0);
     }
 
     #[test]

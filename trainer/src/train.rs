@@ -397,8 +397,8 @@ fn run<F: Family>(
     drive(cfg, model, device, source, resume, stop_signal, comm)
 }
 
-/// COCONUT's loader and validation batches: the held-out examples at the arm's final stage (what
-/// the trained model is evaluated in), the first `eval.max_rows`, this rank's share.
+/// COCONUT's loader and validation batches: the held-out examples in the layout the trained model
+/// answers in (`CoconutConfig::answer_stage`), the first `eval.max_rows`, this rank's share.
 fn qa_source<'a>(
     cfg: &RunConfig,
     qa: &'a QaRun,
@@ -435,7 +435,7 @@ fn qa_source<'a>(
         .iter()
         .take(cfg.raw.eval.max_rows as usize)
         .map(|p| {
-            muninn_data::coconut::row(p, layout(p, c.final_stage()), &qa.special, c.arm.markers())
+            muninn_data::coconut::row(p, layout(p, c.answer_stage(None)), &qa.special, c.arm.markers())
         })
         .collect();
     let ids: Vec<u64> = (0..rows.len() as u64).collect();

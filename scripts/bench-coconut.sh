@@ -3,14 +3,14 @@
 # configs/coconut-prosqa.toml on the same generated graphs, model shape, seed and step budget, JOBS
 # arms at a time (default 2, one thread each); then each final checkpoint answers the held-out generated graphs
 # and the upstream ProsQA valid split. Writes bench/coconut.md and bench/coconut.png (the training
-# loss of the last arm); OUT=FILE.md writes FILE.md and FILE.png instead.
+# loss of the Coconut arm); OUT=FILE.md writes FILE.md and FILE.png instead.
 #
-#   scripts/bench-coconut.sh [STEPS=10000] [BATCH=12] [ARMS="no-cot cot coconut pause-as-thought"]
+#   scripts/bench-coconut.sh [STEPS=10000] [BATCH=32] [ARMS="no-cot cot coconut pause-as-thought"]
 # Extra settings for every arm: SET="model.preset=gpt-micro data.prosqa.graph.nodes=[10,14] ..."
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-10000}
-BATCH=${2:-12}
+BATCH=${2:-32}
 ARMS=${3:-no-cot cot coconut pause-as-thought}
 BIN=${MUNINN_BIN:-target/release/muninn}
 OUT=${OUT:-bench/coconut.md}
@@ -52,13 +52,15 @@ for arm in $ARMS; do
     OMP_NUM_THREADS=2 "$BIN" eval "$ck" --qa "$file" --threads 2 --out "$scratch/eval/$arm-$set" >/dev/null
   done
 done
+# The figure: the Coconut arm's loss (its stage switches show), else the last arm's.
 last=${ARMS##* }
+case " $ARMS " in *" coconut "*) last=coconut ;; esac
 "$BIN" curve "$scratch/runs/$last" --metrics loss --out "$PNG" >/dev/null
 
-python3 - "$scratch" "$STEPS" "$BATCH" "$OUT" "$(basename "$PNG")" "${SET:-}" $ARMS <<'PY'
+python3 - "$scratch" "$STEPS" "$BATCH" "$OUT" "$(basename "$PNG")" "${SET:-}" "$last" $ARMS <<'PY'
 import json, sys, os
-scratch, steps, batch, out, png, extra = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
-arms = sys.argv[7:]
+scratch, steps, batch, out, png, extra, drawn = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
+arms = sys.argv[8:]
 ev = lambda arm, s: json.load(open(os.path.join(scratch, "eval", f"{arm}-{s}", "eval.json")))
 info = json.load(open(os.path.join(scratch, "prosqa", "qa.json")))
 lines = [
@@ -82,7 +84,7 @@ for arm in arms:
     lines.append(f"| {arm} | {100 * t['accuracy']:.1f} % | {t['mean_generated_tokens']:.1f} | "
                  f"{100 * u['accuracy']:.1f} % | {u['mean_generated_tokens']:.1f} | {t['thoughts_per_question']:.0f} | {norm} | "
                  f"{last['loss']:.3f} | {val} | {last['elapsed_s'] / last['step']:.3f} |")
-lines += ["", f"![training loss of the {arms[-1]} arm]({png})", ""]
+lines += ["", f"![training loss of the {drawn} arm]({png})", ""]
 open(out, "w").write("\n".join(lines))
 print("\n".join(lines))
 PY

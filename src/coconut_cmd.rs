@@ -84,6 +84,7 @@ pub fn eval_qa(
         true => special.latent,
         false => coconut::NO_LATENT,
     };
+    let context = model.config().block_size() as usize;
     let start = std::time::Instant::now();
     let (answers, norms) = match &model {
         Model::Gpt(m) => {
@@ -95,7 +96,7 @@ pub fn eval_qa(
                 &examples,
                 (&special, fill),
                 &tok,
-                eos,
+                (eos, context),
                 o,
                 m.device(),
             )?
@@ -110,7 +111,7 @@ pub fn eval_qa(
                 &examples,
                 (&special, fill),
                 &tok,
-                eos,
+                (eos, context),
                 o,
                 m.device(),
             )?
@@ -179,7 +180,7 @@ fn answer_all<M: LatentLm>(
     examples: &[muninn_data::qa::QaExample],
     (sp, fill): (&Special, i64),
     tok: &TokenizerInfo,
-    eos: i64,
+    (eos, context): (i64, usize),
     o: &QaOptions,
     device: tch::Device,
 ) -> Result<(Vec<Answer>, Norms)> {
@@ -196,7 +197,7 @@ fn answer_all<M: LatentLm>(
                 head,
                 &batch,
                 (fill, sp.pad),
-                o.max_new_tokens,
+                (o.max_new_tokens, context),
                 eos,
                 device,
             )?;
@@ -292,7 +293,7 @@ pub fn generate(
                 &|h| lm.logits(h),
                 &[ids],
                 (fill, special.pad),
-                o.max_tokens,
+                (o.max_tokens, model.config().block_size() as usize),
                 eos,
                 m.device(),
             )?
@@ -305,7 +306,7 @@ pub fn generate(
                 &|h| lm.logits(h),
                 &[ids],
                 (fill, special.pad),
-                o.max_tokens,
+                (o.max_tokens, model.config().block_size() as usize),
                 eos,
                 m.device(),
             )?

@@ -153,13 +153,15 @@ impl CoconutConfig {
         }
     }
 
-    /// The stage an epoch trains: epoch / epochs_per_stage, 0 for the CoT and No-CoT arms, the
-    /// final stage throughout without curriculum.
+    /// The stage an epoch trains: epoch / epochs_per_stage up to the final stage, 0 for the CoT
+    /// and No-CoT arms, the final stage throughout without curriculum. (The reference's count goes
+    /// on past the final stage with the same layout; capped, a `stage` reset happens only when
+    /// the layout changes and the logged stage is the one trained.)
     pub fn stage(&self, epoch: u64) -> usize {
         match self.arm {
             Arm::Cot | Arm::NoCot => 0,
             Arm::NoCurriculum => self.final_stage(),
-            _ => (epoch / self.epochs_per_stage as u64) as usize,
+            _ => (epoch / self.epochs_per_stage as u64).min(self.final_stage() as u64) as usize,
         }
     }
 
@@ -553,6 +555,11 @@ mod tests {
         let c = curriculum(Arm::Coconut);
         let stages: Vec<usize> = (0..13).map(|e| c.stage(e)).collect();
         assert_eq!(stages, [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4]);
+        assert_eq!(
+            (c.stage(15), c.stage(1000)),
+            (4, 4),
+            "the final stage is the last"
+        );
         assert_eq!(curriculum(Arm::Cot).stage(12), 0);
         assert_eq!(curriculum(Arm::NoCot).stage(12), 0);
         assert_eq!(curriculum(Arm::NoCurriculum).stage(0), 4);
@@ -643,10 +650,14 @@ mod tests {
                 reset_optimizer: reset,
                 ..curriculum(arm)
             };
-            (0..8).filter(|&e| c.resets_at(e)).collect::<Vec<u64>>()
+            (0..20).filter(|&e| c.resets_at(e)).collect::<Vec<u64>>()
         };
-        assert_eq!(at(ResetOn::Epoch, Arm::Coconut), [1, 2, 3, 4, 5, 6, 7]);
-        assert_eq!(at(ResetOn::Stage, Arm::Coconut), [3, 6]);
+        assert_eq!(
+            at(ResetOn::Epoch, Arm::Coconut),
+            (1..20).collect::<Vec<u64>>()
+        );
+        // Stages 1, 2, 3 and the final 4; none after, where the layout stays.
+        assert_eq!(at(ResetOn::Stage, Arm::Coconut), [3, 6, 9, 12]);
         assert_eq!(at(ResetOn::Stage, Arm::Cot), Vec::<u64>::new());
         assert_eq!(at(ResetOn::Never, Arm::Coconut), Vec::<u64>::new());
     }

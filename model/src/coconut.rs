@@ -154,20 +154,27 @@ pub fn forward_into<M: LatentLm>(
 /// Greedy decoding after prompts that may hold thoughts (question [<start>] <latent>×K [<end>]),
 /// a batch at a time: the prompts are left-padded to end in one column (so rows must share K, or
 /// hold none), the thoughts filled by [`forward_into`], then one column per step behind the cache
-/// until every row has produced `stop` or `max_new` tokens. `head` maps hidden states [B, d] to
-/// logits [B, V]. Returns each row's new tokens, `stop` included.
+/// until every row has produced `stop` or `max_new` tokens, or the longest row fills the model's
+/// `context` (its block_size: positions past it have no rotary angles). `head` maps hidden states
+/// [B, d] to logits [B, V]. Returns each row's new tokens, `stop` included.
 pub fn generate<M: LatentLm>(
     lm: &M,
     head: &dyn Fn(&Tensor) -> Tensor,
     prompts: &[Vec<i64>],
     (latent_id, pad): (i64, i64),
-    max_new: usize,
+    (max_new, context): (usize, usize),
     stop: i64,
     device: tch::Device,
 ) -> Result<Vec<Vec<i64>>> {
     let b = prompts.len();
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
     ensure!(b > 0 && width > 0, "nothing to generate from");
+    ensure!(
+        width <= context,
+        "a prompt of {width} tokens is longer than the model's block_size {context}"
+    );
+    // The last token is produced without being fed back: `context + 1 - width` fit.
+    let max_new = max_new.min(context + 1 - width);
     let mut ids = Vec::with_capacity(b * width);
     let (mut pos, mut real) = (Vec::with_capacity(b * width), Vec::with_capacity(b * width));
     for p in prompts {

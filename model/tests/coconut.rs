@@ -191,15 +191,23 @@ fn batched_cached_generation_equals_one_row_at_a_time_without_a_cache() {
         vec![5i64, 6, 7, 8, START, l, l, END],
         vec![9i64, 10, START, l, l, END],
     ];
-    let batched =
-        coconut::generate(&lm, &head, &prompts, (LATENT, PAD), 12, 2, Device::Cpu).unwrap();
+    let batched = coconut::generate(
+        &lm,
+        &head,
+        &prompts,
+        (LATENT, PAD),
+        (12, 64),
+        2,
+        Device::Cpu,
+    )
+    .unwrap();
     for (p, got) in prompts.iter().zip(&batched) {
         let alone = coconut::generate(
             &lm,
             &head,
             std::slice::from_ref(p),
             (LATENT, PAD),
-            12,
+            (12, 64),
             2,
             Device::Cpu,
         )

@@ -435,7 +435,12 @@ fn qa_source<'a>(
         .iter()
         .take(cfg.raw.eval.max_rows as usize)
         .map(|p| {
-            muninn_data::coconut::row(p, layout(p, c.answer_stage(None)), &qa.special, c.arm.markers())
+            muninn_data::coconut::row(
+                p,
+                layout(p, c.answer_stage(None)),
+                &qa.special,
+                c.arm.markers(),
+            )
         })
         .collect();
     let ids: Vec<u64> = (0..rows.len() as u64).collect();

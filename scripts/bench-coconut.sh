@@ -26,7 +26,7 @@ for s in ${SET:-}; do sets+=(--set "$s"); done
 
 # The data first, once, so the parallel arms find it made.
 "$BIN" train configs/coconut-prosqa.toml "${sets[@]}" --set train.max_steps=1 \
-  --set run.name=make-data >/dev/null
+  --set run.name=make-data --resume auto >/dev/null
 # Graph-token data answers the upstream split rewritten in its encoding.
 encoding=$(python3 -c 'import json, sys
 print(json.load(open(sys.argv[1]))["generated"].get("encoding", "sentences"))' "$scratch/prosqa/qa.json")
@@ -37,8 +37,9 @@ if [ "$encoding" != sentences ]; then
 fi
 pids=()
 for arm in $ARMS; do
+  # --resume auto: a rerun with the same SCRATCH continues (or just evaluates) the arms it finds.
   OMP_NUM_THREADS=1 "$BIN" train configs/coconut-prosqa.toml "${sets[@]}" --set run.name="$arm" \
-    --set objective.arm="$arm" >"$scratch/$arm.log" 2>&1 &
+    --set objective.arm="$arm" --resume auto >>"$scratch/$arm.log" 2>&1 &
   pids+=($!)
   if [ ${#pids[@]} -ge "$JOBS" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
 done

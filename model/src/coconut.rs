@@ -202,7 +202,9 @@ pub fn generate<M: LatentLm>(
                     done[r] = t == stop;
                 }
             }
-            if done.iter().all(|&d| d) || new.iter().all(|n| n.len() >= max_new) {
+            // The last token is never fed back (finished rows stop growing, so their lengths do not
+            // tell when that is).
+            if done.iter().all(|&d| d) || step + 1 == max_new {
                 break;
             }
             let x = lm.embed(

@@ -394,12 +394,12 @@ fn the_shipped_config_generates_its_data_and_saves_on_sigterm() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("(Signal)"));
     assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("generated prosqa (8000 training and 300 test graphs"));
+        .contains("generated prosqa (40000 training and 300 test graphs"));
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(p.join("prosqa/qa.json")).unwrap()).unwrap();
     assert_eq!(
         info["splits"],
-        serde_json::json!([["train", 8000], ["test", 300]])
+        serde_json::json!([["train", 40000], ["test", 300]])
     );
     let saved = std::fs::read_dir(p.join("runs/coconut-prosqa/checkpoints"))
         .unwrap()

@@ -62,13 +62,18 @@ python3 - "$scratch" "$STEPS" "$BATCH" "$OUT" "$(basename "$PNG")" "${SET:-}" "$
 import json, sys, os
 scratch, steps, batch, out, png, extra, drawn = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
 arms = sys.argv[8:]
+import subprocess, datetime
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown CPU")
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+when = f"{datetime.date.today()}, {os.cpu_count()} cores ({cpu}), commit {commit}"
 ev = lambda arm, s: json.load(open(os.path.join(scratch, "eval", f"{arm}-{s}", "eval.json")))
 info = json.load(open(os.path.join(scratch, "prosqa", "qa.json")))
 lines = [
     f"# COCONUT on ProsQA-style graphs (`scripts/bench-coconut.sh {steps} {batch} \"{' '.join(arms)}\"`)",
     "",
     f"`configs/coconut-prosqa.toml`{' with `' + extra + '`' if extra else ''}, {steps} steps of batch {batch} per arm, same",
-    f"generated data ({info['generated']}), seed and shape; CPU, fp32, one thread per arm.",
+    f"generated data ({info['generated']}), seed and shape; CPU, fp32, one thread per arm,",
+    f"{os.environ.get('JOBS', '2')} arms at a time (s / step is under that sharing). {when}.",
     "Accuracy: greedy answers, the text after the last `#` equal to the answer (the reference's rule);",
     "\"tokens\": mean generated tokens (thoughts not counted).",
     "",

@@ -284,6 +284,7 @@ pub fn generate(
         false => coconut::NO_LATENT,
     };
     let eos = i64::from(tok.specials.eos);
+    let context = model.config().block_size() as usize;
     let started = std::time::Instant::now();
     let tokens = match model {
         Model::Gpt(m) => {
@@ -293,7 +294,7 @@ pub fn generate(
                 &|h| lm.logits(h),
                 &[ids],
                 (fill, special.pad),
-                (o.max_tokens, model.config().block_size() as usize),
+                (o.max_tokens, context),
                 eos,
                 m.device(),
             )?
@@ -306,7 +307,7 @@ pub fn generate(
                 &|h| lm.logits(h),
                 &[ids],
                 (fill, special.pad),
-                (o.max_tokens, model.config().block_size() as usize),
+                (o.max_tokens, context),
                 eos,
                 m.device(),
             )?

@@ -186,6 +186,98 @@ fn two_ranks_equal_one_rank_with_accumulation_with_and_without_zero1() {
     assert!(p.join("runs/two/tb").is_dir());
 }
 
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn muon_and_the_retrofit_curriculum_two_ranks_equal_one_rank_and_resume_exactly() {
+    let Some((_one_at_a_time, dir)) = mpi_test() else {
+        return;
+    };
+    let p = dir.path();
+    let cfg = write_config(p);
+    // r̄ ramps 1, 2, 3, 4 over steps 1–4 (W = ⌈0.5·6⌉ = 3), k̄ capped at it.
+    let muon = [
+        "--set",
+        "optimizer.kind=muon",
+        "--set",
+        "optimizer.lr=0.02",
+        "--set",
+        "optimizer.weight_decay=0.01",
+        "--set",
+        "optimizer.muon.adamw_lr=0.001",
+        "--set",
+        "recurrence.curriculum=linear",
+        "--set",
+        "recurrence.curriculum_warmup=0.5",
+    ];
+    let run = |name: &str, extra: &[&str]| {
+        let name = format!("run.name={name}");
+        [&["train", cfg, "--set", name.as_str()][..], &muon, extra]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<String>>()
+    };
+    let one = run("one", &["--set", "train.grad_accum=2"]);
+    muninn_ok(&strs(&one), p);
+    mpirun_ok(2, &strs(&run("two", &[])), p);
+    mpirun_ok(2, &strs(&run("zero", &["--set", "dist.zero1=true"])), p);
+    // ZeRO-1 stopped after 3 steps (each rank's momentum shard saved), resumed to the end.
+    let out = mpirun_ok(
+        2,
+        &strs(&run(
+            "half",
+            &["--set", "dist.zero1=true", "--set", "train.exit_interval=3"],
+        )),
+        p,
+    );
+    assert!(out.contains("step 3 (ExitInterval)"), "{out}");
+    mpirun_ok(
+        2,
+        &strs(&run(
+            "half",
+            &["--set", "dist.zero1=true", "--resume", "auto"],
+        )),
+        p,
+    );
+    assert_same_run(p, "one", "two", 6);
+    assert_same_run(p, "two", "zero", 6);
+    assert_same_run(p, "zero", "half", 6);
+
+    // Every run drew the same depths, on the curriculum: k never above the ramped r̄.
+    let depths = |run: &str| -> Vec<(i64, i64)> {
+        metrics(p, run)
+            .iter()
+            .filter_map(|m| Some((m.get("n")?.as_i64()?, m.get("k")?.as_i64()?)))
+            .collect()
+    };
+    let d = depths("one");
+    assert_eq!(d.len(), 6, "{d:?}");
+    for run in ["two", "zero", "half"] {
+        assert_eq!(depths(run), d, "{run}");
+    }
+    for (step, &(_, k)) in d.iter().enumerate() {
+        assert!(k <= (step as i64 + 1).min(2), "step {}: k = {k}", step + 1);
+    }
+    // The same run under AdamW parts ways at the first update: Muon is what moved the weights.
+    muninn_ok(
+        &strs(&run(
+            "adamw",
+            &[
+                "--set",
+                "train.grad_accum=2",
+                "--set",
+                "optimizer.kind=adamw",
+            ],
+        )),
+        p,
+    );
+    let (a, m) = (losses(p, "adamw"), losses(p, "one"));
+    assert!((a[1].1 - m[1].1).abs() > 1e-4, "adamw {a:?} vs muon {m:?}");
+}
+
 #[test]
 fn uneven_targets_weight_the_step_by_tokens_over_micro_batches_and_ranks() {
     let Some((_one_at_a_time, dir)) = mpi_test() else {

@@ -24,15 +24,39 @@ pub enum Scheme {
     NonRecurrent,
 }
 
-/// A depth sampler: scheme, targets r̄ and k̄, σ, and an optional linear curriculum.
+/// The shape f(p) of the retrofit curriculum's ramp of r̄ (McLeish et al. 2025).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ramp {
+    /// f(p) = p.
+    #[serde(rename = "linear")]
+    Linear,
+    /// f(p) = 1 − √(1 − p): fast at first, slow near the top.
+    #[serde(rename = "1-sqrt")]
+    OneMinusSqrt,
+}
+
+/// The retrofit curriculum: r̄ at step s is max(1, ⌈r̄_max · f(p)⌉) with p = (s − 1) / W, capped
+/// at r̄_max from step W + 1 on, and k̄ is capped at that r̄ (the retrofit code's
+/// warmup-stable-decay schedule stepped once per optimizer step: step 1 runs r̄ = 1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MeanCurriculum {
+    pub ramp: Ramp,
+    /// W: steps of the ramp.
+    pub warmup_steps: u64,
+}
+
+/// A depth sampler: scheme, targets r̄ and k̄, σ, and an optional curriculum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DepthSampler {
     pub scheme: Scheme,
     pub mean_recurrence: i64,
     pub mean_backprop_depth: i64,
     pub sigma: f64,
-    /// Ramp r̄ and k̄ linearly from 1 to their targets over this many steps (0: no curriculum).
+    /// Huginn's `curriculum-N`: ramp r̄ and k̄ linearly from 1 to their targets over this many
+    /// steps (0: none).
     pub curriculum_steps: u64,
+    /// The retrofit curriculum (exclusive with `curriculum_steps`).
+    pub curriculum: Option<MeanCurriculum>,
 }
 
 // torch's CPU generator is process-global; the draw seeds it and must not interleave with another
@@ -62,11 +86,25 @@ impl DepthSampler {
             "recurrence.sigma = {}: must be positive",
             self.sigma
         );
+        ensure!(
+            self.curriculum.is_none() || self.curriculum_steps == 0,
+            "recurrence.curriculum and recurrence.curriculum_steps are two curricula: set one"
+        );
         Ok(())
     }
 
     /// (r̄, k̄) in force at `step` (1-based), after the curriculum.
     pub fn targets(&self, step: u64) -> (i64, i64) {
+        if let Some(c) = self.curriculum {
+            let p = (step.saturating_sub(1) as f64 / c.warmup_steps.max(1) as f64).min(1.0);
+            let f = match c.ramp {
+                Ramp::Linear => p,
+                Ramp::OneMinusSqrt => 1.0 - (1.0 - p).sqrt(),
+            };
+            let mean =
+                ((self.mean_recurrence as f64 * f).ceil() as i64).clamp(1, self.mean_recurrence);
+            return (mean, self.mean_backprop_depth.min(mean));
+        }
         if self.curriculum_steps == 0 || step >= self.curriculum_steps {
             return (self.mean_recurrence, self.mean_backprop_depth);
         }

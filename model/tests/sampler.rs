@@ -1,7 +1,7 @@
 //! The depth sampler against the reference's test vectors and statistics. Its own test binary:
 //! the sampler draws through torch's process-global generator, which the model's other tests use.
 
-use muninn_model::sampler::{DepthSampler, Scheme};
+use muninn_model::sampler::{DepthSampler, MeanCurriculum, Ramp, Scheme};
 use muninn_model::Depth;
 
 fn huginn() -> DepthSampler {
@@ -11,6 +11,7 @@ fn huginn() -> DepthSampler {
         mean_backprop_depth: 8,
         sigma: 0.5,
         curriculum_steps: 0,
+        curriculum: None,
     }
 }
 
@@ -65,4 +66,56 @@ fn other_schemes_and_curriculum() {
     assert_eq!(s.targets(0), (1, 1));
     assert_eq!(s.targets(50), (17, 5)); // 1 + 0.5·31 = 16.5 → 17, 1 + 0.5·7 = 4.5 → 5
     assert_eq!(s.targets(100), (32, 8));
+}
+
+#[test]
+fn the_retrofit_curriculum_follows_its_formula_and_caps_k() {
+    // r̄ = max(1, ⌈8·f((s − 1)/10)⌉), k̄ = min(4, r̄), by hand.
+    let ramp = |ramp| DepthSampler {
+        mean_recurrence: 8,
+        mean_backprop_depth: 4,
+        curriculum: Some(MeanCurriculum {
+            ramp,
+            warmup_steps: 10,
+        }),
+        ..huginn()
+    };
+    let linear = ramp(Ramp::Linear);
+    // p = 0, 0.1, 0.2, 0.5, 0.8, 1, then past the ramp.
+    for (step, want) in [
+        (1, (1, 1)),
+        (2, (1, 1)),
+        (3, (2, 2)),
+        (6, (4, 4)),
+        (9, (7, 4)),
+        (11, (8, 4)),
+        (500, (8, 4)),
+    ] {
+        assert_eq!(linear.targets(step), want, "linear, step {step}");
+    }
+    // 1 − √(1 − p): p = 0.1 → 0.41 → 1; 0.5 → 2.34 → 3; 0.9 → 5.47 → 6.
+    let sqrt = ramp(Ramp::OneMinusSqrt);
+    for (step, want) in [
+        (1, (1, 1)),
+        (2, (1, 1)),
+        (6, (3, 3)),
+        (10, (6, 4)),
+        (11, (8, 4)),
+    ] {
+        assert_eq!(sqrt.targets(step), want, "1-sqrt, step {step}");
+    }
+    // The draws honour the cap: no step backpropagates through more iterations than r̄ allows.
+    for step in 1..=12 {
+        let (d, (_, k)) = (linear.draw(step), linear.targets(step));
+        assert!(d.with_grad <= k, "step {step}: {d:?}, k̄ {k}");
+    }
+    let both = DepthSampler {
+        curriculum_steps: 100,
+        ..linear
+    };
+    assert!(both
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("two curricula"));
 }

@@ -10,8 +10,8 @@ pub use muninn_model::FamilyKind;
 use muninn_model::{GptConfig, ModelConfig, Precision};
 use serde::{Deserialize, Serialize};
 
-use crate::optim::{OptimizerConfig, OptimizerKind};
-use crate::sampler::{DepthSampler, Scheme};
+use crate::optim::{MuonConfig, OptimizerConfig, OptimizerKind};
+use crate::sampler::{DepthSampler, MeanCurriculum, Ramp, Scheme};
 use crate::schedule::{Decay, LrSchedule};
 use crate::DeviceSpec;
 
@@ -93,7 +93,12 @@ pub struct RecurrenceSection {
     /// k̄, the truncation depth: sweeping k means changing this key.
     pub mean_backprop_depth: i64,
     pub sigma: f64,
+    /// Huginn's curriculum: r̄ and k̄ ramp linearly from 1 over this many steps (0: none).
     pub curriculum_steps: u64,
+    /// The retrofit curriculum's ramp of r̄ ("linear" or "1-sqrt"), k̄ capped at the current r̄.
+    pub curriculum: Option<Ramp>,
+    /// The retrofit curriculum ramps over this fraction of train.max_steps.
+    pub curriculum_warmup: f64,
     pub activation_checkpointing: bool,
 }
 
@@ -105,6 +110,8 @@ impl Default for RecurrenceSection {
             mean_backprop_depth: 8,
             sigma: 0.5,
             curriculum_steps: 0,
+            curriculum: None,
+            curriculum_warmup: 0.0,
             activation_checkpointing: false,
         }
     }
@@ -131,6 +138,8 @@ pub struct OptimizerSection {
     /// Keep an exponential moving average of the weights with this decay (0: none; TRM 0.999).
     /// Validation, `muninn eval` and exports then use the average; checkpoints keep both.
     pub ema_decay: f64,
+    /// Muon's settings (`kind = "muon"`).
+    pub muon: MuonConfig,
 }
 
 impl Default for OptimizerSection {
@@ -151,6 +160,7 @@ impl Default for OptimizerSection {
             grad_clip: 1.0,
             skip_first_update: false,
             ema_decay: 0.0,
+            muon: MuonConfig::default(),
         }
     }
 }
@@ -449,12 +459,27 @@ impl RunConfig {
 
     pub fn resolve(raw: RawRunConfig) -> Result<Self> {
         let r = &raw.recurrence;
+        let curriculum = match r.curriculum {
+            None => None,
+            Some(ramp) => {
+                let w = r.curriculum_warmup;
+                ensure!(
+                    w > 0.0 && w <= 1.0,
+                    "recurrence.curriculum_warmup = {w}: the ramp's share of train.max_steps, in (0, 1]"
+                );
+                Some(MeanCurriculum {
+                    ramp,
+                    warmup_steps: (w * raw.train.max_steps as f64).ceil() as u64,
+                })
+            }
+        };
         let sampler = DepthSampler {
             scheme: r.scheme,
             mean_recurrence: r.mean_recurrence,
             mean_backprop_depth: r.mean_backprop_depth,
             sigma: r.sigma,
             curriculum_steps: r.curriculum_steps,
+            curriculum,
         };
         sampler.validate()?;
         let mut model_table = raw.model.clone();
@@ -518,6 +543,7 @@ impl RunConfig {
             eps: o.eps,
             weight_decay: o.weight_decay,
             update_clipping: o.update_clipping,
+            muon: o.muon.clone(),
         };
         optimizer.validate()?;
         let t = &raw.train;

@@ -1,6 +1,7 @@
-//! Optimizers over the flat fp32 parameter buffer: ELLIS-Adam exactly as the reference (§3.4) and
-//! AdamW. Their whole state is two flat tensors and a step counter, so it checkpoints as safetensors
-//! (tch's own optimizers hide their state).
+//! Optimizers over the flat fp32 parameter buffer: ELLIS-Adam exactly as the reference (§3.4),
+//! AdamW, AdamATan2 and Muon (with AdamW for what is not a hidden matrix). Their whole state is two
+//! flat tensors and a step counter, so it checkpoints as safetensors (tch's own optimizers hide
+//! their state).
 
 use anyhow::{ensure, Result};
 use muninn_model::params::ParamSpec;
@@ -14,6 +15,88 @@ pub enum OptimizerKind {
     Adamw,
     /// TRM's AdamATan2 (`trm-reference.md` §3): no eps, every tensor decays by lr_t·wd.
     AdamAtan2,
+    /// Muon on the hidden matrices ([`is_hidden_matrix`]), AdamW on the rest (`[optimizer.muon]`).
+    Muon,
+}
+
+/// How Muon scales an orthogonalised update of a [rows, cols] matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MuonScale {
+    /// max(1, rows/cols)^½ (Jordan's Muon, which the retrofit paper's code uses): the update's
+    /// spectral norm is about 1, so its lr is not AdamW's.
+    Shape,
+    /// 0.2·max(rows, cols)^½ (Moonlight): the update's RMS is about AdamW's, so one lr serves both.
+    MatchAdamw,
+}
+
+/// Muon's settings (`[optimizer.muon]`, used with `kind = "muon"`); `optimizer.lr` is the Muon
+/// group's peak rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MuonConfig {
+    pub momentum: f64,
+    pub nesterov: bool,
+    /// Quintic Newton–Schulz iterations.
+    pub ns_steps: u32,
+    pub scale: MuonScale,
+    /// Peak lr of the AdamW group (embeddings, head, norms, biases); unset: `optimizer.lr`. Both
+    /// groups follow the same schedule.
+    pub adamw_lr: Option<f64>,
+}
+
+impl Default for MuonConfig {
+    fn default() -> Self {
+        MuonConfig {
+            momentum: 0.95,
+            nesterov: true,
+            ns_steps: 5,
+            scale: MuonScale::Shape,
+            adamw_lr: None,
+        }
+    }
+}
+
+/// Whether Muon updates this parameter: a 2-D tensor of the body (attention, MLP, adapter), not
+/// the embedding or a head, which — like norms, biases and every other shape — AdamW keeps.
+pub fn is_hidden_matrix(spec: &ParamSpec) -> bool {
+    use muninn_model::params::Part;
+    spec.shape.len() == 2 && !matches!(spec.part, Part::Embedding | Part::Head)
+}
+
+/// The flat ranges an optimizer needs whole in one shard: Muon's matrices, nothing for the others.
+pub fn whole_tensors(cfg: &OptimizerConfig, specs: &[ParamSpec]) -> Vec<std::ops::Range<i64>> {
+    let mut offset = 0;
+    let mut ranges = Vec::new();
+    for s in specs {
+        if cfg.kind == OptimizerKind::Muon && is_hidden_matrix(s) {
+            ranges.push(offset..offset + s.numel());
+        }
+        offset += s.numel();
+    }
+    ranges
+}
+
+/// The orthogonal factor U·Vᵀ of G = U·S·Vᵀ, approximately: `steps` quintic Newton–Schulz
+/// iterations with Jordan's coefficients, which push every singular value into about [0.7, 1.2]
+/// quickly rather than converge to 1. fp32 (the reference runs bf16 on GPUs); a tall G is
+/// transposed so the Gram matrix is the small one.
+pub fn orthogonalize(g: &Tensor, steps: u32) -> Tensor {
+    let (a, b, c) = (3.4445, -4.7750, 2.0315);
+    let tall = g.size()[0] > g.size()[1];
+    let g = g.to_kind(Kind::Float);
+    let x = if tall { g.tr() } else { g };
+    let mut x = &x / (x.norm() + 1e-7);
+    for _ in 0..steps {
+        let gram = x.matmul(&x.tr());
+        let poly = &gram * b + gram.matmul(&gram) * c;
+        x = &x * a + poly.matmul(&x);
+    }
+    if tall {
+        x.tr()
+    } else {
+        x
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +110,7 @@ pub struct OptimizerConfig {
     pub weight_decay: f64,
     /// ELLIS-Adam's per-tensor update clipping: v ← max(v, ε²), η = lr / max(RMS(g/√v), 1).
     pub update_clipping: bool,
+    pub muon: MuonConfig,
 }
 
 impl OptimizerConfig {
@@ -51,6 +135,22 @@ impl OptimizerConfig {
             "optimizer.weight_decay = {} must be >= 0",
             self.weight_decay
         );
+        let m = &self.muon;
+        ensure!(
+            (0.0..1.0).contains(&m.momentum),
+            "optimizer.muon.momentum = {} must be in [0, 1)",
+            m.momentum
+        );
+        ensure!(
+            m.ns_steps >= 1,
+            "optimizer.muon.ns_steps = 0: at least one Newton–Schulz iteration"
+        );
+        if let Some(lr) = m.adamw_lr {
+            ensure!(
+                lr > 0.0 && lr.is_finite(),
+                "optimizer.muon.adamw_lr = {lr}: must be positive"
+            );
+        }
         Ok(())
     }
 }
@@ -66,6 +166,8 @@ pub fn decays(name: &str) -> bool {
 struct Segment {
     numel: i64,
     decay: bool,
+    /// [rows, cols] when Muon updates it.
+    matrix: Option<(i64, i64)>,
 }
 
 /// The part of one segment that lies in this optimizer's shard.
@@ -86,6 +188,10 @@ pub struct FlatOptimizer {
     pieces: Vec<(i64, i64)>,
     m: Tensor,
     v: Tensor,
+    /// Muon's matrices in this shard: (segment, shard offset), each whole and contiguous.
+    matrices: Vec<(usize, i64)>,
+    /// Every Muon matrix's flat range, in any shard.
+    whole: Vec<std::ops::Range<i64>>,
     /// Updates applied so far (t in the bias corrections).
     steps: u64,
 }
@@ -94,15 +200,17 @@ impl FlatOptimizer {
     /// State for all parameters laid out as `specs` in a flat buffer like `flat`.
     pub fn new(cfg: OptimizerConfig, specs: &[ParamSpec], flat: &Tensor) -> Self {
         Self::sharded(cfg, specs, &[(0, flat.numel() as i64)], flat.device())
+            .expect("the whole buffer holds every matrix whole")
     }
 
-    /// State for the pieces (flat offset, length) of a shard, in shard order.
+    /// State for the pieces (flat offset, length) of a shard, in shard order. Muon needs each
+    /// matrix whole in one shard ([`crate::dist::Layout::owning`]); a shard that cuts one is refused.
     pub fn sharded(
         cfg: OptimizerConfig,
         specs: &[ParamSpec],
         pieces: &[(i64, i64)],
         device: tch::Device,
-    ) -> Self {
+    ) -> Result<Self> {
         let mut starts = Vec::with_capacity(specs.len());
         let mut offset = 0;
         for s in specs {
@@ -114,6 +222,8 @@ impl FlatOptimizer {
             .map(|s| Segment {
                 numel: s.numel(),
                 decay: decays(&s.name),
+                matrix: (cfg.kind == OptimizerKind::Muon && is_hidden_matrix(s))
+                    .then(|| (s.shape[0], s.shape[1])),
             })
             .collect();
         let mut runs = Vec::new();
@@ -131,20 +241,49 @@ impl FlatOptimizer {
             }
             shard_offset += p_len;
         }
+        // Muon's matrices: the runs of one segment must be the whole of it, end to end.
+        let mut matrices: Vec<(usize, i64)> = Vec::new();
+        let mut covered: Vec<(usize, i64, i64)> = Vec::new(); // (segment, start, next offset)
+        for r in &runs {
+            if segments[r.segment].matrix.is_none() {
+                continue;
+            }
+            match covered.last_mut() {
+                Some(last) if last.0 == r.segment && last.2 == r.offset => last.2 += r.numel,
+                _ => covered.push((r.segment, r.offset, r.offset + r.numel)),
+            }
+        }
+        for (seg, start, end) in covered {
+            ensure!(
+                end - start == segments[seg].numel,
+                "Muon needs {} whole in one optimizer shard, this shard holds {} of its {} elements",
+                specs[seg].name,
+                end - start,
+                segments[seg].numel
+            );
+            matrices.push((seg, start));
+        }
         let zeros = || Tensor::zeros([shard_offset], (Kind::Float, device));
-        FlatOptimizer {
+        Ok(FlatOptimizer {
+            whole: whole_tensors(&cfg, specs),
             cfg,
             segments,
             runs,
             pieces: pieces.to_vec(),
             m: zeros(),
             v: zeros(),
+            matrices,
             steps: 0,
-        }
+        })
     }
 
     pub fn steps(&self) -> u64 {
         self.steps
+    }
+
+    /// The flat ranges this optimizer keeps whole in one shard ([`whole_tensors`]).
+    pub fn whole(&self) -> &[std::ops::Range<i64>] {
+        &self.whole
     }
 
     /// Forgets the moments and the update count: a fresh optimizer over the same shard (COCONUT's
@@ -256,11 +395,19 @@ impl FlatOptimizer {
                         );
                     }
                 }
-                OptimizerKind::Adamw => {
+                OptimizerKind::Adamw | OptimizerKind::Muon => {
                     // torch.optim.AdamW(fused=True)'s kernel: one pass over (p, g, m, v) per
-                    // weight-decay group, every run of the shard in one call.
+                    // weight-decay group, every run of the shard in one call. Under Muon, at the
+                    // AdamW group's rate, for what is not a matrix.
+                    let lr_t = match (c.kind, c.muon.adamw_lr) {
+                        (OptimizerKind::Muon, Some(lr)) => lr_t * lr / c.lr,
+                        _ => lr_t,
+                    };
                     let mut groups: [[Vec<Tensor>; 4]; 2] = Default::default();
                     for r in &self.runs {
+                        if self.segments[r.segment].matrix.is_some() {
+                            continue;
+                        }
                         let (p, g, m, v) = slices(r);
                         let group = &mut groups[self.segments[r.segment].decay as usize];
                         for (list, t) in group.iter_mut().zip([p, g, m, v]) {
@@ -268,6 +415,9 @@ impl FlatOptimizer {
                         }
                     }
                     for (decay, [p, g, m, v]) in groups.iter().enumerate() {
+                        if p.is_empty() {
+                            continue;
+                        }
                         let wd = if decay == 1 { c.weight_decay } else { 0.0 };
                         let step = self.steps + 1;
                         muninn_model::shim::fused_adamw(
@@ -284,10 +434,42 @@ impl FlatOptimizer {
                     }
                 }
             }
+            if c.kind == OptimizerKind::Muon {
+                self.muon_matrices(&p_all, grads, lr_t);
+            }
             Ok(())
         })?;
         self.steps += 1;
         Ok(())
+    }
+
+    /// Muon on this shard's matrices: m ← βm + (1−β)g; u = (1−β)g + βm (Nesterov) or m;
+    /// p ← p·(1 − lr·wd) − lr·scale·orthogonalize(u).
+    fn muon_matrices(&self, params: &Tensor, grads: &Tensor, lr_t: f64) {
+        let (c, mu) = (&self.cfg, &self.cfg.muon);
+        for &(seg, offset) in &self.matrices {
+            let s = &self.segments[seg];
+            let Some((rows, cols)) = s.matrix else {
+                continue;
+            };
+            let mut p = params.narrow(0, offset, s.numel);
+            let g = grads.narrow(0, offset, s.numel);
+            let mut m = self.m.narrow(0, offset, s.numel);
+            let _ = m.lerp_(&g, 1.0 - mu.momentum);
+            let u = match mu.nesterov {
+                true => g.lerp(&m, mu.momentum),
+                false => m.shallow_clone(),
+            };
+            let scale = match mu.scale {
+                MuonScale::Shape => (rows as f64 / cols as f64).max(1.0).sqrt(),
+                MuonScale::MatchAdamw => 0.2 * (rows.max(cols) as f64).sqrt(),
+            };
+            let update = orthogonalize(&u.view([rows, cols]), mu.ns_steps).reshape([-1]);
+            if s.decay && c.weight_decay > 0.0 {
+                let _ = p.g_mul_scalar_(1.0 - lr_t * c.weight_decay);
+            }
+            let _ = p.g_sub_(&(update * (lr_t * scale)));
+        }
     }
 
     /// (name, tensor) pairs of this shard's state.
@@ -441,6 +623,7 @@ mod tests {
             eps: 1e-6,
             weight_decay: 4e-5,
             update_clipping: true,
+            muon: MuonConfig::default(),
         }
     }
 
@@ -533,6 +716,137 @@ mod tests {
             (got[1] as f64 - (-(1.0 - 1e-3) + 1e-2)).abs() < 1e-6,
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn newton_schulz_gives_singular_values_near_one_and_the_polar_factor() {
+        tch::manual_seed(0);
+        for (rows, cols) in [(32, 64), (64, 32), (48, 48)] {
+            let g = Tensor::randn([rows, cols], (Kind::Float, Device::Cpu));
+            let x = orthogonalize(&g, 5);
+            assert_eq!(x.size(), [rows, cols]);
+            // Jordan's coefficients trade exactness for speed: every singular value in about
+            // [0.7, 1.2] (a square Gaussian's smallest ones come out lower, still far from 0).
+            let (u, _, v) = g.svd(true, true); // g = U·diag(S)·Vᵀ
+            let got = x.svd(true, true).1;
+            let (lo, hi) = (got.min().double_value(&[]), got.max().double_value(&[]));
+            let floor = if rows == cols { 0.3 } else { 0.6 };
+            assert!(
+                lo > floor && hi < 1.25,
+                "{rows}x{cols}: singular values in [{lo}, {hi}]"
+            );
+            // And it points where U·Vᵀ does.
+            let polar = u.matmul(&v.tr());
+            let cos = (&x * &polar).sum(Kind::Double).double_value(&[])
+                / (x.norm().double_value(&[]) * polar.norm().double_value(&[]));
+            assert!(cos > 0.97, "{rows}x{cols}: cosine to U·Vᵀ {cos}");
+        }
+    }
+
+    /// X ← aX + (bA + cA²)X with A = XXᵀ, in f64 on plain arrays: the hand computation.
+    fn newton_schulz_by_hand(g: &[[f64; 3]; 2], steps: usize) -> [[f64; 3]; 2] {
+        let (a, b, c) = (3.4445, -4.7750, 2.0315);
+        let norm = g.iter().flatten().map(|v| v * v).sum::<f64>().sqrt();
+        let mut x = g.map(|row| row.map(|v| v / (norm + 1e-7)));
+        for _ in 0..steps {
+            let mut gram = [[0.0; 2]; 2];
+            for i in 0..2 {
+                for j in 0..2 {
+                    gram[i][j] = (0..3).map(|k| x[i][k] * x[j][k]).sum();
+                }
+            }
+            let mut poly = [[0.0; 2]; 2];
+            for i in 0..2 {
+                for j in 0..2 {
+                    let sq: f64 = (0..2).map(|k| gram[i][k] * gram[k][j]).sum();
+                    poly[i][j] = b * gram[i][j] + c * sq;
+                }
+            }
+            let mut next = [[0.0; 3]; 2];
+            for i in 0..2 {
+                for j in 0..3 {
+                    next[i][j] = a * x[i][j] + (0..2).map(|k| poly[i][k] * x[k][j]).sum::<f64>();
+                }
+            }
+            x = next;
+        }
+        x
+    }
+
+    #[test]
+    fn muon_step_matches_a_hand_computation() {
+        let cfg = OptimizerConfig {
+            kind: OptimizerKind::Muon,
+            lr: 0.02,
+            weight_decay: 0.1,
+            eps: 1e-8,
+            muon: MuonConfig {
+                adamw_lr: Some(1e-3),
+                ..MuonConfig::default()
+            },
+            ..ellis()
+        };
+        // A [3, 2] body matrix (tall: Muon orthogonalises its transpose) and a norm (AdamW).
+        let specs = [
+            ParamSpec {
+                name: "layers.0.attn.o_proj.weight".into(),
+                shape: vec![3, 2],
+                part: Part::Layers,
+                init: Init::Zeros,
+            },
+            spec("layers.0.input_norm.weight", 2),
+        ];
+        let w0 = [1.0f32, -0.5, 0.25, 2.0, 0.0, 1.5];
+        let mut p0 = w0.to_vec();
+        p0.extend([1.0f32, 1.0]);
+        let p = Tensor::from_slice(&p0);
+        let g: Vec<f32> = vec![0.3, -0.1, 0.7, 0.2, -0.4, 0.5, 0.5, -0.25];
+        let mut opt = FlatOptimizer::new(cfg, &specs, &p);
+        opt.step(&p, &Tensor::from_slice(&g), 0.02);
+        let got = Vec::<f32>::try_from(&p).unwrap();
+        // Momentum from zero: m = (1−β)g; Nesterov u = (1−β)g + βm = (1−β²)g, orthogonalised
+        // through its [2, 3] transpose, scaled by max(1, 3/2)^½; decay p·(1 − lr·wd).
+        let beta = 0.95f64;
+        let u: Vec<f64> = g[..6]
+            .iter()
+            .map(|&v| (1.0 - beta) * v as f64 * (1.0 + beta))
+            .collect();
+        let ut = [[u[0], u[2], u[4]], [u[1], u[3], u[5]]];
+        let o = newton_schulz_by_hand(&ut, 5);
+        let scale = 1.5f64.sqrt();
+        for i in 0..3 {
+            for j in 0..2 {
+                let want = w0[i * 2 + j] as f64 * (1.0 - 0.02 * 0.1) - 0.02 * scale * o[j][i];
+                let have = got[i * 2 + j] as f64;
+                assert!((have - want).abs() < 1e-6, "[{i}, {j}]: {have} vs {want}");
+            }
+        }
+        // The norm: AdamW's first step at the AdamW group's lr, ≈ lr·sign(g), no decay.
+        assert!((got[6] as f64 - (1.0 - 1e-3)).abs() < 1e-6, "{got:?}");
+        assert!((got[7] as f64 - (1.0 + 1e-3)).abs() < 1e-6, "{got:?}");
+    }
+
+    #[test]
+    fn muon_refuses_a_shard_that_cuts_a_matrix() {
+        let cfg = OptimizerConfig {
+            kind: OptimizerKind::Muon,
+            ..ellis()
+        };
+        let specs = [ParamSpec {
+            name: "core.0.attn.Wqkv".into(),
+            shape: vec![4, 4],
+            part: Part::Core,
+            init: Init::Zeros,
+        }];
+        let err = FlatOptimizer::sharded(cfg.clone(), &specs, &[(0, 8)], Device::Cpu)
+            .err()
+            .expect("half a matrix refused")
+            .to_string();
+        assert!(
+            err.contains("core.0.attn.Wqkv") && err.contains("8 of its 16"),
+            "{err}"
+        );
+        assert!(FlatOptimizer::sharded(cfg, &specs, &[(0, 16)], Device::Cpu).is_ok());
     }
 
     #[test]

@@ -603,13 +603,14 @@ impl<'a, F: Family> Trainer<'a, F> {
 
         // Optimizer over this rank's shard, loader.
         let specs = model.params().specs();
-        let layout = Layout::new(&model.grad_regions(), d.chunk_elems(), rank, world);
+        let whole = crate::optim::whole_tensors(&cfg.optimizer, specs);
+        let layout = Layout::owning(&model.grad_regions(), &whole, d.chunk_elems(), rank, world);
         let zero1 = d.zero1 && world > 1;
         let pieces = match zero1 {
             true => layout.pieces(),
             false => vec![(0, model.params().numel())],
         };
-        let mut opt = FlatOptimizer::sharded(cfg.optimizer.clone(), specs, &pieces, device);
+        let mut opt = FlatOptimizer::sharded(cfg.optimizer.clone(), specs, &pieces, device)?;
         let sync =
             (world > 1).then(|| GradSync::new(layout, zero1, d.overlap, d.transport, device));
         let mut ema = (raw.optimizer.ema_decay > 0.0)
@@ -1316,7 +1317,15 @@ fn save_collectively<F: Family>(
         return Ok(ckpt::step_dir(run_dir, step));
     }
     let layouts: Vec<Layout> = (0..world)
-        .map(|r| Layout::new(&model.grad_regions(), dist.chunk_elems(), r, world))
+        .map(|r| {
+            Layout::owning(
+                &model.grad_regions(),
+                opt.whole(),
+                dist.chunk_elems(),
+                r,
+                world,
+            )
+        })
         .collect();
     let pieces = layouts[rank].pieces();
     let staging = ckpt::staging_dir(run_dir, step);

@@ -267,19 +267,72 @@ pub struct Layout {
 
 impl Layout {
     /// `regions`: ranges of the flat buffer in the order backward completes them (a family's
-    /// `grad_regions`), together covering it once.
+    /// `grad_regions`), together covering it once. Every message is split evenly over the ranks.
     pub fn new(regions: &[Range<i64>], chunk: i64, rank: usize, world: usize) -> Self {
+        Self::build(regions, chunk, rank, world, &[])
+    }
+
+    /// As [`Layout::new`], but each tensor of `whole` (flat ranges, e.g. Muon's matrices) lies in
+    /// one rank's shard, whole: the largest first, each to the rank that owns the fewest such
+    /// elements so far (ties to the lowest rank). Everything else is split evenly.
+    pub fn owning(
+        regions: &[Range<i64>],
+        whole: &[Range<i64>],
+        chunk: i64,
+        rank: usize,
+        world: usize,
+    ) -> Self {
+        let mut order: Vec<&Range<i64>> = whole.iter().collect();
+        order.sort_by_key(|r| (std::cmp::Reverse(r.end - r.start), r.start));
+        let mut load = vec![0i64; world];
+        let mut owned: Vec<(Range<i64>, usize)> = order
+            .into_iter()
+            .map(|r| {
+                let owner = (0..world).min_by_key(|&i| (load[i], i)).unwrap_or(0);
+                load[owner] += r.end - r.start;
+                (r.clone(), owner)
+            })
+            .collect();
+        owned.sort_by_key(|(r, _)| r.start);
+        Self::build(regions, chunk, rank, world, &owned)
+    }
+
+    /// Messages of at most `chunk` elements that never straddle a region or an owned tensor; a
+    /// message inside an owned tensor goes to its owner whole, any other splits evenly.
+    fn build(
+        regions: &[Range<i64>],
+        chunk: i64,
+        rank: usize,
+        world: usize,
+        owned: &[(Range<i64>, usize)],
+    ) -> Self {
         let (mut chunks, mut shard_len) = (Vec::new(), 0);
         let mut chunk_ranges: Vec<Range<usize>> = Vec::new();
+        let w = world as i64;
         for region in regions {
             let first = chunks.len();
             let mut off = region.start;
             while off < region.end {
-                let len = chunk.min(region.end - off);
-                let w = world as i64;
-                let counts: Vec<i32> = (0..w)
-                    .map(|i| (len / w + i64::from(i < len % w)) as i32)
-                    .collect();
+                let inside = owned.iter().find(|(r, _)| r.start <= off && off < r.end);
+                let next_owned = owned
+                    .iter()
+                    .map(|(r, _)| r.start)
+                    .filter(|&s| s > off)
+                    .min()
+                    .unwrap_or(i64::MAX);
+                let stop = match inside {
+                    Some((r, _)) => r.end,
+                    None => next_owned,
+                };
+                let len = chunk.min(region.end - off).min(stop - off);
+                let counts: Vec<i32> = match inside {
+                    Some(&(_, owner)) => (0..world)
+                        .map(|i| if i == owner { len as i32 } else { 0 })
+                        .collect(),
+                    None => (0..w)
+                        .map(|i| (len / w + i64::from(i < len % w)) as i32)
+                        .collect(),
+                };
                 let displs = counts
                     .iter()
                     .scan(0i32, |acc, &c| {
@@ -639,5 +692,46 @@ mod tests {
         let full = Tensor::arange(100, (Kind::Float, Device::Cpu));
         let shard = crate::optim::gather_pieces(&full, &layouts[1].pieces());
         assert_eq!(shard.numel() as i64, layouts[1].shard_len);
+    }
+
+    #[test]
+    fn owned_tensors_land_whole_on_one_rank_balanced_by_size() {
+        // Backward order as above; four "matrices" of 30, 24, 20 and 6 elements among the rest.
+        let regions = [70..100, 10..70, 0..10];
+        let whole = [70..100, 10..34, 40..60, 2..8];
+        let world = 2;
+        let layouts: Vec<Layout> = (0..world)
+            .map(|r| Layout::owning(&regions, &whole, 16, r, world))
+            .collect();
+        let owns = |l: &Layout, r: &Range<i64>| {
+            let mine: i64 = l
+                .pieces()
+                .iter()
+                .map(|&(o, n)| (o + n).min(r.end) - o.max(r.start))
+                .filter(|&n| n > 0)
+                .sum();
+            mine
+        };
+        // Largest first to the emptier rank: 30 → 0, 24 → 1, 20 → 1, 6 → 0.
+        let expect = [0, 1, 1, 0];
+        for (r, &owner) in whole.iter().zip(&expect) {
+            assert_eq!(owns(&layouts[owner], r), r.end - r.start, "{r:?}");
+            assert_eq!(owns(&layouts[1 - owner], r), 0, "{r:?}");
+        }
+        // No message straddles an owned tensor's edge, and all elements are owned once.
+        for c in &layouts[0].chunks {
+            for r in &whole {
+                let (lo, hi) = (c.offset, c.offset + c.len);
+                assert!(hi <= r.start || lo >= r.end || (lo >= r.start && hi <= r.end));
+            }
+        }
+        let mut owner = vec![0; 100];
+        for l in &layouts {
+            for (off, len) in l.pieces() {
+                (off..off + len).for_each(|i| owner[i as usize] += 1);
+            }
+            assert_eq!(l.shard_len, l.pieces().iter().map(|p| p.1).sum::<i64>());
+        }
+        assert!(owner.iter().all(|&n| n == 1), "{owner:?}");
     }
 }

@@ -5,36 +5,18 @@
 //! (OLMo-2) the same code reads those checkpoints. Parameter names are Hugging Face's
 //! (`model.layers.{i}.self_attn.q_proj.weight`, …), so the Llama export and import are the identity.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::block::{attention, linear, rms_norm, Attend, Kv};
+use crate::block::{linear, rms_norm, Attend, Kv};
 use crate::flops::TrainFlops;
 use crate::huginn::{Input, Precision};
+use crate::llama::{taker, Layer};
+pub use crate::llama::{LayerNames, LayerShape, NormPlacement, RopeScaling, RotaryHalf};
 use crate::loss::{LmLoss, LossValues};
 use crate::params::{FlatParams, Init, ParamSpec, Part};
 use crate::shim;
-
-/// Where a layer's two RMSNorms sit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NormPlacement {
-    /// x + Attn(norm(x)), x + MLP(norm(x)): Llama, Qwen2.
-    Pre,
-    /// x + norm(Attn(x)), x + norm(MLP(x)): OLMo-2.
-    Post,
-}
-
-/// Llama-3's frequency-dependent RoPE scaling (`rope_scaling` with `rope_type = "llama3"`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RopeScaling {
-    pub factor: f64,
-    pub low_freq_factor: f64,
-    pub high_freq_factor: f64,
-    pub original_max_position_embeddings: i64,
-}
 
 /// A resolved GPT shape (`[model] family = "gpt"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +53,34 @@ pub struct GptConfig {
 impl GptConfig {
     pub fn head_dim(&self) -> i64 {
         self.n_embd / self.n_heads
+    }
+
+    pub fn layer_shape(&self) -> LayerShape {
+        LayerShape {
+            n_embd: self.n_embd,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            intermediate_size: self.intermediate_size,
+            norm_eps: self.norm_eps,
+            attention_bias: self.attention_bias,
+            qk_norm: self.qk_norm,
+            norm: self.norm,
+        }
+    }
+
+    /// The names of layer i's parameters (Hugging Face's).
+    pub fn layer_names(&self, i: i64) -> LayerNames {
+        LayerNames::new(&format!("model.layers.{i}"), self.norm)
+    }
+
+    pub fn rope(&self, device: Device) -> RotaryHalf {
+        RotaryHalf::new(
+            self.head_dim(),
+            self.block_size,
+            self.rope_theta,
+            self.rope_scaling.as_ref(),
+            device,
+        )
     }
 
     pub const PRESETS: [&'static str; 2] = ["gpt-micro", "gpt-tiny"];
@@ -198,158 +208,35 @@ impl GptConfig {
     }
 }
 
-/// The names of layer i's parameters.
-pub struct LayerNames {
-    pub attn_norm: String,
-    pub mlp_norm: String,
-    pub q: String,
-    pub k: String,
-    pub v: String,
-    pub o: String,
-    pub q_norm: String,
-    pub k_norm: String,
-    pub gate: String,
-    pub up: String,
-    pub down: String,
-}
-
-impl LayerNames {
-    pub fn new(cfg: &GptConfig, i: i64) -> Self {
-        let p = format!("model.layers.{i}");
-        // OLMo-2 names its norms after what they follow; Llama after what they precede.
-        let (attn_norm, mlp_norm) = match cfg.norm {
-            NormPlacement::Pre => ("input_layernorm", "post_attention_layernorm"),
-            NormPlacement::Post => ("post_attention_layernorm", "post_feedforward_layernorm"),
-        };
-        LayerNames {
-            attn_norm: format!("{p}.{attn_norm}.weight"),
-            mlp_norm: format!("{p}.{mlp_norm}.weight"),
-            q: format!("{p}.self_attn.q_proj"),
-            k: format!("{p}.self_attn.k_proj"),
-            v: format!("{p}.self_attn.v_proj"),
-            o: format!("{p}.self_attn.o_proj.weight"),
-            q_norm: format!("{p}.self_attn.q_norm.weight"),
-            k_norm: format!("{p}.self_attn.k_norm.weight"),
-            gate: format!("{p}.mlp.gate_proj.weight"),
-            up: format!("{p}.mlp.up_proj.weight"),
-            down: format!("{p}.mlp.down_proj.weight"),
-        }
-    }
-}
-
 pub const EMBED: &str = "model.embed_tokens.weight";
 pub const NORM: &str = "model.norm.weight";
 pub const LM_HEAD: &str = "lm_head.weight";
 
 /// Every parameter, in a fixed order: embedding, layers, final norm, untied head.
 pub fn param_specs(cfg: &GptConfig) -> Vec<ParamSpec> {
-    let (d, hd, i, v) = (
-        cfg.n_embd,
-        cfg.head_dim(),
-        cfg.intermediate_size,
-        cfg.vocab_size,
-    );
-    let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+    let (d, v) = (cfg.n_embd, cfg.vocab_size);
     let std = Init::TruncNormal { std: cfg.init_std };
     let out = Init::TruncNormal {
         std: cfg.init_std / (2.0 * cfg.n_layers as f64).sqrt(),
     };
-    let spec = |name: String, shape: Vec<i64>, part, init| ParamSpec {
-        name,
+    let spec = |name: &str, shape: Vec<i64>, part, init| ParamSpec {
+        name: name.into(),
         shape,
         part,
         init,
     };
-    let mut specs = vec![spec(EMBED.into(), vec![v, d], Part::Embedding, std)];
+    let mut specs = vec![spec(EMBED, vec![v, d], Part::Embedding, std)];
     for l in 0..cfg.n_layers {
-        let n = LayerNames::new(cfg, l);
-        let layer = Part::Layers;
-        specs.push(spec(n.attn_norm, vec![d], layer, Init::Ones));
-        for (name, rows) in [(&n.q, q_dim), (&n.k, kv_dim), (&n.v, kv_dim)] {
-            specs.push(spec(format!("{name}.weight"), vec![rows, d], layer, std));
-            if cfg.attention_bias {
-                specs.push(spec(format!("{name}.bias"), vec![rows], layer, Init::Zeros));
-            }
-        }
-        if cfg.qk_norm {
-            specs.push(spec(n.q_norm, vec![q_dim], layer, Init::Ones));
-            specs.push(spec(n.k_norm, vec![kv_dim], layer, Init::Ones));
-        }
-        specs.push(spec(n.o, vec![d, q_dim], layer, out));
-        specs.push(spec(n.mlp_norm, vec![d], layer, Init::Ones));
-        specs.push(spec(n.gate, vec![i, d], layer, std));
-        specs.push(spec(n.up, vec![i, d], layer, std));
-        specs.push(spec(n.down, vec![d, i], layer, out));
+        specs.extend(
+            cfg.layer_names(l)
+                .specs(&cfg.layer_shape(), Part::Layers, std, out),
+        );
     }
-    specs.push(spec(NORM.into(), vec![d], Part::FinalNorm, Init::Ones));
+    specs.push(spec(NORM, vec![d], Part::FinalNorm, Init::Ones));
     if !cfg.tie_embeddings {
-        specs.push(spec(LM_HEAD.into(), vec![v, d], Part::Head, std));
+        specs.push(spec(LM_HEAD, vec![v, d], Part::Head, std));
     }
     specs
-}
-
-/// Rotate-half RoPE (Hugging Face's `apply_rotary_pos_emb`): the pairs are (x[j], x[j + hd/2]).
-/// cos and sin [block_size, hd], fp32, computed as `LlamaRotaryEmbedding` does.
-pub struct RotaryHalf {
-    cos: Tensor,
-    sin: Tensor,
-}
-
-impl RotaryHalf {
-    pub fn new(cfg: &GptConfig, device: Device) -> Self {
-        let hd = cfg.head_dim();
-        let cpu = (Kind::Float, Device::Cpu);
-        let exponents = Tensor::arange_start_step(0, hd, 2, cpu) / hd as f64;
-        let mut inv_freq = Tensor::pow_scalar(cfg.rope_theta, &exponents).reciprocal();
-        if let Some(s) = &cfg.rope_scaling {
-            // transformers' `_compute_llama3_parameters`: long wavelengths slow down by `factor`,
-            // short ones stay, those between blend smoothly.
-            let old = s.original_max_position_embeddings as f64;
-            let (low_wavelen, high_wavelen) = (old / s.low_freq_factor, old / s.high_freq_factor);
-            let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
-            let scaled = inv_freq.where_self(&wavelen.le(low_wavelen), &(&inv_freq / s.factor));
-            let smooth = ((wavelen.reciprocal() * old) - s.low_freq_factor)
-                / (s.high_freq_factor - s.low_freq_factor);
-            let smoothed: Tensor = (1.0 - &smooth) * &scaled / s.factor + &smooth * &scaled;
-            let medium = wavelen
-                .ge(high_wavelen)
-                .logical_and(&wavelen.le(low_wavelen));
-            inv_freq = smoothed.where_self(&medium, &scaled);
-        }
-        let t = Tensor::arange(cfg.block_size, cpu);
-        let freqs = t.outer(&inv_freq); // [T, hd/2]
-        let emb = Tensor::cat(&[&freqs, &freqs], -1); // [T, hd]
-        RotaryHalf {
-            cos: emb.cos().to_device(device),
-            sin: emb.sin().to_device(device),
-        }
-    }
-
-    /// x [B, T, H, hd] at `positions` → rotated, in fp32, returned in x's dtype.
-    pub fn apply(&self, x: &Tensor, positions: &crate::block::Positions) -> Result<Tensor> {
-        let (b, t, _, hd) = x.size4()?;
-        let cos = positions.rows(&self.cos, b, t)?;
-        let sin = positions.rows(&self.sin, b, t)?;
-        let rows = if cos.dim() == 3 { b } else { 1 };
-        let (cos, sin) = (cos.view([rows, t, 1, hd]), sin.view([rows, t, 1, hd]));
-        let xf = x.to_kind(Kind::Float);
-        let halves = xf.chunk(2, -1);
-        let rotated = Tensor::cat(&[-&halves[1], halves[0].shallow_clone()], -1);
-        Ok((xf * cos + rotated * sin).to_kind(x.kind()))
-    }
-}
-
-/// One layer's weights for a forward pass (matmul weights in the compute dtype).
-struct Layer {
-    attn_norm: Tensor,
-    mlp_norm: Tensor,
-    /// (weight, bias) of q, k and v.
-    qkv: [(Tensor, Option<Tensor>); 3],
-    qk_norm: Option<[Tensor; 2]>,
-    o: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
 }
 
 /// The weights of one forward pass.
@@ -384,7 +271,7 @@ impl Gpt {
         cfg.validate()?;
         Ok(Gpt {
             params: FlatParams::zeros(param_specs(&cfg), device),
-            rope: RotaryHalf::new(&cfg, device),
+            rope: cfg.rope(device),
             cfg,
             precision,
         })
@@ -417,39 +304,12 @@ impl Gpt {
             .into_iter()
             .map(|(n, t)| (n.to_string(), t))
             .collect();
-        let mut take = |name: &str| {
-            by_name
-                .remove(name)
-                .with_context(|| format!("no parameter `{name}` (a bug in the GPT spec)"))
-        };
+        let mut take = taker(&mut by_name, "GPT");
         let embed = take(EMBED)?;
-        let mut layers = Vec::new();
-        for l in 0..self.cfg.n_layers {
-            let n = LayerNames::new(&self.cfg, l);
-            let mut proj = |name: &str| -> Result<(Tensor, Option<Tensor>)> {
-                let w = take(&format!("{name}.weight"))?.to_kind(compute);
-                let b = match self.cfg.attention_bias {
-                    true => Some(take(&format!("{name}.bias"))?),
-                    false => None,
-                };
-                Ok((w, b))
-            };
-            let qkv = [proj(&n.q)?, proj(&n.k)?, proj(&n.v)?];
-            let qk_norm = match self.cfg.qk_norm {
-                true => Some([take(&n.q_norm)?, take(&n.k_norm)?]),
-                false => None,
-            };
-            layers.push(Layer {
-                attn_norm: take(&n.attn_norm)?,
-                mlp_norm: take(&n.mlp_norm)?,
-                qkv,
-                qk_norm,
-                o: take(&n.o)?.to_kind(compute),
-                gate: take(&n.gate)?.to_kind(compute),
-                up: take(&n.up)?.to_kind(compute),
-                down: take(&n.down)?.to_kind(compute),
-            });
-        }
+        let shape = self.cfg.layer_shape();
+        let layers = (0..self.cfg.n_layers)
+            .map(|l| Layer::take(&self.cfg.layer_names(l), &shape, compute, &mut take))
+            .collect::<Result<Vec<_>>>()?;
         let head_leaf = match self.cfg.tie_embeddings {
             true => embed.shallow_clone(),
             false => take(LM_HEAD)?,
@@ -472,9 +332,10 @@ impl Gpt {
         mut cache: Option<&mut Vec<Kv>>,
     ) -> Result<Tensor> {
         let mut x = input.embed(&w.embed)?;
+        let shape = self.cfg.layer_shape();
         for (l, layer) in w.layers.iter().enumerate() {
             let past = cache.as_deref().and_then(|c| c.get(l));
-            let (y, new) = self.layer(layer, &x, attend, past)?;
+            let (y, new) = layer.forward_kv(&x, &shape, &self.rope, attend, past)?;
             if let Some(cache) = cache.as_deref_mut() {
                 match cache.get_mut(l) {
                     Some(slot) => *slot = slot.cat(&new),
@@ -484,94 +345,6 @@ impl Gpt {
             x = y;
         }
         Ok(rms_norm(&x, &w.norm, self.cfg.norm_eps))
-    }
-
-    /// x [B, T, d] → [B, T, d] and the new tokens' keys and values.
-    fn layer(
-        &self,
-        w: &Layer,
-        x: &Tensor,
-        attend: &Attend,
-        past: Option<&Kv>,
-    ) -> Result<(Tensor, Kv)> {
-        let eps = self.cfg.norm_eps;
-        Ok(match self.cfg.norm {
-            NormPlacement::Pre => {
-                let (a, kv) = self.attention(w, &rms_norm(x, &w.attn_norm, eps), attend, past)?;
-                let x = a + x;
-                let m = self.mlp(w, &rms_norm(&x, &w.mlp_norm, eps));
-                (m + x, kv)
-            }
-            NormPlacement::Post => {
-                let (a, kv) = self.attention(w, x, attend, past)?;
-                let x = rms_norm(&a, &w.attn_norm, eps) + x;
-                let m = rms_norm(&self.mlp(w, &x), &w.mlp_norm, eps);
-                (m + x, kv)
-            }
-        })
-    }
-
-    fn attention(
-        &self,
-        w: &Layer,
-        x: &Tensor,
-        attend: &Attend,
-        past: Option<&Kv>,
-    ) -> Result<(Tensor, Kv)> {
-        let (b, t, d) = x.size3()?;
-        let (h, kv_h, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim());
-        let [q, k, v] = w.qkv.each_ref().map(|(weight, bias)| {
-            let y = linear(x, weight);
-            match bias {
-                Some(bias) => (y + bias).to_kind(weight.kind()),
-                None => y,
-            }
-        });
-        let (q, k) = match &w.qk_norm {
-            Some([qn, kn]) => {
-                let eps = self.cfg.norm_eps;
-                let kind = q.kind();
-                (
-                    rms_norm(&q, qn, eps).to_kind(kind),
-                    rms_norm(&k, kn, eps).to_kind(kind),
-                )
-            }
-            None => (q, k),
-        };
-        let heads = |y: &Tensor, n: i64| y.view([b, t, n, hd]);
-        let q = self
-            .rope
-            .apply(&heads(&q, h), &attend.positions)?
-            .transpose(1, 2);
-        let new = Kv {
-            k: self
-                .rope
-                .apply(&heads(&k, kv_h), &attend.positions)?
-                .transpose(1, 2),
-            v: heads(&v, kv_h).transpose(1, 2),
-        };
-        let all = match past {
-            Some(past) if !past.is_empty() => past.cat(&new),
-            _ => new.shallow_clone(),
-        };
-        // Grouped-query attention: each key/value head serves h / kv_h consecutive query heads
-        // (transformers' `repeat_kv`).
-        let rep = h / kv_h;
-        let (k_all, v_all) = match rep {
-            1 => (all.k.shallow_clone(), all.v.shallow_clone()),
-            _ => (
-                all.k.repeat_interleave_self_int(rep, 1, None),
-                all.v.repeat_interleave_self_int(rep, 1, None),
-            ),
-        };
-        let y = attention(&q, &k_all, &v_all, attend)?; // [B, H, T, hd]
-        let y = y.transpose(1, 2).reshape([b, t, h * hd]);
-        let _ = d;
-        Ok((linear(&y, &w.o), new))
-    }
-
-    fn mlp(&self, w: &Layer, x: &Tensor) -> Tensor {
-        linear(&(linear(x, &w.gate).silu() * linear(x, &w.up)), &w.down)
     }
 
     /// Logits [B, T, V] (fp32) of ids [B, T] under causal attention.

@@ -19,6 +19,7 @@ pub mod hf;
 pub mod huginn;
 pub mod huginn_family;
 pub mod latents;
+pub mod llama;
 pub mod llama_hf;
 pub mod loss;
 pub mod params;

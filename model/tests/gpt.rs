@@ -103,7 +103,7 @@ fn appended_padding_leaves_the_clean_logits_unchanged() {
 #[test]
 fn rotate_half_rope_at_repeated_positions_follows_the_formula() {
     let cfg = shape("");
-    let rope = RotaryHalf::new(&cfg, Device::Cpu);
+    let rope = cfg.rope(Device::Cpu);
     let hd = cfg.head_dim();
     tch::manual_seed(0);
     let x = Tensor::randn([1, 4, 2, hd], (Kind::Float, Device::Cpu));

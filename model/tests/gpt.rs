@@ -2,7 +2,6 @@
 //! precision.
 
 use muninn_model::block::{Attend, Mask, Positions};
-use muninn_model::gpt::RotaryHalf;
 use muninn_model::{cross_entropy, Gpt, GptConfig, Input, Precision, IGNORE};
 use tch::{Device, Kind, Tensor};
 

@@ -503,15 +503,20 @@ fn huginn_info(
         cfg.mean_recurrence,
         cfg.mean_backprop_depth
     );
-    println!("parameters");
-    for part in Part::HUGINN {
-        println!(
-            "  {:<24}{:>18}",
-            part.label(),
-            group_digits(counts.part(part))
-        );
+    println!("parameters ({} blocks)", cfg.block_name());
+    for &(part, n) in &counts.by_part {
+        let label = match (part, cfg.tie_embeddings) {
+            (Part::Embedding, false) => "embedding",
+            _ => part.label(),
+        };
+        println!("  {:<24}{:>18}", label, group_digits(n));
     }
-    println!("  {:<24}{:>18}", "total (tied)", group_digits(counts.total));
+    let total = if cfg.tie_embeddings {
+        "total (tied)"
+    } else {
+        "total"
+    };
+    println!("  {:<24}{:>18}", total, group_digits(counts.total));
     println!(
         "  {:<24}{:>18}",
         format!("unrolled at r={}", cfg.mean_recurrence),

@@ -28,6 +28,32 @@ impl fmt::Display for StateInit {
     }
 }
 
+/// Which transformer block the prelude, core and coda stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockKind {
+    /// Huginn's: four RMSNorms around attention and MLP, fused Wqkv with `qk_bias`,
+    /// interleaved-pair RoPE; `ln_f` before and after the coda (reference §1.3–1.5, §8.1).
+    #[default]
+    Sandwich,
+    /// The `gpt` family's Llama decoder layer (Llama, TinyLlama, Qwen2): pre-norm, grouped-query
+    /// attention, rotate-half RoPE; `ln_f` after the coda only, as the retrofit paper's code.
+    PreNorm,
+    /// OLMo-2's post-norm layer (with `qk_norm`), otherwise as `pre-norm`.
+    PostNorm,
+}
+
+impl BlockKind {
+    /// The Llama layer's norm placement, `None` for the sandwich block.
+    pub fn llama_norm(self) -> Option<crate::llama::NormPlacement> {
+        match self {
+            BlockKind::Sandwich => None,
+            BlockKind::PreNorm => Some(crate::llama::NormPlacement::Pre),
+            BlockKind::PostNorm => Some(crate::llama::NormPlacement::Post),
+        }
+    }
+}
+
 /// A resolved Huginn shape. Every field is known and consistent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,9 +80,52 @@ pub struct HuginnConfig {
     pub rope_base: f64,
     pub qk_bias: bool,
     pub state_init: StateInit,
+    /// The block of prelude, core and coda (checkpoints from before this key are `sandwich`).
+    #[serde(default)]
+    pub block: BlockKind,
+    /// Key/value heads (grouped-query attention, Llama-style blocks only).
+    #[serde(default)]
+    pub n_kv_heads: Option<i64>,
+    /// The head is the embedding (Huginn); a retrofitted model has its source's own head.
+    #[serde(default = "yes")]
+    pub tie_embeddings: bool,
+    /// Embeddings times sqrt(d) (Huginn), or as they are (a retrofitted Llama).
+    #[serde(default = "yes")]
+    pub scale_embeddings: bool,
+    /// Biases on q, k and v (Qwen2; Llama-style blocks only).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// RMSNorm over q and k before RoPE (OLMo-2; Llama-style blocks only).
+    #[serde(default)]
+    pub qk_norm: bool,
+    /// Llama-3's RoPE scaling (Llama-style blocks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<crate::llama::RopeScaling>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl HuginnConfig {
+    pub fn kv_heads(&self) -> i64 {
+        self.n_kv_heads.unwrap_or(self.n_heads)
+    }
+
+    /// The Llama layer's shape, for `pre-norm` and `post-norm` blocks.
+    pub fn layer_shape(&self) -> Option<crate::llama::LayerShape> {
+        Some(crate::llama::LayerShape {
+            n_embd: self.n_embd,
+            n_heads: self.n_heads,
+            n_kv_heads: self.kv_heads(),
+            intermediate_size: self.intermediate_size,
+            norm_eps: self.norm_eps,
+            attention_bias: self.attention_bias,
+            qk_norm: self.qk_norm,
+            norm: self.block.llama_norm()?,
+        })
+    }
+
     pub fn head_dim(&self) -> i64 {
         self.n_embd / self.n_heads
     }
@@ -79,7 +148,10 @@ impl HuginnConfig {
     }
 
     pub fn embed_scale(&self) -> f64 {
-        (self.n_embd as f64).sqrt()
+        match self.scale_embeddings {
+            true => (self.n_embd as f64).sqrt(),
+            false => 1.0,
+        }
     }
 
     /// A named preset, or `None` for an unknown name.
@@ -101,6 +173,13 @@ impl HuginnConfig {
             rope_base: 50_000.0,
             qk_bias: true,
             state_init: StateInit::LikeInit,
+            block: BlockKind::Sandwich,
+            n_kv_heads: None,
+            tie_embeddings: true,
+            scale_embeddings: true,
+            attention_bias: false,
+            qk_norm: false,
+            rope_scaling: None,
         };
         Some(match name {
             "nebel-raven-3.5b" => HuginnConfig {
@@ -190,7 +269,7 @@ impl HuginnConfig {
         );
         ensure!(
             self.head_dim() % 2 == 0,
-            "head dim n_embd / n_heads = {} must be even for the interleaved-pair RoPE",
+            "head dim n_embd / n_heads = {} must be even for RoPE",
             self.head_dim()
         );
         ensure!(
@@ -209,7 +288,40 @@ impl HuginnConfig {
             self.mean_backprop_depth,
             self.mean_recurrence
         );
+        let kv = self.kv_heads();
+        ensure!(
+            kv > 0 && self.n_heads % kv == 0,
+            "model.n_kv_heads = {kv} must divide model.n_heads = {}",
+            self.n_heads
+        );
+        if self.block == BlockKind::Sandwich {
+            for (key, set) in [
+                ("n_kv_heads", kv != self.n_heads),
+                ("attention_bias", self.attention_bias),
+                ("qk_norm", self.qk_norm),
+                ("rope_scaling", self.rope_scaling.is_some()),
+            ] {
+                ensure!(
+                    !set,
+                    "model.{key} belongs to Llama-style blocks: set model.block = \"pre-norm\" or \"post-norm\", or remove it"
+                );
+            }
+        } else {
+            ensure!(
+                !self.qk_bias,
+                "model.qk_bias is the sandwich block's: a {} block has model.attention_bias instead",
+                self.block_name()
+            );
+        }
         Ok(())
+    }
+
+    pub fn block_name(&self) -> &'static str {
+        match self.block {
+            BlockKind::Sandwich => "sandwich",
+            BlockKind::PreNorm => "pre-norm",
+            BlockKind::PostNorm => "post-norm",
+        }
     }
 }
 
@@ -234,6 +346,13 @@ pub struct RawHuginnConfig {
     pub rope_base: Option<f64>,
     pub qk_bias: Option<bool>,
     pub state_init: Option<StateInit>,
+    pub block: Option<BlockKind>,
+    pub n_kv_heads: Option<i64>,
+    pub tie_embeddings: Option<bool>,
+    pub scale_embeddings: Option<bool>,
+    pub attention_bias: Option<bool>,
+    pub qk_norm: Option<bool>,
+    pub rope_scaling: Option<crate::llama::RopeScaling>,
 }
 
 impl RawHuginnConfig {
@@ -269,6 +388,7 @@ impl RawHuginnConfig {
                 }
             };
         }
+        let block = field_or!(block, BlockKind::Sandwich);
         let cfg = HuginnConfig {
             name: field_or!(name, "custom".to_string()),
             n_embd: field!(n_embd),
@@ -284,8 +404,28 @@ impl RawHuginnConfig {
             mean_backprop_depth: field!(mean_backprop_depth),
             norm_eps: field_or!(norm_eps, 1e-6),
             rope_base: field_or!(rope_base, 50_000.0),
-            qk_bias: field_or!(qk_bias, true),
+            // The sandwich block's q/k bias is on unless a Llama-style block is chosen.
+            qk_bias: match (self.qk_bias, block) {
+                (Some(v), _) => v,
+                (None, BlockKind::Sandwich) => field_or!(qk_bias, true),
+                (None, _) => false,
+            },
             state_init: field_or!(state_init, StateInit::LikeInit),
+            block,
+            n_kv_heads: match (self.n_kv_heads, &base) {
+                (Some(v), _) => Some(v),
+                (None, Some(b)) => b.n_kv_heads,
+                (None, None) => None,
+            },
+            tie_embeddings: field_or!(tie_embeddings, true),
+            scale_embeddings: field_or!(scale_embeddings, true),
+            attention_bias: field_or!(attention_bias, false),
+            qk_norm: field_or!(qk_norm, false),
+            rope_scaling: match (self.rope_scaling, &base) {
+                (Some(v), _) => Some(v),
+                (None, Some(b)) => b.rope_scaling.clone(),
+                (None, None) => None,
+            },
         };
         cfg.validate()?;
         Ok(cfg)

@@ -9,9 +9,9 @@
 use anyhow::{ensure, Result};
 use tch::{Kind, Tensor};
 
-use crate::block::{linear, rms_norm, Attend, BlockWeights, Kv};
+use crate::block::{linear, rms_norm, Attend, Kv};
 use crate::exit::ExitCriterion;
-use crate::huginn::{Depth, Flow, Huginn, InitState, Iteration, Run, Weights};
+use crate::huginn::{Block, Depth, Flow, Huginn, InitState, Iteration, Run, Weights};
 
 /// How many iterations a chunk may run.
 #[derive(Debug, Clone, Copy)]
@@ -105,26 +105,18 @@ impl<'m> Decoder<'m> {
     /// Layer b on new tokens x after the cached ones (`past`, the same length for every layer).
     fn block(
         &self,
-        b: &BlockWeights,
+        b: &Block,
         x: &Tensor,
         attend: &Attend,
         past: Option<&Kv>,
     ) -> Result<(Tensor, Kv)> {
-        let cfg = self.model.config();
-        b.forward_kv(
-            x,
-            self.model.rope(),
-            cfg.n_heads,
-            cfg.norm_eps,
-            attend,
-            past,
-        )
+        self.model.block_kv(b, x, attend, past)
     }
 
     /// s [1, T, d] → (logits [1, T, V] fp32, the coda's new keys and values, not yet cached).
     fn coda(&self, s: &Tensor, attend: &Attend) -> Result<(Tensor, Vec<Kv>)> {
         let eps = self.model.config().norm_eps;
-        let mut x = rms_norm(s, &self.w.ln_f, eps);
+        let mut x = self.model.coda_input(&self.w, s);
         let mut kvs = Vec::with_capacity(self.w.coda.len());
         for (j, b) in self.w.coda.iter().enumerate() {
             let (y, kv) = self.block(b, &x, attend, self.cache.coda.get(j))?;
@@ -199,7 +191,7 @@ impl<'m> Decoder<'m> {
         let mut exit_values = Vec::new();
         let mut peeked = None;
         let mut steps = 0;
-        let mut blocks = |i: i64, j: usize, b: &BlockWeights, x: &Tensor| -> Result<Tensor> {
+        let mut blocks = |i: i64, j: usize, b: &Block, x: &Tensor| -> Result<Tensor> {
             // Past tokens that never reached this iteration are represented by their deepest one.
             let past = old.get(i as usize).or(old.last());
             if j == 0 {
@@ -477,17 +469,9 @@ mod tests {
         depth: i64,
     ) -> Tensor {
         let cfg = m.config();
-        let blk = |b: &BlockWeights, x: &Tensor, past: Option<Kv>| {
+        let blk = |b: &Block, x: &Tensor, past: Option<Kv>| {
             let attend = Attend::causal_from(past.as_ref().map_or(0, Kv::len));
-            b.forward_kv(
-                x,
-                m.rope(),
-                cfg.n_heads,
-                cfg.norm_eps,
-                &attend,
-                past.as_ref(),
-            )
-            .unwrap()
+            m.block_kv(b, x, &attend, past.as_ref()).unwrap()
         };
         let mut x = Tensor::embedding(&w.wte, ids, -1, false, false) * cfg.embed_scale();
         let mut prelude = Vec::new();

@@ -33,7 +33,9 @@ struct Terms {
 impl Terms {
     fn new(cfg: &HuginnConfig, seq_len: i64) -> Self {
         let (d, i) = (cfg.n_embd as f64, cfg.intermediate_size as f64);
-        let block = 4.0 * d * d + 3.0 * d * i; // Wqkv 3d², proj d², fc 2dI, mlp.proj dI
+        // q and o d² each, k and v d²·kv/h each (grouped-query), fc 2dI, mlp.proj dI.
+        let kv = cfg.kv_heads() as f64 / cfg.n_heads as f64;
+        let block = (2.0 + 2.0 * kv) * d * d + 3.0 * d * i;
         let l_pc = (cfg.n_layers_in_prelude + cfg.n_layers_in_coda) as f64;
         let l_r = cfg.n_layers_in_recurrent_block as f64;
         Terms {

@@ -175,6 +175,13 @@ pub fn config_from_json(path: &Path) -> Result<HuginnConfig> {
         rope_base: float("rope_base", nebel.rope_base)?,
         qk_bias: v.get("qk_bias").and_then(Value::as_bool).unwrap_or(true),
         state_init,
+        block: crate::config::BlockKind::Sandwich,
+        n_kv_heads: None,
+        tie_embeddings: true,
+        scale_embeddings: true,
+        attention_bias: false,
+        qk_norm: false,
+        rope_scaling: None,
     };
     cfg.validate()
         .with_context(|| format!("checking {}", path.display()))?;
@@ -183,6 +190,13 @@ pub fn config_from_json(path: &Path) -> Result<HuginnConfig> {
 
 /// Writes `model` in the HF layout into the new directory `out`.
 pub fn export(model: &Huginn, out: &Path, dtype: ExportDtype) -> Result<()> {
+    let cfg = model.config();
+    ensure!(
+        cfg.block == crate::config::BlockKind::Sandwich && cfg.tie_embeddings,
+        "the Hugging Face export writes the Raven layout (sandwich blocks, tied head); this model has {} blocks{}",
+        cfg.block_name(),
+        if cfg.tie_embeddings { "" } else { " and an untied head" }
+    );
     let kind = dtype.kind();
     let mut tensors: Vec<(String, Tensor)> = model
         .params()

@@ -2,7 +2,9 @@
 //! `recpre/model_dynamic.py` and `raven_modeling_minimal.py` of seal-rg/recurrent-pretraining @59e0b69.
 //!
 //! ids → wte·sqrt(d) → prelude → e;  s ← s0;  s ← Core(Adapter(cat[s, e])) n times without a graph,
-//! then k times with one;  ln_f(s) → coda → ln_f → tied head.  Every block is a sandwich block.
+//! then k times with one;  ln_f(s) → coda → ln_f → tied head.  Every block is a sandwich block, or
+//! (`block = "pre-norm"` / `"post-norm"`, a retrofitted Llama) the `gpt` family's layer, with
+//! ln_f after the coda only and the source's own head.
 
 use anyhow::{ensure, Result};
 use tch::{Device, Kind, Tensor};
@@ -10,6 +12,7 @@ use tch::{Device, Kind, Tensor};
 use crate::block::{linear, rms_norm, Attend, BlockWeights, Kv, Rope};
 use crate::config::{HuginnConfig, StateInit};
 use crate::family::GradEvent;
+use crate::llama::RotaryHalf;
 use crate::loss::{LmLoss, LossValues};
 use crate::params::{self, trunc_normal_, FlatParams};
 use crate::shim;
@@ -74,7 +77,13 @@ pub enum InitState {
 }
 
 /// Core layer j on x in one iteration: `(j, weights, x) → y`.
-pub(crate) type CoreBlocks<'a> = dyn FnMut(usize, &BlockWeights, &Tensor) -> Result<Tensor> + 'a;
+pub(crate) type CoreBlocks<'a> = dyn FnMut(usize, &Block, &Tensor) -> Result<Tensor> + 'a;
+
+/// One layer of the prelude, the core or the coda.
+pub(crate) enum Block {
+    Sandwich(BlockWeights),
+    Llama(crate::llama::Layer),
+}
 
 /// What a run of [`Huginn::recur`] iterates over: the weights, the prelude's output e, the depth, and
 /// whether the grad iterations are checkpointed.
@@ -161,18 +170,24 @@ impl Input<'_> {
 /// cast to the compute dtype once.
 pub(crate) struct Weights {
     pub(crate) wte: Tensor,
+    /// The head in the compute dtype (the embedding's cast when tied).
     pub(crate) head: Tensor,
-    pub(crate) prelude: Vec<BlockWeights>,
+    /// The fp32 leaf whose `.grad` the head's gradient goes into (wte when tied).
+    pub(crate) head_leaf: Tensor,
+    pub(crate) prelude: Vec<Block>,
     pub(crate) adapter: Tensor,
-    pub(crate) core: Vec<BlockWeights>,
-    pub(crate) coda: Vec<BlockWeights>,
+    pub(crate) core: Vec<Block>,
+    pub(crate) coda: Vec<Block>,
     pub(crate) ln_f: Tensor,
 }
 
 pub struct Huginn {
     cfg: HuginnConfig,
     params: FlatParams,
+    /// The sandwich block's interleaved-pair RoPE (also what an export writes as `freqs_cis`).
     rope: Rope,
+    /// Llama-style blocks' rotate-half RoPE.
+    rope_half: Option<RotaryHalf>,
     precision: Precision,
 }
 
@@ -182,10 +197,21 @@ impl Huginn {
         cfg.validate()?;
         let params = FlatParams::zeros(params::param_specs(&cfg), device);
         let rope = Rope::new(cfg.head_dim(), cfg.block_size, cfg.rope_base, device);
+        let rope_half = cfg.layer_shape().map(|_| {
+            let scaling = cfg.rope_scaling.as_ref();
+            RotaryHalf::new(
+                cfg.head_dim(),
+                cfg.block_size,
+                cfg.rope_base,
+                scaling,
+                device,
+            )
+        });
         Ok(Huginn {
             cfg,
             params,
             rope,
+            rope_half,
             precision,
         })
     }
@@ -221,30 +247,39 @@ impl Huginn {
     }
 
     pub(crate) fn weights(&self) -> Weights {
-        let mut views: std::collections::HashMap<&str, Tensor> =
-            self.params.views().into_iter().collect();
-        let cast = |t: Tensor| match self.precision {
-            Precision::F32 => t,
-            Precision::Bf16Mixed => t.to_kind(Kind::BFloat16),
+        let mut views: std::collections::HashMap<String, Tensor> = self
+            .params
+            .views()
+            .into_iter()
+            .map(|(n, t)| (n.to_string(), t))
+            .collect();
+        let compute = match self.precision {
+            Precision::F32 => Kind::Float,
+            Precision::Bf16Mixed => Kind::BFloat16,
         };
+        let cast = |t: Tensor| t.to_kind(compute);
         // Names come from the same spec list as the views, so a miss is a bug, not bad input.
-        let mut take = |name: &str| {
-            views
-                .remove(name)
-                .unwrap_or_else(|| panic!("parameter {name} missing"))
-        };
-        let mut stack = |prefix: &str, count: i64| -> Vec<BlockWeights> {
+        let mut take = crate::llama::taker(&mut views, "Huginn");
+        let mut take = move |name: &str| take(name).unwrap_or_else(|e| panic!("{e}"));
+        let mut stack = |prefix: &str, count: i64| -> Vec<Block> {
             (0..count)
                 .map(|j| {
-                    let n = params::BlockNames::new(&format!("{prefix}.{j}"));
-                    BlockWeights {
+                    let prefix = format!("{prefix}.{j}");
+                    if let Some(shape) = self.cfg.layer_shape() {
+                        let names = crate::llama::LayerNames::new(&prefix, shape.norm);
+                        let mut take = |name: &str| Ok(take(name));
+                        let layer = crate::llama::Layer::take(&names, &shape, compute, &mut take);
+                        return Block::Llama(layer.expect("every name is in the spec list"));
+                    }
+                    let n = params::BlockNames::new(&prefix);
+                    Block::Sandwich(BlockWeights {
                         norms: n.norms.each_ref().map(|name| take(name)),
                         wqkv: cast(take(&n.wqkv)),
                         qk_bias: self.cfg.qk_bias.then(|| take(&n.qk_bias)),
                         attn_proj: cast(take(&n.attn_proj)),
                         fc: cast(take(&n.fc)),
                         mlp_proj: cast(take(&n.mlp_proj)),
-                    }
+                    })
                 })
                 .collect()
         };
@@ -252,14 +287,54 @@ impl Huginn {
         let core = stack("core", self.cfg.n_layers_in_recurrent_block);
         let coda = stack("coda", self.cfg.n_layers_in_coda);
         let wte = take(params::WTE);
+        let head_leaf = match self.cfg.tie_embeddings {
+            true => wte.shallow_clone(),
+            false => take(params::LM_HEAD),
+        };
         Weights {
-            head: cast(wte.shallow_clone()),
+            head: cast(head_leaf.shallow_clone()),
+            head_leaf,
             wte,
             prelude,
             adapter: cast(take(params::ADAPTER)),
             core,
             coda,
             ln_f: take(params::LN_F),
+        }
+    }
+
+    /// Layer `b` on new tokens x [B, T, d] that follow `past` (decoding) and attend as `attend`
+    /// says → [B, T, d] and the new tokens' keys and values.
+    pub(crate) fn block_kv(
+        &self,
+        b: &Block,
+        x: &Tensor,
+        attend: &Attend,
+        past: Option<&Kv>,
+    ) -> Result<(Tensor, Kv)> {
+        let cfg = &self.cfg;
+        match (b, cfg.layer_shape(), &self.rope_half) {
+            (Block::Sandwich(b), _, _) => {
+                b.forward_kv(x, &self.rope, cfg.n_heads, cfg.norm_eps, attend, past)
+            }
+            (Block::Llama(l), Some(shape), Some(rope)) => {
+                l.forward_kv(x, &shape, rope, attend, past)
+            }
+            _ => unreachable!("Llama layers are built only with a layer shape and its RoPE"),
+        }
+    }
+
+    /// [`Huginn::block_kv`] without a cache.
+    pub(crate) fn block(&self, b: &Block, x: &Tensor, attend: &Attend) -> Result<Tensor> {
+        Ok(self.block_kv(b, x, attend, None)?.0)
+    }
+
+    /// What the coda reads of the last state: ln_f(s) between sandwich blocks (§8.1), s itself
+    /// between Llama-style ones (the retrofit code norms only after the coda).
+    pub(crate) fn coda_input(&self, w: &Weights, s: &Tensor) -> Tensor {
+        match self.cfg.block {
+            crate::config::BlockKind::Sandwich => rms_norm(s, &w.ln_f, self.cfg.norm_eps),
+            _ => s.shallow_clone(),
         }
     }
 
@@ -274,7 +349,7 @@ impl Huginn {
         );
         let mut x = embedded * self.cfg.embed_scale();
         for b in &w.prelude {
-            x = b.forward(&x, &self.rope, self.cfg.n_heads, self.cfg.norm_eps, attend)?;
+            x = self.block(b, &x, attend)?;
         }
         Ok(x)
     }
@@ -299,8 +374,8 @@ impl Huginn {
     pub(crate) fn plain_blocks<'a>(
         &'a self,
         attend: &'a Attend,
-    ) -> impl FnMut(usize, &BlockWeights, &Tensor) -> Result<Tensor> + 'a {
-        move |_, b, x| b.forward(x, &self.rope, self.cfg.n_heads, self.cfg.norm_eps, attend)
+    ) -> impl FnMut(usize, &Block, &Tensor) -> Result<Tensor> + 'a {
+        move |_, b, x| self.block(b, x, attend)
     }
 
     /// The recurrence, written once:
@@ -313,14 +388,14 @@ impl Huginn {
         &self,
         run: &Run,
         s0: Tensor,
-        blocks: &mut dyn FnMut(i64, usize, &BlockWeights, &Tensor) -> Result<Tensor>,
+        blocks: &mut dyn FnMut(i64, usize, &Block, &Tensor) -> Result<Tensor>,
         observe: &mut dyn FnMut(&Iteration) -> Result<Flow>,
     ) -> Result<Tensor> {
         let (w, e, depth) = (run.w, run.e, run.depth);
         let mut s = s0;
         for i in 0..depth.total() {
             let with_grad = i >= depth.no_grad && !run.checkpointed;
-            let mut layer = |j: usize, b: &BlockWeights, x: &Tensor| blocks(i, j, b, x);
+            let mut layer = |j: usize, b: &Block, x: &Tensor| blocks(i, j, b, x);
             let next = match with_grad {
                 true => self.iteration(w, &s, e, &mut layer)?,
                 false => tch::no_grad(|| self.iteration(w, &s, e, &mut layer))?,
@@ -351,11 +426,11 @@ impl Huginn {
         self.recur(run, s0, &mut |_, j, b, x| plain(j, b, x), observe)
     }
 
-    /// s [B, T, d] → the head's input [B, T, d]. `ln_f` is applied before and after the coda (§8.1).
+    /// s [B, T, d] → the head's input [B, T, d]: [`Huginn::coda_input`], the coda, `ln_f`.
     fn coda_hidden(&self, w: &Weights, s: &Tensor, attend: &Attend) -> Result<Tensor> {
-        let mut x = rms_norm(s, &w.ln_f, self.cfg.norm_eps);
+        let mut x = self.coda_input(w, s);
         for b in &w.coda {
-            x = b.forward(&x, &self.rope, self.cfg.n_heads, self.cfg.norm_eps, attend)?;
+            x = self.block(b, &x, attend)?;
         }
         Ok(rms_norm(&x, &w.ln_f, self.cfg.norm_eps))
     }
@@ -487,7 +562,7 @@ impl Huginn {
         // chunk, without the [B, T, V] logits; the head's part goes straight into wte's gradient.
         let s_k = s.detach().set_requires_grad(true);
         let h = self.coda_hidden(&w, &s_k, attend)?; // [B, T, d]
-        let (values, grad_h) = objective.loss.fused(&h, &w.head, &w.wte.grad())?;
+        let (values, grad_h) = objective.loss.fused(&h, &w.head, &w.head_leaf.grad())?;
         shim::backward(&h, &grad_h)?;
         on_grads(GradStage::Coda);
         let mut g = s_k.grad();
@@ -659,28 +734,20 @@ impl HuginnLatent<'_> {
     /// L = Σ w · cross-entropy of the head over `hidden`, and backward of L through every pass into
     /// the flat gradient.
     pub fn backward(&self, hidden: &Tensor, loss: &LmLoss) -> Result<LossValues> {
-        let (values, grad_h) = loss.fused(hidden, &self.w.head, &self.w.wte.grad())?;
+        let (values, grad_h) = loss.fused(hidden, &self.w.head, &self.w.head_leaf.grad())?;
         shim::backward(hidden, &grad_h)?;
         Ok(values)
     }
 
     fn layer(
         &self,
-        b: &BlockWeights,
+        b: &Block,
         x: &Tensor,
         attend: &Attend,
         slot: &mut Vec<Kv>,
         j: usize,
     ) -> Result<Tensor> {
-        let cfg = self.model.config();
-        let (y, kv) = b.forward_kv(
-            x,
-            self.model.rope(),
-            cfg.n_heads,
-            cfg.norm_eps,
-            attend,
-            slot.get(j),
-        )?;
+        let (y, kv) = self.model.block_kv(b, x, attend, slot.get(j))?;
         match slot.get_mut(j) {
             Some(past) => *past = past.cat(&kv),
             None => slot.push(kv),
@@ -720,18 +787,16 @@ impl crate::coconut::LatentLm for HuginnLatent<'_> {
                 cache.core.push(Vec::new());
             }
             let slot = &mut cache.core[i as usize];
-            let mut blocks =
-                |j: usize, b: &BlockWeights, x: &Tensor| self.layer(b, x, attend, slot, j);
+            let mut blocks = |j: usize, b: &Block, x: &Tensor| self.layer(b, x, attend, slot, j);
             s = match i >= self.depth.no_grad {
                 true => self.model.iteration(&self.w, &s, &e, &mut blocks)?,
                 false => tch::no_grad(|| self.model.iteration(&self.w, &s, &e, &mut blocks))?,
             };
         }
-        let eps = cfg.norm_eps;
-        let mut x = rms_norm(&s, &self.w.ln_f, eps);
+        let mut x = self.model.coda_input(&self.w, &s);
         for (j, b) in self.w.coda.iter().enumerate() {
             x = self.layer(b, &x, attend, &mut cache.coda, j)?;
         }
-        Ok(rms_norm(&x, &self.w.ln_f, eps))
+        Ok(rms_norm(&x, &self.w.ln_f, cfg.norm_eps))
     }
 }

@@ -114,6 +114,8 @@ impl BlockNames {
 pub const WTE: &str = "wte.weight";
 pub const ADAPTER: &str = "adapter.weight";
 pub const LN_F: &str = "ln_f.weight";
+/// An untied head (`tie_embeddings = false`).
+pub const LM_HEAD: &str = "lm_head.weight";
 
 /// The stacks of blocks, as (Muninn prefix, part, count).
 pub fn stacks(cfg: &HuginnConfig) -> [(&'static str, Part, i64); 3] {
@@ -148,6 +150,11 @@ pub fn param_specs(cfg: &HuginnConfig) -> Vec<ParamSpec> {
 
     let mut specs = vec![spec(WTE, vec![v, d], Part::Embedding, std)];
     let block = |specs: &mut Vec<ParamSpec>, prefix: String, part: Part| {
+        if let Some(shape) = cfg.layer_shape() {
+            let names = crate::llama::LayerNames::new(&prefix, shape.norm);
+            specs.extend(names.specs(&shape, part, std, out));
+            return;
+        }
         let n = BlockNames::new(&prefix);
         let [n1, n2, n3, n4] = &n.norms;
         specs.push(spec(n1, vec![d], part, Init::Ones));
@@ -171,6 +178,9 @@ pub fn param_specs(cfg: &HuginnConfig) -> Vec<ParamSpec> {
         (0..count).for_each(|j| block(&mut specs, format!("{prefix}.{j}"), part));
     }
     specs.push(spec(LN_F, vec![d], Part::FinalNorm, Init::Ones));
+    if !cfg.tie_embeddings {
+        specs.push(spec(LM_HEAD, vec![v, d], Part::Head, std));
+    }
     specs
 }
 
@@ -197,7 +207,11 @@ pub struct ParamCounts {
 
 impl ParamCounts {
     pub fn of(cfg: &HuginnConfig) -> Self {
-        Self::from_specs(&param_specs(cfg), &Part::HUGINN)
+        let mut parts = Part::HUGINN.to_vec();
+        if !cfg.tie_embeddings {
+            parts.push(Part::Head);
+        }
+        Self::from_specs(&param_specs(cfg), &parts)
     }
 
     /// Counts of `parts` (in that order) over `specs`.

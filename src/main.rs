@@ -6,6 +6,7 @@ mod data_cmd;
 mod eval_cmd;
 mod launch_cmd;
 mod plot;
+mod retrofit_cmd;
 mod trm_cmd;
 
 use std::path::{Path, PathBuf};
@@ -88,6 +89,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Retrofit recurrence into a pretrained Llama-style model (McLeish et al. 2025): its layers
+    /// split into prelude, core and coda (the rest dropped), a new adapter, a Huginn checkpoint out.
+    Retrofit(retrofit_cmd::RetrofitArgs),
     /// Read a reference TRM state dict (TinyRecursiveModels; keys with or without `_orig_mod.model.` /
     /// `model.`) and its model config dict into a Muninn checkpoint.
     ImportTrm {
@@ -376,6 +380,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::ImportTrm { weights, arch, out } => trm_cmd::import(&weights, &arch, &out),
+        Command::Retrofit(args) => retrofit_cmd::retrofit(args),
         Command::Forward(args) => forward(args),
         Command::Eval(args) => eval_cmd::eval(args),
         Command::Generate(args) => eval_cmd::generate(args),

@@ -251,7 +251,7 @@ fn bad_configs_are_refused_by_key_before_any_work() {
         // Enums name the key and what it may be.
         (
             "optimizer.kind=sgd",
-            "expected one of `ellis-adam`, `adamw`, `adam-atan2`\nin `optimizer.kind`",
+            "expected one of `ellis-adam`, `adamw`, `adam-atan2`, `muon`\nin `optimizer.kind`",
         ),
         ("optimizer.schedule=linear", "in `optimizer.schedule`"),
         (

@@ -23,6 +23,7 @@ pub mod llama;
 pub mod llama_hf;
 pub mod loss;
 pub mod params;
+pub mod retrofit;
 pub mod sampler;
 pub mod shim;
 pub mod st;

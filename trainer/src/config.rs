@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use muninn_model::config::RawHuginnConfig;
 use muninn_model::tidar::LmObjective;
 pub use muninn_model::FamilyKind;
@@ -419,6 +419,39 @@ impl RawRunConfig {
     }
 }
 
+/// A run that starts from `train.init_from` and has no `[model]` table takes the checkpoint's shape
+/// (as litgpt's finetuning takes the checkpoint's config): a retrofitted model trains without
+/// restating it. Huginn's r̄ and k̄ then come from `[recurrence]`, as for any run.
+fn model_from_init(doc: &mut toml::Table) -> Result<()> {
+    if doc.contains_key("model") {
+        return Ok(());
+    }
+    let Some(src) = doc
+        .get("train")
+        .and_then(|t| t.get("init_from"))
+        .and_then(toml::Value::as_str)
+    else {
+        return Ok(());
+    };
+    let path = Path::new(src).join(muninn_model::checkpoint::CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no [model] table, so the shape comes from train.init_from: reading {}",
+            path.display()
+        )
+    })?;
+    let mut stored: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut model = match stored.remove("model") {
+        Some(toml::Value::Table(t)) => t,
+        _ => bail!("{}: expected a [model] table", path.display()),
+    };
+    model.remove("mean_recurrence");
+    model.remove("mean_backprop_depth");
+    doc.insert("model".into(), toml::Value::Table(model));
+    Ok(())
+}
+
 impl RunConfig {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -433,6 +466,7 @@ impl RunConfig {
         for o in overrides {
             apply_override(&mut doc, o)?;
         }
+        model_from_init(&mut doc)?;
         let family = doc
             .get("model")
             .and_then(|m| m.get("family"))

@@ -35,15 +35,14 @@ if [ "$encoding" != sentences ]; then
   "$BIN" data prosqa-encode "$UPSTREAM" --encoding "$encoding" --out "$scratch/upstream.json" >/dev/null
   UPSTREAM=$scratch/upstream.json
 fi
-pids=()
+# Up to JOBS arms at a time; the next one starts as soon as any of them ends (wait -n).
 for arm in $ARMS; do
   # --resume auto: a rerun with the same SCRATCH continues (or just evaluates) the arms it finds.
   OMP_NUM_THREADS=1 "$BIN" train configs/coconut-prosqa.toml "${sets[@]}" --set run.name="$arm" \
     --set objective.arm="$arm" --resume auto >>"$scratch/$arm.log" 2>&1 &
-  pids+=($!)
-  if [ ${#pids[@]} -ge "$JOBS" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
 done
-for p in "${pids[@]}"; do wait "$p"; done
+while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n; done
 
 for arm in $ARMS; do
   ck=$(ls -d "$scratch/runs/$arm/checkpoints/step-"* | tail -n 1)

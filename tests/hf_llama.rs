@@ -9,28 +9,11 @@ mod common;
 use common::*;
 
 use std::path::Path;
-use std::process::Command;
 
 use muninn_model::{checkpoint, Gpt, GptConfig, Precision};
 use tch::{Device, Kind, Tensor};
 
 const TOKENS: &str = "3,250,17,99,0,255,128,64,1,200,5,77";
-
-fn python(py: &Path, args: &[&str], cwd: &Path) -> String {
-    let out = Command::new(py)
-        .arg(repo_root().join("tests/reference/llama_hf_logits.py"))
-        .args(args)
-        .current_dir(cwd)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the reference script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// `muninn forward` of `ck` against transformers' logits of `hf`.
 fn assert_same_logits(py: &Path, ck: &str, hf: &str, cwd: &Path) -> String {
@@ -42,7 +25,7 @@ fn assert_same_logits(py: &Path, ck: &str, hf: &str, cwd: &Path) -> String {
         ],
         cwd,
     );
-    let class = python(
+    let class = llama_reference(
         py,
         &["logits", hf, "--tokens", TOKENS, "--out", &theirs],
         cwd,
@@ -116,7 +99,7 @@ fn transformers_models_import_with_their_logits() {
         ("olmo2", "Olmo2ForCausalLM"),
     ] {
         let hf = format!("{kind}-hf");
-        python(&py, &["make", kind, &hf], p);
+        llama_reference(&py, &["make", kind, &hf], p);
         let ck = format!("{kind}-ck");
         let out = muninn_ok(&["import-hf", &hf, "--out", &ck], p);
         assert!(out.contains("gpt"), "{out}");

@@ -16,22 +16,6 @@ use muninn_model::st::StFile;
 
 const TOKENS: &str = "3,250,17,99,0,255,128,64,1,200,5,77";
 
-fn python(py: &Path, args: &[&str], cwd: &Path) -> String {
-    let out = Command::new(py)
-        .arg(repo_root().join("tests/reference/llama_hf_logits.py"))
-        .args(args)
-        .current_dir(cwd)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the reference script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn logits(file: &Path) -> tch::Tensor {
     StFile::open(file).unwrap().get("logits").unwrap()
 }
@@ -71,7 +55,7 @@ fn every_layer_kept_with_identity_e_is_the_transformers_model_at_depth_one() {
     // attention and MLP, q/k norms): each of the 2 layers a stack of one, the coda empty.
     for kind in ["llama", "qwen2", "olmo2"] {
         let hf = format!("{kind}-hf");
-        python(&py, &["make", kind, &hf], p);
+        llama_reference(&py, &["make", kind, &hf], p);
         std::fs::write(p.join(&hf).join("tokenizer.json"), "{}").unwrap();
         let rf = format!("{kind}-rf");
         let out = muninn_ok(
@@ -99,7 +83,7 @@ fn every_layer_kept_with_identity_e_is_the_transformers_model_at_depth_one() {
             "the tokenizer travels"
         );
         let theirs = format!("{kind}-ref.safetensors");
-        python(
+        llama_reference(
             &py,
             &["logits", &hf, "--tokens", TOKENS, "--out", &theirs],
             p,
@@ -110,7 +94,85 @@ fn every_layer_kept_with_identity_e_is_the_transformers_model_at_depth_one() {
         // training moves the adapter.
         let deeper = forward(&rf, &["--depth", "3", "--init-state", "zero"], p);
         assert_close(&deeper, &b, &format!("{kind} at depth 3"));
+        if kind != "llama" {
+            // Raven's modeling file has no q/k/v biases and no post-norm q/k-norm block.
+            let e = muninn_err(
+                &["export", &rf, "--format", "huginn-hf", "--out", "rf-hf"],
+                p,
+            );
+            let named = if kind == "qwen2" { "Qwen2" } else { "OLMo-2" };
+            assert!(
+                e.contains("Raven layout") && e.contains(named),
+                "{kind}: {e}"
+            );
+            assert!(
+                !p.join("rf-hf").exists(),
+                "{kind}: a refused export writes nothing"
+            );
+        }
     }
+}
+
+/// The Raven checkpoint of a retrofitted Llama (pre-norm blocks, untied head, Llama-3 RoPE
+/// scaling, GQA) loads in Huginn's own modeling file, as a user of huginn-0125 would load it,
+/// and gives `muninn forward`'s logits at depth 1 and 4; imported back, it is the same model.
+#[test]
+fn a_retrofitted_llama_exports_to_the_raven_layout_and_runs_in_its_modeling_file() {
+    let Some(py) = reference_python("torch, transformers") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    llama_reference(&py, &["make", "llama", "hf"], p);
+    muninn_ok(
+        &[
+            "retrofit",
+            "hf",
+            "--prelude",
+            "0..1",
+            "--core",
+            "1..2",
+            "--coda",
+            "2..2",
+            "--adapter-init",
+            "random",
+            "--mean-recurrence",
+            "4",
+            "--out",
+            "rf",
+        ],
+        p,
+    );
+    muninn_ok(
+        &["export", "rf", "--format", "huginn-hf", "--out", "rf-hf"],
+        p,
+    );
+    let mut at_depth = Vec::new();
+    for depth in ["1", "4"] {
+        let ours = forward("rf", &["--depth", depth, "--init-state", "zero"], p);
+        let out = format!("ref-{depth}.safetensors");
+        let status = Command::new(&py)
+            .arg(repo_root().join("tests/reference/huginn_hf_logits.py"))
+            .args(["rf-hf", "--tokens", TOKENS, "--depth", depth, "--out", &out])
+            .current_dir(p)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_MODULES_CACHE", p.join("hf_modules"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "the Raven reference script failed");
+        assert_close(
+            &ours,
+            &logits(&p.join(&out)),
+            &format!("Raven, depth {depth}"),
+        );
+        at_depth.push(ours);
+    }
+    // A random adapter reads s, so the depth must matter, or the comparison above proves little.
+    let moved = (&at_depth[0] - &at_depth[1]).abs().max().double_value(&[]);
+    assert!(moved > 1e-3, "depth 1 and 4 give the same logits ({moved})");
+    muninn_ok(&["import-hf", "rf-hf", "--out", "rf2"], p);
+    let back = forward("rf2", &["--depth", "4", "--init-state", "zero"], p);
+    assert_close(&back, &at_depth[1], "imported back");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 from transformers import PretrainedConfig
 from math import sqrt
+from typing import Optional
 
 
 class RavenConfig(PretrainedConfig):
@@ -41,6 +42,8 @@ class RavenConfig(PretrainedConfig):
         rope_base: float = 50_000,
         torch_dtype: str = "bfloat16",
         transformers_version: str = "4.47.1",
+        num_key_value_heads: Optional[int] = None,  # Muninn: grouped-query attention
+        scale_embedding: bool = True,  # Muninn: a retrofitted Llama's embeddings are unscaled
         **kwargs,
     ):
         self.n_embd = n_embd
@@ -77,7 +80,8 @@ class RavenConfig(PretrainedConfig):
         self.test_time_noise = 0
         self.test_time_noise_type = "fixed"
         # Derived
-        self.num_key_value_heads = n_heads
+        self.num_key_value_heads = n_heads if num_key_value_heads is None else num_key_value_heads
+        self.scale_embedding = scale_embedding
         self.num_attention_heads = n_heads
         self.head_dim = n_embd // n_heads
         self.effective_expected_depth = (

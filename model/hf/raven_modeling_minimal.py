@@ -37,7 +37,7 @@ class RavenPreTrainedModel(PreTrainedModel):
     config_class = RavenConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["SandwichBlock"]
+    _no_split_modules = ["SandwichBlock", "PreNormBlock"]
     _skip_keys_device_placement = ["past_key_values"]
     _tied_weights_keys = ["lm_head.weight"]
     _supports_flash_attn_2 = True
@@ -49,7 +49,17 @@ class RavenPreTrainedModel(PreTrainedModel):
 
     @property
     def emb_scale(self):
+        # Muninn: a retrofitted Llama keeps its unscaled embeddings (`scale_embedding = false`).
+        if not getattr(self.config, "scale_embedding", True):
+            return 1
         return _init_func(self.config.n_embd, self.config.effective_expected_depth)["embed_scale"]
+
+    def latent_norm(self, x):
+        # Muninn: sandwich blocks normalise the latent state with ln_f before the coda; the Llama
+        # blocks of a retrofit apply ln_f after the coda only.
+        if self.config.block_class_name == "PreNormBlock":
+            return x
+        return self.transformer.ln_f(x)
 
     def _normal_(self, tensor, std):
         return torch.nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-3 * std, b=3 * std)
@@ -477,6 +487,9 @@ class CausalSelfAttention(torch.nn.Module):
 
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, block_idx)
+        if self.n_kv_heads != self.n_head:  # Muninn: grouped-query attention
+            k = k.repeat_interleave(self.n_head // self.n_kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv_heads, dim=1)
 
         if mask is not None:
             y: torch.Tensor = flex_attention(q, k, v, block_mask=mask)  # type: ignore
@@ -536,6 +549,35 @@ class SandwichBlock(torch.nn.Module):
         return x
 
 
+class PreNormBlock(torch.nn.Module):
+    """Muninn: the Llama decoder layer of a retrofitted model (x + Attn(norm_1(x)), x + MLP(norm_2(x)));
+    its q and k rows are stored in adjacent RoPE pairs, so the attention above serves it unchanged."""
+
+    expanded = False
+
+    def __init__(self, config: RavenConfig, layer_id: int) -> None:
+        super().__init__()
+        self.norm_1 = RMSNorm(config.n_embd, eps=config.norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.norm_2 = RMSNorm(config.n_embd, eps=config.norm_eps)
+        self.mlp = GatedMLP(config)
+        self.layer_id = layer_id
+
+    def forward(
+        self,
+        x: Tensor,
+        freqs_cis: Tensor,
+        step_idx: int,
+        mask: Optional[BlockMask] = None,
+        past_key_values: Optional[ValidCache] = None,
+    ) -> Tensor:
+        x = self.attn(self.norm_1(x), freqs_cis, step_idx, mask, past_key_values) + x
+        return self.mlp(self.norm_2(x)) + x
+
+
+BLOCKS = {"SandwichBlock": SandwichBlock, "PreNormBlock": PreNormBlock}
+
+
 #################################### Main Model ##################################################################
 
 
@@ -550,14 +592,15 @@ class RavenForCausalLM(RavenPreTrainedModel, GenerationMixin):
         self.config = config
 
         # Transformer layers
-        prelude = torch.nn.ModuleList(SandwichBlock(config, layer_id=i) for i in range(config.n_layers_in_prelude))
+        Block = BLOCKS[config.block_class_name]
+        prelude = torch.nn.ModuleList(Block(config, layer_id=i) for i in range(config.n_layers_in_prelude))
         adapter = torch.nn.Linear(config.n_embd * 2, config.n_embd, bias=config.bias)
         core_block = torch.nn.ModuleList(
-            SandwichBlock(config, layer_id=i + config.n_layers_in_prelude)
+            Block(config, layer_id=i + config.n_layers_in_prelude)
             for i in range(config.n_layers_in_recurrent_block)
         )
         o = config.n_layers_in_prelude + config.n_layers_in_recurrent_block * config.mean_recurrence
-        coda = torch.nn.ModuleList(SandwichBlock(config, layer_id=i + o) for i in range(config.n_layers_in_coda))
+        coda = torch.nn.ModuleList(Block(config, layer_id=i + o) for i in range(config.n_layers_in_coda))
 
         self.transformer = torch.nn.ModuleDict(
             dict(
@@ -759,7 +802,7 @@ class RavenForCausalLM(RavenPreTrainedModel, GenerationMixin):
             x, block_idx = self._maybe_checkpoint_core_block(
                 xk, input_embeds, freqs_cis, mask, past_key_values, block_idx, num_steps_no_grad + grad_step
             )
-        return self.transformer.ln_f(x), num_steps_no_grad, num_steps_with_grad, xk.detach(), block_idx  # type: ignore # types broken in 2.6+
+        return self.latent_norm(x), num_steps_no_grad, num_steps_with_grad, xk.detach(), block_idx  # type: ignore # types broken in 2.6+
 
     def core_block_forward(
         self,
@@ -881,7 +924,7 @@ class RavenForCausalLM(RavenPreTrainedModel, GenerationMixin):
             freqs_cis = self.freqs_cis.index_select(1, position_ids.squeeze())
         elif cache_position is not None:
             freqs_cis = self.freqs_cis[:, cache_position]
-        x = self.transformer.ln_f(latents)  # type: ignore # types broken in 2.6+
+        x = self.latent_norm(latents)
         # Coda layers
         block_idx = torch.tensor(0, device=torch.device("cpu"), dtype=torch.long)  # use negative indices for head
         for block in self.transformer.coda:  # type: ignore # types broken in 2.6+
@@ -982,7 +1025,7 @@ class RavenForCausalLM(RavenPreTrainedModel, GenerationMixin):
                     break
             compute_steps.append(compute_step + 1)
 
-            x = self.transformer.ln_f(current_latents)  # type: ignore
+            x = self.latent_norm(current_latents)
 
             # Coda layers
             block_idx = torch.tensor(0, device=torch.device("cpu"), dtype=torch.long)  # use negative indices for head

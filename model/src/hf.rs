@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TensorFiles};
-use crate::config::{HuginnConfig, StateInit};
+use crate::config::{BlockKind, HuginnConfig, StateInit};
 use crate::huginn::{Huginn, Precision};
 use crate::params;
 use crate::st;
@@ -71,16 +71,17 @@ pub fn config_json(cfg: &HuginnConfig, dtype: ExportDtype) -> Value {
         "n_embd": cfg.n_embd,
         "n_heads": cfg.n_heads,
         "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.kv_heads(),
         "n_layers": cfg.n_layers_in_prelude + cfg.n_layers_in_recurrent_block + cfg.n_layers_in_coda,
         "block_size": cfg.block_size,
         "vocab_size": cfg.vocab_size,
         "padding_multiple": cfg.padding_multiple,
-        "tie_embeddings": true,
+        "tie_embeddings": cfg.tie_embeddings,
+        "scale_embedding": cfg.scale_embeddings,
         "intermediate_size": cfg.intermediate_size,
         "bias": false,
         "architecture_class_name": "RecurrentGPT",
-        "block_class_name": "SandwichBlock",
+        "block_class_name": block_class_name(cfg.block),
         "norm_class_name": "RMSNorm_llama",
         "norm_eps": cfg.norm_eps,
         "mlp_class_name": "GatedMLP",
@@ -98,6 +99,7 @@ pub fn config_json(cfg: &HuginnConfig, dtype: ExportDtype) -> Value {
         "qk_bias": cfg.qk_bias,
         "activation_checkpoint_impl": "per-iteration",
         "rope_base": cfg.rope_base,
+        "rope_scaling": crate::llama_hf::rope_scaling_json(cfg.rope_scaling.as_ref()),
         "torch_dtype": dtype.torch_name(),
         "muninn_name": cfg.name,
     })
@@ -136,7 +138,6 @@ pub fn config_from_json(path: &Path) -> Result<HuginnConfig> {
         Ok(())
     };
     require("injection_type", json!("linear"), json!("linear"))?;
-    require("tie_embeddings", json!(true), json!(true))?;
     require("bias", json!(false), json!(false))?;
     let state_init = match v
         .get("state_init")
@@ -151,6 +152,30 @@ pub fn config_from_json(path: &Path) -> Result<HuginnConfig> {
         ),
     };
     let n_heads = int("n_heads", int("num_attention_heads", nebel.n_heads)?)?;
+    let kv_heads = int("num_key_value_heads", n_heads)?;
+    let block = match v
+        .get("block_class_name")
+        .and_then(Value::as_str)
+        .unwrap_or("SandwichBlock")
+    {
+        "SandwichBlock" => BlockKind::Sandwich,
+        "PreNormBlock" => BlockKind::PreNorm,
+        other => bail!(
+            "{}: block_class_name `{other}` is not supported (SandwichBlock or PreNormBlock)",
+            path.display()
+        ),
+    };
+    let flag = |key: &str| -> Result<bool> {
+        match v.get(key) {
+            None | Some(Value::Null) => Ok(true),
+            Some(x) => x.as_bool().with_context(|| {
+                format!(
+                    "{}: `{key}` must be true or false, found {x}",
+                    path.display()
+                )
+            }),
+        }
+    };
     let cfg = HuginnConfig {
         name: v
             .get("muninn_name")
@@ -175,43 +200,158 @@ pub fn config_from_json(path: &Path) -> Result<HuginnConfig> {
         rope_base: float("rope_base", nebel.rope_base)?,
         qk_bias: v.get("qk_bias").and_then(Value::as_bool).unwrap_or(true),
         state_init,
-        block: crate::config::BlockKind::Sandwich,
-        n_kv_heads: None,
-        tie_embeddings: true,
-        scale_embeddings: true,
+        block,
+        n_kv_heads: (kv_heads != n_heads).then_some(kv_heads),
+        tie_embeddings: flag("tie_embeddings")?,
+        scale_embeddings: flag("scale_embedding")?,
         attention_bias: false,
         qk_norm: false,
-        rope_scaling: None,
+        rope_scaling: crate::llama_hf::rope_scaling_from(
+            v.get("rope_scaling"),
+            &path.display().to_string(),
+        )?,
     };
     cfg.validate()
         .with_context(|| format!("checking {}", path.display()))?;
     Ok(cfg)
 }
 
+/// The modeling file's block class for `block`.
+fn block_class_name(block: BlockKind) -> &'static str {
+    match block {
+        BlockKind::Sandwich => "SandwichBlock",
+        BlockKind::PreNorm => "PreNormBlock",
+        BlockKind::PostNorm => "PostNormBlock",
+    }
+}
+
+/// One tensor of the Raven files: the Muninn parameters it holds, stacked by rows. The Llama
+/// blocks' q and k rows are reordered from rotate-half pairs (j, j + hd/2) to Raven's adjacent
+/// pairs (2j, 2j + 1), which leaves every attention score as it was.
+struct RavenTensor {
+    key: String,
+    pieces: Vec<Piece>,
+}
+
+struct Piece {
+    name: String,
+    /// The heads of a q or k projection whose rows move to adjacent RoPE pairs.
+    rope_heads: Option<i64>,
+}
+
+impl Piece {
+    fn plain(name: impl Into<String>) -> Self {
+        Piece {
+            name: name.into(),
+            rope_heads: None,
+        }
+    }
+}
+
+/// rows [H·hd, d] from rotate-half order to adjacent pairs, or back (`inverse`).
+fn reorder_rope_rows(w: &Tensor, heads: i64, inverse: bool) -> Tensor {
+    let (rows, d) = (w.size()[0], w.size()[1]);
+    let half = rows / heads / 2;
+    let split = if inverse {
+        [heads, half, 2, d]
+    } else {
+        [heads, 2, half, d]
+    };
+    w.view(split).transpose(1, 2).reshape([rows, d])
+}
+
+/// Every tensor of `cfg`'s Raven files (the tied head and `freqs_cis` aside), or why the layout
+/// cannot hold this model.
+fn raven_tensors(cfg: &HuginnConfig) -> Result<Vec<RavenTensor>> {
+    let one = |name: &str| RavenTensor {
+        key: if name == params::LM_HEAD {
+            LM_HEAD.to_string()
+        } else {
+            hf_key(name)
+        },
+        pieces: vec![Piece::plain(name)],
+    };
+    let Some(shape) = cfg.layer_shape() else {
+        return Ok(params::param_specs(cfg)
+            .iter()
+            .map(|s| one(&s.name))
+            .collect());
+    };
+    ensure!(
+        shape.norm == crate::llama::NormPlacement::Pre && !shape.attention_bias && !shape.qk_norm,
+        "the Raven layout holds sandwich and pre-norm Llama blocks; this model's blocks are {}{}{} \
+         (OLMo-2's post-norm q/k-norm layer and Qwen2's q/k/v biases have no place in it)",
+        cfg.block_name(),
+        if shape.attention_bias { " with attention biases" } else { "" },
+        if shape.qk_norm { " with q/k norms" } else { "" },
+    );
+    let mut out = vec![one(params::WTE), one(params::ADAPTER), one(params::LN_F)];
+    if !cfg.tie_embeddings {
+        out.push(one(params::LM_HEAD));
+    }
+    for (stack, _, count) in params::stacks(cfg) {
+        for j in 0..count {
+            let n = crate::llama::LayerNames::new(&format!("{stack}.{j}"), shape.norm);
+            let at = hf_key(&format!("{stack}.{j}"));
+            let rope = |name: &str, heads| Piece {
+                name: format!("{name}.weight"),
+                rope_heads: Some(heads),
+            };
+            let fused = |key: &str, pieces| RavenTensor {
+                key: format!("{at}.{key}"),
+                pieces,
+            };
+            out.extend([
+                fused("norm_1.weight", vec![Piece::plain(&n.attn_norm)]),
+                fused(
+                    "attn.Wqkv.weight",
+                    vec![
+                        rope(&n.q, shape.n_heads),
+                        rope(&n.k, shape.n_kv_heads),
+                        Piece::plain(format!("{}.weight", n.v)),
+                    ],
+                ),
+                fused("attn.proj.weight", vec![Piece::plain(&n.o)]),
+                fused("norm_2.weight", vec![Piece::plain(&n.mlp_norm)]),
+                fused(
+                    "mlp.fc.weight",
+                    vec![Piece::plain(&n.gate), Piece::plain(&n.up)],
+                ),
+                fused("mlp.proj.weight", vec![Piece::plain(&n.down)]),
+            ]);
+        }
+    }
+    Ok(out)
+}
+
 /// Writes `model` in the HF layout into the new directory `out`.
 pub fn export(model: &Huginn, out: &Path, dtype: ExportDtype) -> Result<()> {
     let cfg = model.config();
-    ensure!(
-        cfg.block == crate::config::BlockKind::Sandwich && cfg.tie_embeddings,
-        "the Hugging Face export writes the Raven layout (sandwich blocks, tied head); this model has {} blocks{}",
-        cfg.block_name(),
-        if cfg.tie_embeddings { "" } else { " and an untied head" }
-    );
+    let layout = raven_tensors(cfg)?;
     let kind = dtype.kind();
-    let mut tensors: Vec<(String, Tensor)> = model
-        .params()
-        .named_detached()
-        .into_iter()
-        .map(|(n, t)| (hf_key(&n), t.to_kind(kind)))
-        .collect();
-    let wte = tensors
+    let weights: std::collections::HashMap<String, Tensor> =
+        model.params().named_detached().into_iter().collect();
+    let mut tensors: Vec<(String, Tensor)> = layout
         .iter()
-        .find(|(n, _)| *n == hf_key(params::WTE))
-        .expect("wte exists")
-        .1
-        .copy();
-    tensors.push((LM_HEAD.to_string(), wte));
-    tensors.push((FREQS_CIS.to_string(), model.rope().freqs_cis()));
+        .map(|t| {
+            let rows: Vec<Tensor> = t
+                .pieces
+                .iter()
+                .map(|p| {
+                    let w = &weights[&p.name];
+                    match p.rope_heads {
+                        Some(heads) => reorder_rope_rows(w, heads, false),
+                        None => w.shallow_clone(),
+                    }
+                })
+                .collect();
+            (t.key.clone(), Tensor::cat(&rows, 0).to_kind(kind))
+        })
+        .collect();
+    if cfg.tie_embeddings {
+        tensors.push((LM_HEAD.to_string(), weights[params::WTE].to_kind(kind)));
+    }
+    tensors.push((FREQS_CIS.to_string(), model.freqs_cis()));
     let config = serde_json::to_string_pretty(&config_json(model.config(), dtype))?;
     checkpoint::write_new_dir(out, |dir| {
         let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -263,9 +403,54 @@ pub fn import(dir: &Path) -> Result<Huginn> {
     let cfg = config_from_json(&dir.join("config.json"))?;
     let model = Huginn::new(cfg, Device::Cpu, Precision::F32)?;
     let files = TensorFiles::open(&weight_files(dir)?)?;
-    checkpoint::load_weights(&model, &files, hf_key, &[LM_HEAD, FREQS_CIS])?;
-    // Muninn ties the head to the embedding; refuse a checkpoint whose head was trained apart.
-    if files.names().contains(LM_HEAD) {
+    let layout = raven_tensors(model.config())?;
+    let known: std::collections::BTreeSet<&str> = layout
+        .iter()
+        .map(|t| t.key.as_str())
+        .chain([LM_HEAD, FREQS_CIS])
+        .collect();
+    if let Some(extra) = files.names().into_iter().find(|n| !known.contains(n)) {
+        bail!(
+            "{}: unexpected tensor `{extra}` (not a parameter of the `{}` shape)",
+            files.describe(),
+            model.config().name
+        );
+    }
+    let specs: std::collections::HashMap<&str, &params::ParamSpec> = model
+        .params()
+        .specs()
+        .iter()
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    for t in &layout {
+        let shapes: Vec<&[i64]> = t
+            .pieces
+            .iter()
+            .map(|p| &specs[p.name.as_str()].shape[..])
+            .collect();
+        let mut want = shapes[0].to_vec();
+        want[0] = shapes.iter().map(|s| s[0]).sum();
+        let stored = files
+            .shape(&t.key)
+            .with_context(|| format!("{}: missing tensor `{}`", files.describe(), t.key))?;
+        ensure!(
+            stored == want,
+            "{}: tensor `{}` has shape {stored:?}, config.json implies {want:?}",
+            files.describe(),
+            t.key
+        );
+        let rows: Vec<i64> = shapes.iter().map(|s| s[0]).collect();
+        let value = files.get(&t.key)?.to_kind(Kind::Float);
+        for (piece, part) in t.pieces.iter().zip(value.split_with_sizes(&rows, 0)) {
+            let part = match piece.rope_heads {
+                Some(heads) => reorder_rope_rows(&part, heads, true),
+                None => part,
+            };
+            model.params().set(&piece.name, &part)?;
+        }
+    }
+    // A tied model's head is its embedding; refuse a checkpoint whose head was trained apart.
+    if model.config().tie_embeddings && files.names().contains(LM_HEAD) {
         let head = files.get(LM_HEAD)?.to_kind(Kind::Float);
         let wte = model
             .params()
@@ -276,16 +461,16 @@ pub fn import(dir: &Path) -> Result<Huginn> {
             .1;
         ensure!(
             head.size() == wte.size() && head.equal(&wte.to_kind(head.kind())),
-            "{}: `{LM_HEAD}` differs from `transformer.wte.weight`; Muninn's Huginn ties the head",
+            "{}: `{LM_HEAD}` differs from `transformer.wte.weight` and config.json ties them",
             files.describe()
         );
     }
     if files.names().contains(FREQS_CIS) {
         let stored = files.get(FREQS_CIS)?.to_kind(Kind::Float);
-        let ours = model.rope().freqs_cis();
+        let ours = model.freqs_cis();
         ensure!(
             stored.size() == ours.size() && stored.allclose(&ours, 1e-4, 1e-5, false),
-            "{}: `{FREQS_CIS}` does not match the RoPE of config.json (rope_base, head dim, block_size)",
+            "{}: `{FREQS_CIS}` does not match the RoPE of config.json (rope_base, rope_scaling, head dim, block_size)",
             files.describe()
         );
     }

@@ -242,6 +242,15 @@ impl Huginn {
         &self.rope
     }
 
+    /// The Raven layout's `freqs_cis` buffer for this model's RoPE (the Llama blocks' own
+    /// frequencies, `rope_scaling` included, where it has them).
+    pub fn freqs_cis(&self) -> Tensor {
+        match &self.rope_half {
+            Some(half) => half.freqs_cis().to_device(Device::Cpu),
+            None => self.rope.freqs_cis().to_device(Device::Cpu),
+        }
+    }
+
     pub fn device(&self) -> Device {
         self.params.device()
     }

@@ -161,6 +161,18 @@ impl RotaryHalf {
         }
     }
 
+    /// The same frequencies as the Raven layout's `freqs_cis` buffer, [1, block_size, 1, hd/2, 2] as
+    /// (cos, sin), for weights whose q and k rows are reordered into adjacent pairs.
+    pub fn freqs_cis(&self) -> Tensor {
+        let half = self.cos.size()[1] / 2;
+        Tensor::stack(
+            &[self.cos.narrow(1, 0, half), self.sin.narrow(1, 0, half)],
+            -1,
+        )
+        .unsqueeze(0)
+        .unsqueeze(2)
+    }
+
     /// x [B, T, H, hd] at `positions` → rotated, in fp32, returned in x's dtype.
     pub fn apply(&self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
         let (b, t, _, hd) = x.size4()?;

@@ -82,13 +82,7 @@ pub fn config_json(cfg: &GptConfig, dtype: ExportDtype) -> Result<Value> {
         "max_position_embeddings": cfg.block_size,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
-        "rope_scaling": cfg.rope_scaling.as_ref().map(|s| json!({
-            "rope_type": "llama3",
-            "factor": s.factor,
-            "low_freq_factor": s.low_freq_factor,
-            "high_freq_factor": s.high_freq_factor,
-            "original_max_position_embeddings": s.original_max_position_embeddings,
-        })),
+        "rope_scaling": rope_scaling_json(cfg.rope_scaling.as_ref()),
         "tie_word_embeddings": cfg.tie_embeddings,
         "vocab_size": cfg.vocab_size,
         "initializer_range": cfg.init_std,
@@ -176,35 +170,7 @@ pub fn config_from_json(path: &Path) -> Result<GptConfig> {
         Layout::Qwen2 => refuse_true("use_sliding_window", "attention is full")?,
         Layout::Olmo2 => refuse_true("attention_bias", "OLMo-2 has none")?,
     }
-    let rope_scaling = match v.get("rope_scaling") {
-        None | Some(Value::Null) => None,
-        Some(s) => {
-            let kind = s
-                .get("rope_type")
-                .or_else(|| s.get("type"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            ensure!(
-                kind == "llama3" || kind == "default",
-                "{at}: rope_scaling type `{kind}` is not supported (llama3 only)"
-            );
-            let num = |key: &str| -> Result<f64> {
-                s.get(key)
-                    .and_then(Value::as_f64)
-                    .with_context(|| format!("{at}: rope_scaling.{key} must be a number"))
-            };
-            match kind {
-                "default" => None,
-                _ => Some(RopeScaling {
-                    factor: num("factor")?,
-                    low_freq_factor: num("low_freq_factor")?,
-                    high_freq_factor: num("high_freq_factor")?,
-                    original_max_position_embeddings: num("original_max_position_embeddings")?
-                        as i64,
-                }),
-            }
-        }
-    };
+    let rope_scaling = rope_scaling_from(v.get("rope_scaling"), &at.to_string())?;
     let name = v
         .get("muninn_name")
         .and_then(Value::as_str)
@@ -285,4 +251,51 @@ pub fn model_type(dir: &Path) -> Result<Option<String>> {
     Ok(v.get("model_type")
         .and_then(Value::as_str)
         .map(String::from))
+}
+
+/// `rope_scaling` as transformers writes it (`null` without scaling).
+pub(crate) fn rope_scaling_json(scaling: Option<&RopeScaling>) -> Value {
+    scaling.map_or(Value::Null, |s| {
+        json!({
+            "rope_type": "llama3",
+            "factor": s.factor,
+            "low_freq_factor": s.low_freq_factor,
+            "high_freq_factor": s.high_freq_factor,
+            "original_max_position_embeddings": s.original_max_position_embeddings,
+        })
+    })
+}
+
+/// Reads a `rope_scaling` value of the file `at`: absent, `default` or `llama3`.
+pub(crate) fn rope_scaling_from(value: Option<&Value>, at: &str) -> Result<Option<RopeScaling>> {
+    let scaling = match value {
+        None | Some(Value::Null) => None,
+        Some(s) => {
+            let kind = s
+                .get("rope_type")
+                .or_else(|| s.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            ensure!(
+                kind == "llama3" || kind == "default",
+                "{at}: rope_scaling type `{kind}` is not supported (llama3 only)"
+            );
+            let num = |key: &str| -> Result<f64> {
+                s.get(key)
+                    .and_then(Value::as_f64)
+                    .with_context(|| format!("{at}: rope_scaling.{key} must be a number"))
+            };
+            match kind {
+                "default" => None,
+                _ => Some(RopeScaling {
+                    factor: num("factor")?,
+                    low_freq_factor: num("low_freq_factor")?,
+                    high_freq_factor: num("high_freq_factor")?,
+                    original_max_position_embeddings: num("original_max_position_embeddings")?
+                        as i64,
+                }),
+            }
+        }
+    };
+    Ok(scaling)
 }

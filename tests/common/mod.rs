@@ -84,6 +84,24 @@ pub fn reference_python(modules: &str) -> Option<PathBuf> {
     None
 }
 
+/// Runs `tests/reference/llama_hf_logits.py ARGS` (make a tiny transformers model, or write its
+/// logits) offline under `py`, its stdout; a failure is the test's.
+pub fn llama_reference(py: &Path, args: &[&str], cwd: &Path) -> String {
+    let out = std::process::Command::new(py)
+        .arg(repo_root().join("tests/reference/llama_hf_logits.py"))
+        .args(args)
+        .current_dir(cwd)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the reference script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Tokenizer (512 ids, `tok.json`) and 32-token shards (`ds/`) from the GSM8K fixture in `dir`; returns
 /// what the two commands printed.
 pub fn prepare_gsm8k(dir: &Path) -> (String, String) {

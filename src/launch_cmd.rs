@@ -274,6 +274,7 @@ fn launch_job(
     points: Vec<RunPlan>,
     extra: Vec<(String, String)>,
 ) -> Result<()> {
+    Job::check_queue(&cluster, &plan, points.len())?;
     check_runs(&points, args.dry_run)?;
     let dir = absolute(&muninn_launch::next_launch_dir(base)?)?;
     let binary = std::env::current_exe().context("finding the muninn binary")?;
@@ -521,14 +522,22 @@ pub fn launch_data(a: LaunchDataArgs) -> Result<()> {
         .map(PathBuf::from)
         .context("the prepare arguments need --out DIR (the dataset the parts are merged into)")?;
     let cluster = Cluster::find(&a.cluster)?;
+    let account = a
+        .account
+        .clone()
+        .unwrap_or_else(|| cluster.profile.account.clone());
+    cluster.profile.check_account(&cluster.name, &account)?;
+    // The prepare array's tasks and the merge job.
+    cluster.profile.check_queued(
+        &cluster.name,
+        u64::from(a.parts) + 1,
+        &format!("{} parts and the merge", a.parts),
+    )?;
     check_sbatch(&cluster, a.dry_run)?;
     let out = absolute(&out)?;
     let dir = absolute(&muninn_launch::next_launch_dir(&out)?)?;
     let job = DataJob {
-        account: a
-            .account
-            .clone()
-            .unwrap_or_else(|| cluster.profile.account.clone()),
+        account,
         name: format!(
             "muninn-data-{}",
             out.file_name()

@@ -66,12 +66,13 @@ fn rendered_slurm_scripts_match_the_goldens() {
         !(update && std::env::var_os("CI").is_some()),
         "MUNINN_UPDATE_GOLDEN is refused under CI: CI compares against the committed goldens"
     );
-    let cases: [(&str, &str, &[&str]); 4] = [
+    let cases: [(&str, &str, &[&str]); 5] = [
         ("frontier", "2", &[]),
         // 512 nodes: the 12 h bin; a 36 h budget is a chain of three segments.
         ("frontier", "512", &["--budget-hours", "36"]),
         ("slurm-cuda", "2", &[]),
         ("slurm-cuda", "512", &["--requeue"]),
+        ("local-slurm", "1", &["--hours", "0.5"]),
     ];
     for (cluster, nodes, extra) in cases {
         let case = format!("{cluster}-{nodes}");
@@ -115,6 +116,31 @@ fn rendered_slurm_scripts_match_the_goldens() {
                 golden.display()
             );
         }
+        // The header asks for what the launcher line starts, so that a partition handing out CPUs
+        // rather than whole nodes allocates enough for srun.
+        let header = std::fs::read_to_string(launch.join("job.sbatch")).unwrap();
+        let (tasks, cpus, gpus) = match cluster {
+            "frontier" => ("8", "7", Some("8")),
+            "slurm-cuda" => ("8", "12", Some("8")),
+            _ => ("2", "1", None),
+        };
+        assert!(
+            header.contains(&format!("#SBATCH --ntasks-per-node={tasks}\n")),
+            "{header}"
+        );
+        assert!(
+            header.contains(&format!("#SBATCH --cpus-per-task={cpus}\n")),
+            "{header}"
+        );
+        match gpus {
+            Some(g) => assert!(header.contains(&format!("#SBATCH --gpus-per-node={g}\n"))),
+            None => assert!(!header.contains("--gpus-per-node"), "{header}"),
+        }
+        assert_eq!(
+            header.matches("--gpus-per-node").count(),
+            gpus.is_some() as usize
+        );
+        assert!(header.contains("--kill-on-bad-exit=1 "), "{header}");
         // The records beside the scripts: the frozen config, the profile, the provenance.
         let frozen = std::fs::read_to_string(launch.join("config.toml")).unwrap();
         assert!(frozen.contains(&format!("name = \"{case}\"")), "{frozen}");
@@ -163,6 +189,8 @@ fn a_budget_of_three_walltimes_submits_three_chained_segments() {
             &cfg,
             "--cluster",
             "frontier",
+            "--account",
+            "PRJ001",
             "--nodes",
             "2",
             "--hours",
@@ -383,11 +411,32 @@ fn bad_launch_inputs_are_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     let cfg = launch_config(p);
-    let base = ["launch", cfg.as_str()];
-    let cases: [(&[&str], &str); 9] = [
+    let base = ["launch", cfg.as_str(), "--account", "PRJ001"];
+    let cases: [(&[&str], &str); 12] = [
         (
             &["--cluster", "nowhere", "--dry-run"],
-            "unknown cluster `nowhere`: expected one of frontier, slurm-cuda, local",
+            "unknown cluster `nowhere`: expected one of frontier, slurm-cuda, local, local-slurm",
+        ),
+        (
+            &["--cluster", "frontier", "--ranks-per-node", "16", "--dry-run"],
+            "--ranks-per-node 16: cluster `frontier` has 8 GPUs per node, one per rank",
+        ),
+        // 0.2 h segments for a 30 h budget: 150 jobs, over the batch QOS's 100 queued per user.
+        (
+            &[
+                "--cluster",
+                "frontier",
+                "--hours",
+                "0.2",
+                "--budget-hours",
+                "30",
+                "--dry-run",
+            ],
+            "would queue 150 jobs (150 segment(s)), but cluster `frontier` lets one user queue at most 100",
+        ),
+        (
+            &["--cluster", "local-slurm", "--ranks-per-node", "3", "--dry-run"],
+            "--ranks-per-node 3: cluster `local-slurm` has 2 cores per node",
         ),
         (
             &["--cluster", "frontier", "--nodes", "10000", "--dry-run"],
@@ -462,10 +511,78 @@ fn bad_launch_inputs_are_refused_before_anything_is_written() {
         assert!(err.contains(want), "{args:?}: expected `{want}` in:\n{err}");
         nothing_written(p);
     }
+    // Frontier charges every job to a project: without --account (or one in the profile) nothing
+    // is written, for a launch, a sweep and a data job alike.
+    for args in [
+        &["launch", cfg.as_str(), "--cluster", "frontier", "--dry-run"][..],
+        &[
+            "sweep",
+            cfg.as_str(),
+            "--cluster",
+            "frontier",
+            "--grid",
+            "train.seed=1,2",
+            "--dry-run",
+        ],
+        &[
+            "launch-data",
+            "--cluster",
+            "frontier",
+            "--parts",
+            "2",
+            "--hours",
+            "1",
+            "--dry-run",
+            "--",
+            "--out",
+            "lustre-ds",
+        ],
+    ] {
+        let err = muninn_err(args, p);
+        assert!(
+            err.contains(
+                "cluster `frontier` charges every job to a project allocation: pass --account"
+            ),
+            "{args:?}: {err}"
+        );
+        nothing_written(p);
+        assert!(!p.join("lustre-ds").exists());
+    }
+    // A sweep queues one job per point and segment: 8 points x 13 segments = 104 > 100.
+    let err = muninn_err(
+        &[
+            "sweep",
+            cfg.as_str(),
+            "--cluster",
+            "frontier",
+            "--account",
+            "PRJ001",
+            "--grid",
+            "train.seed=1,2,3,4,5,6,7,8",
+            "--hours",
+            "1",
+            "--budget-hours",
+            "13",
+            "--dry-run",
+        ],
+        p,
+    );
+    assert!(
+        err.contains("would queue 104 jobs (13 segment(s) x 8 sweep points)"),
+        "{err}"
+    );
+    nothing_written(p);
     // Submitting needs SLURM: with no `sbatch` on PATH (as on a laptop; a login node has one, so the
     // case runs with every PATH entry that holds an `sbatch` left out) it is refused by name.
     let out = Command::new(env!("CARGO_BIN_EXE_muninn"))
-        .args(["launch", cfg.as_str(), "--cluster", "frontier"])
+        .args([
+            "launch",
+            cfg.as_str(),
+            "--cluster",
+            "frontier",
+            "--account",
+            "PRJ001",
+        ])
         .current_dir(p)
         .env("PATH", path_without("sbatch"))
         .output()
@@ -540,6 +657,8 @@ fn a_frontier_sweep_is_one_throttled_job_array() {
             &cfg,
             "--cluster",
             "frontier",
+            "--account",
+            "PRJ001",
             "--nodes",
             "4",
             "--grid",
@@ -682,6 +801,8 @@ fn launch_data_prepares_parts_and_merges_them() {
                 "launch-data",
                 "--cluster",
                 "frontier",
+                "--account",
+                "PRJ001",
                 "--parts",
                 "64",
                 "--hours",

@@ -63,6 +63,18 @@ impl Job {
         );
         let ranks_per_node = req.ranks_per_node.unwrap_or(p.ranks_per_node);
         ensure!(ranks_per_node >= 1, "--ranks-per-node must be at least 1");
+        ensure!(
+            p.gpus_per_node == 0 || ranks_per_node <= p.gpus_per_node,
+            "--ranks-per-node {ranks_per_node}: cluster `{name}` has {} GPUs per node, one per rank",
+            p.gpus_per_node
+        );
+        ensure!(
+            ranks_per_node <= p.cores_per_node,
+            "--ranks-per-node {ranks_per_node}: cluster `{name}` has {} cores per node",
+            p.cores_per_node
+        );
+        let account = req.account.clone().unwrap_or_else(|| p.account.clone());
+        p.check_account(name, &account)?;
         let limit = p.max_hours(req.nodes);
         let mut hours = match (req.hours, limit) {
             (Some(h), Some(max)) => {
@@ -113,8 +125,22 @@ impl Job {
             hours,
             segments,
             requeue: req.requeue,
-            account: req.account.clone().unwrap_or_else(|| p.account.clone()),
+            account,
         })
+    }
+
+    /// Refuses a job of `points` runs that would queue more jobs than the cluster lets one user:
+    /// each segment is one submission, an array of `points` tasks for a sweep.
+    pub fn check_queue(cluster: &Cluster, plan: &Plan, points: usize) -> Result<()> {
+        if cluster.profile.scheduler != Scheduler::Slurm {
+            return Ok(());
+        }
+        let jobs = u64::from(plan.segments) * points as u64;
+        let what = match points {
+            1 => format!("{} segment(s)", plan.segments),
+            n => format!("{} segment(s) x {n} sweep points", plan.segments),
+        };
+        cluster.profile.check_queued(&cluster.name, jobs, &what)
     }
 
     pub fn new(
@@ -202,6 +228,16 @@ impl Job {
             };
             d(format!("--job-name={}", self.name));
             d(format!("--nodes={}", self.nodes));
+            // What the launcher line uses, so that a partition that hands out CPUs rather than
+            // whole nodes allocates enough of them (srun cannot start more than the job holds).
+            d(format!("--ntasks-per-node={}", self.ranks_per_node));
+            d(format!(
+                "--cpus-per-task={}",
+                p.cpus_per_rank(self.ranks_per_node)
+            ));
+            if p.gpus_per_node > 0 {
+                d(format!("--gpus-per-node={}", p.gpus_per_node));
+            }
             d(format!(
                 "--time={}",
                 hhmmss(self.hours.expect("SLURM jobs have a walltime"))
@@ -494,6 +530,7 @@ mod tests {
             nodes,
             hours,
             budget_hours: budget,
+            account: Some("PRJ001".into()),
             ..Default::default()
         }
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// The profiles that ship in `configs/clusters/`, built in so that `--cluster frontier` works from
 /// any directory.
-const BUILT_IN: [(&str, &str); 3] = [
+const BUILT_IN: [(&str, &str); 4] = [
     (
         "frontier",
         include_str!("../../configs/clusters/frontier.toml"),
@@ -19,6 +19,10 @@ const BUILT_IN: [(&str, &str); 3] = [
         include_str!("../../configs/clusters/slurm-cuda.toml"),
     ),
     ("local", include_str!("../../configs/clusters/local.toml")),
+    (
+        "local-slurm",
+        include_str!("../../configs/clusters/local-slurm.toml"),
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +59,10 @@ pub struct ClusterProfile {
     pub qos: String,
     #[serde(default)]
     pub account: String,
+    /// The site charges every job to an allocation: an empty account is refused before anything
+    /// is written (sbatch would reject the job only once it is submitted).
+    #[serde(default)]
+    pub account_required: bool,
     #[serde(default)]
     pub constraint: String,
     /// Extra `#SBATCH` options, e.g. "--exclusive".
@@ -69,6 +77,10 @@ pub struct ClusterProfile {
     /// Sweep points that may run at once (the job array's `%` throttle).
     #[serde(default = "one")]
     pub max_concurrent: u32,
+    /// Jobs one user may have queued (SLURM's MaxSubmitJobs; every job-array task counts): a launch
+    /// that would queue more is refused. None: no limit known.
+    #[serde(default)]
+    pub max_queued: Option<u32>,
     #[serde(default)]
     pub modules: Vec<String>,
     /// The launcher command before the per-rank runner, with {nodes}, {ranks}, {ranks_per_node},
@@ -173,6 +185,16 @@ impl ClusterProfile {
             self.max_concurrent >= 1,
             "max_concurrent must be at least 1"
         );
+        ensure!(
+            self.gpus_per_node == 0 || self.ranks_per_node <= self.gpus_per_node,
+            "ranks_per_node = {} is more than gpus_per_node = {}: each rank drives one GPU",
+            self.ranks_per_node,
+            self.gpus_per_node
+        );
+        ensure!(
+            self.max_queued != Some(0),
+            "max_queued must be at least 1 (or left out: no limit)"
+        );
         ensure!(!self.launcher.trim().is_empty(), "launcher is empty");
         let mut last = 0;
         for bin in &self.walltime {
@@ -217,6 +239,29 @@ impl ClusterProfile {
             .map(|b| b.hours)
     }
 
+    /// Refuses an empty account on a cluster that charges every job to one.
+    pub fn check_account(&self, cluster: &str, account: &str) -> Result<()> {
+        ensure!(
+            !self.account_required || !account.trim().is_empty(),
+            "cluster `{cluster}` charges every job to a project allocation: pass --account PROJECT \
+             (e.g. --account ABC123) or set `account` in the profile"
+        );
+        Ok(())
+    }
+
+    /// Refuses a launch that would queue more jobs than one user may (`what` says how they add up).
+    pub fn check_queued(&self, cluster: &str, jobs: u64, what: &str) -> Result<()> {
+        if let Some(max) = self.max_queued {
+            ensure!(
+                jobs <= u64::from(max),
+                "this launch would queue {jobs} jobs ({what}), but cluster `{cluster}` lets one user \
+                 queue at most {max} (max_queued): use fewer segments (longer --hours or a smaller \
+                 --budget-hours) or fewer sweep points"
+            );
+        }
+        Ok(())
+    }
+
     pub fn cpus_per_rank(&self, ranks_per_node: u32) -> u32 {
         (self.cores_per_node / ranks_per_node).max(1)
     }
@@ -247,6 +292,7 @@ mod tests {
             ("frontier", Scheduler::Slurm, 8, 8, 9408),
             ("slurm-cuda", Scheduler::Slurm, 8, 8, 1024),
             ("local", Scheduler::Local, 0, 1, 1),
+            ("local-slurm", Scheduler::Slurm, 0, 2, 1),
         ] {
             let c = Cluster::find(name).unwrap();
             assert!(c.path.is_none(), "{name}: built in, not read from a file");
@@ -272,7 +318,7 @@ mod tests {
         assert_eq!(f.max_hours(512), Some(12.0));
         assert_eq!(
             fill(&f.launcher, 2, 8, &f),
-            "srun -N 2 -n 16 -c7 --gpus-per-task=1 --gpu-bind=closest"
+            "srun --kill-on-bad-exit=1 -N 2 -n 16 -c7 --gpus-per-task=1 --gpu-bind=closest"
         );
         assert_eq!(fill("${SLURM_JOB_ID}", 2, 8, &f), "${SLURM_JOB_ID}");
     }
@@ -301,6 +347,16 @@ mod tests {
                 local,
                 ("max_nodes = 1", "max_nodes = 2"),
                 "max_nodes must be 1",
+            ),
+            (
+                frontier,
+                ("ranks_per_node = 8", "ranks_per_node = 16"),
+                "is more than gpus_per_node = 8",
+            ),
+            (
+                frontier,
+                ("max_queued = 100", "max_queued = 0"),
+                "max_queued must be at least 1",
             ),
             (
                 local,

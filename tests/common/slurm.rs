@@ -103,7 +103,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={socket}
+# A requeued job waits for its old credential to expire: 120 s by default.
+AuthInfo=socket={socket},cred_expire=10
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
 SlurmctldPidFile={d}/slurmctld.pid
@@ -167,8 +168,8 @@ PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
             socket.exists()
         });
         slurm.spawn("slurmctld", &["-D", "-f", c], log("slurmctld"), false);
-        // The jobs inherit slurmd's niceness: they take the CPUs only when the rest of the suite,
-        // running beside them, leaves them idle (they mostly wait for their time limits anyway).
+        // The jobs inherit slurmd's niceness: the rest of the suite, running beside them, keeps most
+        // of the CPUs (the jobs mostly wait for their time limits), yet they start within seconds.
         slurm.spawn("slurmd", &["-D", "-N", &host, "-f", c], log("slurmd"), true);
         slurm.wait_for("the node to be idle", Duration::from_secs(60), || {
             slurm_out(&conf, "sinfo", &["-h", "-N", "-o", "%T"]).trim() == "idle"
@@ -188,7 +189,7 @@ PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
             cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
                 if nice {
-                    libc::nice(19);
+                    libc::nice(5);
                 }
                 Ok(())
             });

@@ -351,6 +351,67 @@ fn srun_matches_mpirun(slurm: &LocalSlurm) {
     }
 }
 
+/// One of two ranks is killed mid-training: `srun --kill-on-bad-exit=1` ends the step at once
+/// (the other rank would otherwise wait in its all-reduce for `dist.timeout_s`, here 600 s).
+fn a_killed_rank_ends_the_step(slurm: &LocalSlurm) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    prepare_gsm8k(p);
+    let cfg = micro_config(p, "crash", 1_000_000, "[dist]\ntimeout_s = 600\n");
+    let prof = profile(p, None);
+    muninn_ok(
+        &[
+            "launch",
+            &cfg,
+            "--cluster",
+            &prof,
+            "--nodes",
+            "1",
+            "--hours",
+            "0.02",
+        ],
+        p,
+    );
+    let launch = p.join("runs/crash/launch/1");
+    let ids = job_ids(&launch);
+    let metrics = p.join("runs/crash/metrics.jsonl");
+    let mut killed: Option<Instant> = None;
+    wait_done(slurm, &ids, Duration::from_secs(120), || {
+        if killed.is_none() && std::fs::metadata(&metrics).is_ok_and(|m| m.len() > 0) {
+            let rank1 = rank_process(p, "1");
+            if let Some(pid) = rank1 {
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+                killed = Some(Instant::now());
+            }
+        }
+    });
+    let killed = killed.expect("rank 1 never showed up");
+    let logs = job_logs(&launch);
+    assert!(
+        killed.elapsed() < Duration::from_secs(40),
+        "the step outlived its killed rank by {:?}:\n{logs}",
+        killed.elapsed()
+    );
+    assert_eq!(state(&slurm.conf, &ids[0]), "FAILED", "{logs}");
+    assert!(logs.contains("the trainer failed"), "{logs}");
+}
+
+/// The muninn process of rank `rank` whose working directory is `dir`.
+fn rank_process(dir: &Path, rank: &str) -> Option<u32> {
+    let want = format!("SLURM_PROCID={rank}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let env = std::fs::read(e.path().join("environ")).ok()?;
+        let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
+        let is_muninn = String::from_utf8_lossy(&cmd).contains("muninn\0train");
+        let is_rank = env.split(|b| *b == 0).any(|v| v == want.as_bytes());
+        (is_muninn && is_rank && Some(cwd) == std::fs::canonicalize(dir).ok()).then_some(pid)
+    })
+}
+
 #[test]
 fn on_a_real_slurm_launches_chain_finish_fail_requeue_sweep_and_match_mpirun() {
     let Some(slurm) = LocalSlurm::start() else {
@@ -358,8 +419,9 @@ fn on_a_real_slurm_launches_chain_finish_fail_requeue_sweep_and_match_mpirun() {
     };
     // muninn launch → submit.sh → sbatch, and the jobs' srun and scancel, find this cluster.
     std::env::set_var("SLURM_CONF", &slurm.conf);
-    let scenarios: [(&str, fn(&LocalSlurm)); 6] = [
+    let scenarios: [(&str, fn(&LocalSlurm)); 7] = [
         ("chain", chain),
+        ("a_killed_rank_ends_the_step", a_killed_rank_ends_the_step),
         ("requeue", requeue),
         ("failure", failure),
         ("finish", finish),
